@@ -1,0 +1,412 @@
+// Package fleet is the control plane's view of its agents: who is connected,
+// with which labels, and per xDS resource type which version was sent, which
+// one the agent ACKed and what it last rejected.
+//
+// The Registry learns all of this from go-control-plane's server callbacks (it
+// implements server.Callbacks), so it sees exactly what went over the wire for
+// state-of-the-world and delta streams alike. It also remembers rejected
+// versions per agent after the agent's stream closes, so that the xDS layer can
+// refuse to push a version to an agent that already said no to it.
+package fleet
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
+)
+
+// TrackedTypes are the resource types reported per agent, in push order.
+var TrackedTypes = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
+
+// ShortName returns the xDS short name of a type URL (CDS, EDS, LDS, RDS, SDS)
+// or the type URL itself.
+func ShortName(typeURL string) string {
+	switch typeURL {
+	case resource.ClusterType:
+		return "CDS"
+	case resource.EndpointType:
+		return "EDS"
+	case resource.ListenerType:
+		return "LDS"
+	case resource.RouteType:
+		return "RDS"
+	case resource.SecretType:
+		return "SDS"
+	}
+	return typeURL
+}
+
+// Labels returns the labels an agent carries in its node metadata under the
+// "labels" key (a struct of string values). Non-string values are ignored.
+func Labels(node *corev3.Node) map[string]string {
+	out := map[string]string{}
+	fields := node.GetMetadata().GetFields()["labels"].GetStructValue().GetFields()
+	for k, v := range fields {
+		if sv := v.GetStringValue(); sv != "" {
+			out[k] = sv
+		}
+	}
+	return out
+}
+
+// GroupKey is the canonical form of a label set ("dc=ams,role=edge"); agents
+// with equal keys share one snapshot.
+func GroupKey(labels map[string]string) string {
+	keys := slices.Sorted(maps.Keys(labels))
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(labels[k])
+	}
+	return b.String()
+}
+
+// DesiredFunc returns the version an agent of a group should run for a type,
+// or "" when there is none yet.
+type DesiredFunc func(group, typeURL string) string
+
+// Options configure a Registry.
+type Options struct {
+	// Logger receives ACK/NACK and connect/disconnect lines; nil means slog.Default().
+	Logger *slog.Logger
+	// Desired tells the registry which version each group should run, to
+	// compute sync states. Nil means every type is reported by sent/acked only.
+	Desired DesiredFunc
+	// OnNodeSeen is called (outside the registry's lock) the first time a stream
+	// names its node, before the request is handed to the cache, so that the
+	// xDS layer can build the node's group snapshot. Nil means nothing is called.
+	OnNodeSeen func(node *corev3.Node)
+}
+
+// typeState is what happened to one resource type on one agent.
+type typeState struct {
+	sent      string // version of the latest response sent
+	sentNonce string // nonce of that response; only it is answered
+	acked     string
+}
+
+// agent is one node id. It may briefly have two streams while reconnecting;
+// the newest one describes it.
+type agent struct {
+	nodeID    string
+	labels    map[string]string
+	group     string
+	userAgent string
+	streams   map[streamKey]*stream
+}
+
+// newest returns the agent's most recently opened stream.
+func (a *agent) newest() *stream {
+	var n *stream
+	for _, s := range a.streams {
+		if n == nil || s.opened.After(n.opened) {
+			n = s
+		}
+	}
+	return n
+}
+
+// streamKey tells state-of-the-world and delta streams apart: go-control-plane
+// numbers each kind from 1 on its own.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+// stream is one xDS stream. Nonces are per stream, so what was sent and
+// answered is tracked per stream too.
+type stream struct {
+	peer   string
+	opened time.Time
+	nodeID string // "" until the first request names the node
+	types  map[string]*typeState
+}
+
+// Registry tracks agents. It is safe for concurrent use.
+type Registry struct {
+	opts Options
+
+	mu      sync.Mutex
+	streams map[streamKey]*stream
+	agents  map[string]*agent
+	// rejected remembers, per node id and type URL, the agent's last NACK. It
+	// outlives streams: a reconnecting agent is not sent that version again.
+	rejected map[string]map[string]*adminv1.Nack
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(opts Options) *Registry {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Registry{
+		opts:     opts,
+		streams:  map[streamKey]*stream{},
+		agents:   map[string]*agent{},
+		rejected: map[string]map[string]*adminv1.Nack{},
+	}
+}
+
+var _ serverv3.Callbacks = (*Registry)(nil)
+
+// Rejected reports whether the agent nodeID rejected version of typeURL.
+func (r *Registry) Rejected(nodeID, typeURL, version string) bool {
+	if version == "" {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rejected[nodeID][typeURL].GetVersion() == version
+}
+
+// Agents returns the connected agents whose labels include selector, sorted by node id.
+func (r *Registry) Agents(selector map[string]string) []*adminv1.Agent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*adminv1.Agent, 0, len(r.agents))
+	for _, a := range r.agents {
+		if !matches(selector, a.labels) {
+			continue
+		}
+		s := a.newest()
+		pa := &adminv1.Agent{
+			NodeId:         a.nodeID,
+			Labels:         maps.Clone(a.labels),
+			ConnectedSince: timestamppb.New(s.opened),
+			Peer:           s.peer,
+			UserAgent:      a.userAgent,
+		}
+		for _, t := range TrackedTypes {
+			pa.Resources = append(pa.Resources, r.status(a, s.types[t], t))
+		}
+		out = append(out, pa)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].NodeId < out[j].NodeId })
+	return out
+}
+
+func matches(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// status summarises one type on one agent, like istioctl proxy-status.
+func (r *Registry) status(a *agent, ts *typeState, typeURL string) *adminv1.ResourceStatus {
+	st := &adminv1.ResourceStatus{TypeUrl: typeURL, Short: ShortName(typeURL)}
+	if r.opts.Desired != nil {
+		st.Desired = r.opts.Desired(a.group, typeURL)
+	}
+	if ts != nil {
+		st.Sent, st.Acked = ts.sent, ts.acked
+	}
+	if st.Desired == "" && st.Sent != "" {
+		st.Desired = st.Sent
+	}
+	// An agent can be NACKED with nothing sent on its current stream: the
+	// version it rejected on an earlier stream is held back from it.
+	st.LastNack = r.rejected[a.nodeID][typeURL]
+	rejected := st.LastNack.GetVersion()
+	switch {
+	case rejected != "" && rejected == st.Desired:
+		st.State = adminv1.SyncState_SYNC_STATE_NACKED
+	case ts == nil || ts.sent == "":
+		st.State = adminv1.SyncState_SYNC_STATE_NOT_SENT
+	case ts.acked == st.Desired && ts.acked == ts.sent:
+		st.State = adminv1.SyncState_SYNC_STATE_SYNCED
+	default:
+		st.State = adminv1.SyncState_SYNC_STATE_STALE
+	}
+	return st
+}
+
+// OnStreamOpen records a new state-of-the-world stream.
+func (r *Registry) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	r.open(ctx, streamKey{id: id})
+	return nil
+}
+
+// OnDeltaStreamOpen records a new delta stream.
+func (r *Registry) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	r.open(ctx, streamKey{delta: true, id: id})
+	return nil
+}
+
+func (r *Registry) open(ctx context.Context, key streamKey) {
+	s := &stream{opened: time.Now(), types: map[string]*typeState{}}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		s.peer = p.Addr.String()
+	}
+	r.mu.Lock()
+	r.streams[key] = s
+	r.mu.Unlock()
+}
+
+// OnStreamClosed forgets a state-of-the-world stream.
+func (r *Registry) OnStreamClosed(id int64, _ *corev3.Node) { r.close(streamKey{id: id}) }
+
+// OnDeltaStreamClosed forgets a delta stream.
+func (r *Registry) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	r.close(streamKey{delta: true, id: id})
+}
+
+func (r *Registry) close(key streamKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.streams[key]
+	delete(r.streams, key)
+	if s == nil || s.nodeID == "" {
+		return
+	}
+	a := r.agents[s.nodeID]
+	if a == nil {
+		return
+	}
+	delete(a.streams, key)
+	r.opts.Logger.Info("agent stream closed", "node", s.nodeID, "peer", s.peer,
+		"connected_s", time.Since(s.opened).Seconds(), "streams_left", len(a.streams))
+	if len(a.streams) == 0 {
+		delete(r.agents, s.nodeID)
+	}
+}
+
+// bind attaches the node named by a request to its stream, creating the agent
+// record on first sight. It reports whether the node was seen for the first
+// time on this stream.
+func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first bool) {
+	s := r.streams[key]
+	if s == nil {
+		return "", false
+	}
+	if s.nodeID != "" {
+		return s.nodeID, false
+	}
+	if node.GetId() == "" {
+		return "", false
+	}
+	s.nodeID = node.GetId()
+	a := r.agents[s.nodeID]
+	if a == nil {
+		labels := Labels(node)
+		a = &agent{
+			nodeID:  s.nodeID,
+			labels:  labels,
+			group:   GroupKey(labels),
+			streams: map[streamKey]*stream{},
+		}
+		r.agents[s.nodeID] = a
+	}
+	a.userAgent = strings.TrimSpace(node.GetUserAgentName() + " " + node.GetUserAgentVersion())
+	a.streams[key] = s
+	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", a.group)
+	return s.nodeID, true
+}
+
+// OnStreamRequest records ACKs and NACKs of state-of-the-world responses.
+func (r *Registry) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	r.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
+		req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return nil
+}
+
+// OnStreamDeltaRequest records ACKs and NACKs of delta responses.
+func (r *Registry) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	r.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
+		"", req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return nil
+}
+
+func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, version, nackMsg string, nack bool) {
+	r.mu.Lock()
+	nodeID, first := r.bind(key, node)
+	if nodeID != "" && nonce != "" {
+		r.answer(r.streams[key], typeURL, nonce, version, nackMsg, nack)
+	}
+	r.mu.Unlock()
+	if first && r.opts.OnNodeSeen != nil {
+		r.opts.OnNodeSeen(node)
+	}
+}
+
+// answer applies an ACK or NACK for the response with the given nonce. Answers
+// to older nonces are ignored, as go-control-plane ignores them.
+func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, nack bool) {
+	nodeID := s.nodeID
+	ts := s.types[typeURL]
+	if ts == nil || ts.sentNonce != nonce {
+		return
+	}
+	if nack {
+		if r.rejected[nodeID] == nil {
+			r.rejected[nodeID] = map[string]*adminv1.Nack{}
+		}
+		r.rejected[nodeID][typeURL] = &adminv1.Nack{Version: ts.sent, Message: nackMsg, Time: timestamppb.Now()}
+		r.opts.Logger.Warn("agent rejected config", "node", nodeID, "type", ShortName(typeURL),
+			"version", ts.sent, "error", nackMsg)
+		return
+	}
+	if version == "" { // delta ACKs carry no version: it is the one sent with the nonce
+		version = ts.sent
+	}
+	if ts.acked != version {
+		r.opts.Logger.Info("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
+	}
+	ts.acked = version
+	// An ACK of another version supersedes an older rejection.
+	if rej := r.rejected[nodeID][typeURL]; rej != nil && rej.GetVersion() != version {
+		delete(r.rejected[nodeID], typeURL)
+	}
+}
+
+// OnStreamResponse records a state-of-the-world response about to be sent.
+func (r *Registry) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	r.sent(streamKey{id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+}
+
+// OnStreamDeltaResponse records a delta response about to be sent.
+func (r *Registry) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	r.sent(streamKey{delta: true, id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+}
+
+func (r *Registry) sent(key streamKey, typeURL, nonce, version string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.streams[key]
+	if s == nil || s.nodeID == "" {
+		return
+	}
+	ts := s.types[typeURL]
+	if ts == nil {
+		ts = &typeState{}
+		s.types[typeURL] = ts
+	}
+	ts.sent, ts.sentNonce = version, nonce
+}
+
+// OnFetchRequest is part of server.Callbacks; REST fetches are not tracked.
+func (r *Registry) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
+
+// OnFetchResponse is part of server.Callbacks; REST fetches are not tracked.
+func (r *Registry) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
+}

@@ -1,0 +1,281 @@
+// Package xds serves the fleet's configuration to agents over Envoy's xDS v3
+// protocol (ADS, state-of-the-world and delta) with go-control-plane.
+//
+// Agents are grouped by their labels: agents with equal label sets share one
+// snapshot, so memory and compile work grow with the number of groups, not of
+// agents. When a version is set, the bundle is compiled once per group and
+// each resource type gets a new version only if its content changed for that
+// group; an unchanged type is not pushed again. ADS responses go out in
+// make-before-break order (CDS, EDS, LDS), and a version an agent NACKed is
+// never pushed to that agent again (see nackAwareCache).
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/bundle"
+	"github.com/flotilla-proxy/flotilla/controlplane/compiler"
+	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
+	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Logger is used for the server's own lines and go-control-plane's
+	// (at debug level); nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the xDS server and the fleet registry behind it. It is safe for
+// concurrent use.
+type Server struct {
+	log      *slog.Logger
+	registry *fleet.Registry
+	cache    *nackAwareCache
+	xds      serverv3.Server
+
+	// mu serialises everything that builds snapshots (SetVersion and the
+	// first sight of a group), so snapshots are set in version order.
+	mu     sync.Mutex
+	config *configState
+
+	// groupsMu guards groups. It is never held while calling into the cache:
+	// the cache calls back into held() under its own lock.
+	groupsMu sync.RWMutex
+	groups   map[string]*group
+}
+
+type configState struct {
+	number uint64
+	bundle *configv1.Bundle
+}
+
+// group is one set of labels and the versions of its current snapshot.
+type group struct {
+	labels map[string]string
+	types  map[string]typeVersion // replaced whole, never mutated
+}
+
+// typeVersion is one type of a group's snapshot.
+type typeVersion struct {
+	version   string
+	hash      string            // of the type's content, to detect "unchanged"
+	resources map[string]string // resource name → content hash (delta's version map)
+}
+
+// pushTypes are the types in a snapshot, in push order.
+var pushTypes = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
+
+// New returns a Server with no configuration: agents that connect wait until
+// SetVersion is called.
+func New(opts Options) *Server {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{log: log, groups: map[string]*group{}}
+	s.registry = fleet.NewRegistry(fleet.Options{
+		Logger:     log,
+		Desired:    s.desired,
+		OnNodeSeen: s.nodeSeen,
+	})
+	snapshots := cache.NewSnapshotCache(true, groupHash{}, gcpLogger(log))
+	s.cache = &nackAwareCache{SnapshotCache: snapshots, held: s}
+	s.xds = serverv3.NewServer(context.Background(), s.cache, s.registry, sotw.WithOrderedADS())
+	return s
+}
+
+// Register registers ADS and the per-type discovery services on g.
+func (s *Server) Register(g *grpc.Server) {
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+}
+
+// Agents returns the connected agents matching selector.
+func (s *Server) Agents(selector map[string]string) []*adminv1.Agent {
+	return s.registry.Agents(selector)
+}
+
+// SetVersion makes version number with the given files the fleet's
+// configuration: every known group gets a new snapshot. The files must be
+// valid (bundle.Validate).
+func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
+	cfg := &configState{number: number, bundle: bundle.Merge(files)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.config = cfg
+	s.groupsMu.RLock()
+	keys := make([]string, 0, len(s.groups))
+	for k := range s.groups {
+		keys = append(keys, k)
+	}
+	s.groupsMu.RUnlock()
+	var firstErr error
+	for _, key := range keys {
+		if err := s.build(key, cfg); err != nil {
+			s.log.Error("cannot build snapshot", "group", key, "version", number, "error", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	s.log.Info("config version set", "version", number, "groups", len(keys))
+	return firstErr
+}
+
+// nodeSeen creates the snapshot of a node's group the first time the group is seen.
+func (s *Server) nodeSeen(node *corev3.Node) {
+	labels := fleet.Labels(node)
+	key := fleet.GroupKey(labels)
+	s.groupsMu.RLock()
+	_, ok := s.groups[key]
+	s.groupsMu.RUnlock()
+	if ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.groupsMu.Lock()
+	if _, ok := s.groups[key]; ok {
+		s.groupsMu.Unlock()
+		return
+	}
+	s.groups[key] = &group{labels: labels}
+	s.groupsMu.Unlock()
+	if s.config == nil {
+		return
+	}
+	if err := s.build(key, s.config); err != nil {
+		s.log.Error("cannot build snapshot", "group", key, "version", s.config.number, "error", err)
+	}
+}
+
+// build compiles cfg for one group and sets its snapshot. Types whose content
+// did not change keep their version, so they are not pushed again. Callers hold s.mu.
+func (s *Server) build(key string, cfg *configState) error {
+	s.groupsMu.RLock()
+	g := s.groups[key]
+	s.groupsMu.RUnlock()
+	res, err := compiler.Compile(cfg.bundle, g.labels)
+	if err != nil {
+		return fmt.Errorf("compile version %d for group %q: %w", cfg.number, key, err)
+	}
+	items := map[string][]types.Resource{
+		resource.ClusterType:  asResources(res.Clusters),
+		resource.EndpointType: asResources(res.Endpoints),
+		resource.ListenerType: asResources(res.Listeners),
+	}
+	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
+	next := make(map[string]typeVersion, len(items))
+	for _, typeURL := range pushTypes {
+		tv, err := versionOf(items[typeURL])
+		if err != nil {
+			return fmt.Errorf("group %q: %w", key, err)
+		}
+		tv.version = strconv.FormatUint(cfg.number, 10)
+		if prev, ok := g.types[typeURL]; ok && prev.hash == tv.hash {
+			tv.version = prev.version
+		}
+		next[typeURL] = tv
+		snap.Resources[cache.GetResponseType(typeURL)] = cache.NewResources(tv.version, items[typeURL])
+		snap.VersionMap[typeURL] = tv.resources
+	}
+	if err := snap.Consistent(); err != nil {
+		return fmt.Errorf("group %q: inconsistent snapshot: %w", key, err)
+	}
+	// Publish the versions before the cache sees the snapshot: the cache asks
+	// held() about them while it answers the watches the snapshot triggers.
+	s.groupsMu.Lock()
+	g.types = next
+	s.groupsMu.Unlock()
+	return s.cache.SetSnapshot(context.Background(), key, snap)
+}
+
+func asResources[T types.Resource](in []T) []types.Resource {
+	out := make([]types.Resource, len(in))
+	for i, r := range in {
+		out[i] = r
+	}
+	return out
+}
+
+// versionOf hashes a type's resources (each marshalled once, deterministically,
+// as go-control-plane does for delta's version map).
+func versionOf(items []types.Resource) (typeVersion, error) {
+	tv := typeVersion{resources: make(map[string]string, len(items))}
+	h := sha256.New()
+	for _, r := range items {
+		b, err := cache.MarshalResource(r)
+		if err != nil {
+			return tv, fmt.Errorf("marshal %q: %w", cache.GetResourceName(r), err)
+		}
+		name := cache.GetResourceName(r)
+		rh := cache.HashResource(b)
+		tv.resources[name] = rh
+		fmt.Fprintf(h, "%s\x00%s\x00", name, rh)
+	}
+	tv.hash = hex.EncodeToString(h.Sum(nil))
+	return tv, nil
+}
+
+// desired is the version a group should run for a type.
+func (s *Server) desired(group, typeURL string) string {
+	s.groupsMu.RLock()
+	defer s.groupsMu.RUnlock()
+	if g := s.groups[group]; g != nil {
+		return g.types[typeURL].version
+	}
+	return ""
+}
+
+// held implements heldVersions: the group's current version of a type, if
+// the node rejected it.
+func (s *Server) held(group, nodeID, typeURL string) (string, map[string]string) {
+	s.groupsMu.RLock()
+	var tv typeVersion
+	if g := s.groups[group]; g != nil {
+		tv = g.types[typeURL]
+	}
+	s.groupsMu.RUnlock()
+	if tv.version == "" || !s.registry.Rejected(nodeID, typeURL, tv.version) {
+		return "", nil
+	}
+	return tv.version, tv.resources
+}
+
+// groupHash maps a node to its group's snapshot key.
+type groupHash struct{}
+
+func (groupHash) ID(node *corev3.Node) string { return fleet.GroupKey(fleet.Labels(node)) }
+
+// gcpLogger sends go-control-plane's logs to slog at debug level.
+func gcpLogger(log *slog.Logger) gcplog.Logger {
+	f := func(format string, args ...any) {
+		log.Debug(fmt.Sprintf(format, args...), "component", "go-control-plane")
+	}
+	return gcplog.LoggerFuncs{DebugFunc: f, InfoFunc: f, WarnFunc: f, ErrorFunc: func(format string, args ...any) {
+		log.Error(fmt.Sprintf(format, args...), "component", "go-control-plane")
+	}}
+}
