@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -320,7 +321,7 @@ func BenchmarkSetVersion1000Listeners(b *testing.B) {
 		}})
 	}
 	fs := []*adminv1.ConfigFile{{Path: "bench.yaml", Bundle: bundle}}
-	s := New(Options{})
+	s := New(Options{Logger: slog.New(slog.DiscardHandler)})
 	s.nodeSeen(node("bench", map[string]string{"dc": "ams"}))
 	b.ReportAllocs()
 	b.ResetTimer()
