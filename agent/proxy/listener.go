@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotilla-proxy/flotilla/agent/runtime"
+)
+
+// socket is a bound listening socket and its accept loop. The loop hands each connection to
+// the socket's current owner; Apply changes the owner when a listener is renamed without
+// changing its address.
+type socket struct {
+	ln    *net.TCPListener
+	owner atomic.Pointer[entry]
+}
+
+// entry is one named listener being served: its socket, what new connections get, and the
+// connections it accepted. An entry is retired when its listener is removed or moves to
+// another address: it takes no more connections and its connections drain.
+type entry struct {
+	m     *Manager
+	name  string
+	sock  *socket
+	route atomic.Pointer[route] // swapped by Apply; read once per new connection
+	stats listenerStats
+
+	mu         sync.Mutex
+	conns      map[*conn]struct{}
+	retired    bool
+	drained    bool        // retired and no connection left
+	drainTimer *time.Timer // closes what is left at the drain deadline
+}
+
+// route is what a new connection gets: the listener's config and its cluster's state. It is
+// immutable; Apply replaces it whole.
+type route struct {
+	listener *runtime.Listener
+	cluster  *clusterState
+}
+
+func (m *Manager) newEntry(l *runtime.Listener, s *socket, cs *clusterState) *entry {
+	e := &entry{m: m, name: l.Name(), sock: s, stats: m.metrics.listener(l.Name()), conns: map[*conn]struct{}{}}
+	e.route.Store(&route{listener: l, cluster: cs})
+	return e
+}
+
+// listener returns the config new connections currently get.
+func (e *entry) listener() *runtime.Listener { return e.route.Load().listener }
+
+// acceptLoop accepts connections on s until s is closed, handing each to s's owner.
+func (m *Manager) acceptLoop(s *socket) {
+	defer m.sockets.Done()
+	var delay time.Duration
+	for {
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off (as net/http does) and retry.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			m.log.Warn("accept failed", "listener", s.owner.Load().name, "error", err, "retry_in_s", delay.Seconds())
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		e := s.owner.Load()
+		if !e.accept(c) {
+			// e retired between Load and accept: the socket either has a new owner or is
+			// closing, in which case the connection is refused like the rest of its backlog.
+			if next := s.owner.Load(); next == e || !next.accept(c) {
+				c.Close()
+			}
+		}
+	}
+}
+
+// accept starts serving c with the entry's current config. It returns false, without
+// touching c, if the entry is retired.
+func (e *entry) accept(down *net.TCPConn) bool {
+	rt := e.route.Load()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{entry: e, route: rt, down: down, start: time.Now(), cancel: cancel}
+	e.mu.Lock()
+	if e.retired {
+		e.mu.Unlock()
+		cancel()
+		return false
+	}
+	e.conns[c] = struct{}{}
+	e.m.conns.Add(1)
+	e.mu.Unlock()
+	e.stats.total.Inc()
+	e.stats.active.Inc()
+	go c.serve(ctx)
+	return true
+}
+
+// done forgets a finished connection.
+func (e *entry) done(c *conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	last := e.retired && !e.drained && len(e.conns) == 0
+	if last {
+		e.drained = true
+		if e.drainTimer != nil {
+			e.drainTimer.Stop()
+		}
+	}
+	e.mu.Unlock()
+	e.stats.active.Dec()
+	if last {
+		e.m.drained(e)
+	}
+}
+
+// retire stops the entry from taking connections and lets the open ones run on for at most
+// timeout (0: no limit). It reports whether the entry is already drained.
+func (e *entry) retire(timeout time.Duration) (drained bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.retired {
+		return e.drained
+	}
+	e.retired = true
+	if len(e.conns) == 0 {
+		e.drained = true
+		return true
+	}
+	if timeout > 0 {
+		e.drainTimer = time.AfterFunc(timeout, func() {
+			if n := e.closeAll("drain timeout"); n > 0 {
+				e.stats.drainClosed.Add(float64(n))
+				e.m.log.Info("drain timeout passed, closed connections", "listener", e.name, "connections", n)
+			}
+		})
+	}
+	return false
+}
+
+// closeAll closes every open connection of the entry, giving reason, and returns how many.
+func (e *entry) closeAll(reason string) int {
+	e.mu.Lock()
+	open := make([]*conn, 0, len(e.conns))
+	for c := range e.conns {
+		open = append(open, c)
+	}
+	e.mu.Unlock()
+	for _, c := range open {
+		c.abort(reason)
+	}
+	return len(open)
+}
+
+// listen binds l's socket. IPv6 listeners get IPV6_V6ONLY set explicitly: on for a plain
+// "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack).
+func listen(l *runtime.Listener) (*net.TCPListener, error) {
+	var lc net.ListenConfig
+	if l.Network() == "tcp6" {
+		lc.Control = v6onlyControl(l.V6Only())
+	}
+	ln, err := lc.Listen(context.Background(), l.Network(), l.Addr().String())
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the data plane's Prometheus metrics, named after Envoy's listener and cluster
+// statistics: namespace flotilla_agent, label "listener" or "cluster".
+type metrics struct {
+	downstreamTotal  *prometheus.CounterVec
+	downstreamActive *prometheus.GaugeVec
+	downstreamDrain  *prometheus.CounterVec
+	upstreamTotal    *prometheus.CounterVec
+	connectFail      *prometheus.CounterVec
+	upstreamActive   *prometheus.GaugeVec
+	txBytes          *prometheus.CounterVec
+	rxBytes          *prometheus.CounterVec
+	noHealthy        *prometheus.CounterVec
+}
+
+const namespace = "flotilla_agent"
+
+func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
+	counter := func(name, help, label string) *prometheus.CounterVec {
+		return register(reg, log, prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
+	}
+	gauge := func(name, help, label string) *prometheus.GaugeVec {
+		return register(reg, log, prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
+	}
+	return &metrics{
+		downstreamTotal:  counter("downstream_cx_total", "Connections accepted by a listener.", "listener"),
+		downstreamActive: gauge("downstream_cx_active", "Connections of a listener being served.", "listener"),
+		downstreamDrain:  counter("downstream_cx_destroy_drain", "Connections of a removed listener closed at the drain deadline.", "listener"),
+		upstreamTotal:    counter("upstream_cx_total", "Connection attempts to a cluster's endpoints.", "cluster"),
+		connectFail:      counter("upstream_cx_connect_fail", "Connection attempts to a cluster's endpoints that failed or timed out.", "cluster"),
+		upstreamActive:   gauge("upstream_cx_active", "Open connections to a cluster's endpoints.", "cluster"),
+		txBytes:          counter("upstream_cx_tx_bytes_total", "Bytes sent to a cluster's endpoints, counted when a connection ends.", "cluster"),
+		rxBytes:          counter("upstream_cx_rx_bytes_total", "Bytes received from a cluster's endpoints, counted when a connection ends.", "cluster"),
+		noHealthy:        counter("no_healthy_upstream", "Connections closed because the cluster had no endpoint taking traffic.", "cluster"),
+	}
+}
+
+// register registers c with reg (if any) and returns the collector to use: c, or the
+// identical collector already registered (two Managers sharing a registry share counters).
+func register[C prometheus.Collector](reg prometheus.Registerer, log *slog.Logger, c C) C {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		log.Error("cannot register data plane metrics", "error", err)
+	}
+	return c
+}
+
+// listenerStats are one listener's metric children, resolved once per listener rather
+// than per connection.
+type listenerStats struct {
+	total       prometheus.Counter
+	active      prometheus.Gauge
+	drainClosed prometheus.Counter
+}
+
+func (m *metrics) listener(name string) listenerStats {
+	return listenerStats{
+		total:       m.downstreamTotal.WithLabelValues(name),
+		active:      m.downstreamActive.WithLabelValues(name),
+		drainClosed: m.downstreamDrain.WithLabelValues(name),
+	}
+}
+
+// clusterStats are one cluster's metric children.
+type clusterStats struct {
+	total, connectFail, noHealthy, txBytes, rxBytes prometheus.Counter
+	active                                          prometheus.Gauge
+}
+
+func (m *metrics) cluster(name string) clusterStats {
+	return clusterStats{
+		total:       m.upstreamTotal.WithLabelValues(name),
+		connectFail: m.connectFail.WithLabelValues(name),
+		noHealthy:   m.noHealthy.WithLabelValues(name),
+		txBytes:     m.txBytes.WithLabelValues(name),
+		rxBytes:     m.rxBytes.WithLabelValues(name),
+		active:      m.upstreamActive.WithLabelValues(name),
+	}
+}

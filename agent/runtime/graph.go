@@ -1,0 +1,317 @@
+package runtime
+
+import (
+	"container/heap"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+)
+
+// Graph is the agent's complete runtime configuration: every listener, the cluster each one
+// proxies to and the endpoints of every cluster. It is built whole by Build and never changes
+// afterwards, so the data plane can publish it with one atomic store and a connection can
+// keep the parts it started with for as long as it lives. All methods are safe for
+// concurrent use.
+//
+// State that must outlive a configuration change (round-robin positions, open connections)
+// does not live here; the data plane keeps it in registries keyed by name.
+type Graph struct {
+	listeners      []*Listener // sorted by name
+	listenerByName map[string]*Listener
+	clusters       []*Cluster // sorted by name
+	clusterByName  map[string]*Cluster
+	src            Resources
+}
+
+// Listeners returns the listeners sorted by name.
+func (g *Graph) Listeners() []*Listener { return slices.Clone(g.listeners) }
+
+// Listener returns the listener with that name, or nil.
+func (g *Graph) Listener(name string) *Listener { return g.listenerByName[name] }
+
+// Clusters returns the clusters sorted by name.
+func (g *Graph) Clusters() []*Cluster { return slices.Clone(g.clusters) }
+
+// Cluster returns the cluster with that name, or nil.
+func (g *Graph) Cluster(name string) *Cluster { return g.clusterByName[name] }
+
+// Resources returns the resources the graph was built from, for config dumps. The maps are
+// fresh copies; the messages are shared and must not be modified.
+func (g *Graph) Resources() *Resources {
+	return &Resources{
+		Listeners: maps.Clone(g.src.Listeners),
+		Clusters:  maps.Clone(g.src.Clusters),
+		Endpoints: maps.Clone(g.src.Endpoints),
+	}
+}
+
+// Listener is one compiled listener: a TCP socket address and the tcp_proxy behind it.
+type Listener struct {
+	name   string
+	addr   netip.AddrPort
+	v6only bool
+	tcp    TCPProxy
+}
+
+// Name returns the listener's name, its identity across configuration changes.
+func (l *Listener) Name() string { return l.name }
+
+// Addr returns the IP and port to listen on. Port 0 lets the kernel pick one.
+func (l *Listener) Addr() netip.AddrPort { return l.addr }
+
+// Network returns "tcp4" for an IPv4 address and "tcp6" for an IPv6 one (see V6Only).
+func (l *Listener) Network() string {
+	if l.addr.Addr().Is4() {
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+// V6Only reports whether an IPv6 listener must refuse IPv4 clients: true unless the
+// listener's socket_address sets ipv4_compat. It is false for IPv4 listeners.
+func (l *Listener) V6Only() bool { return l.v6only }
+
+// TCP returns the listener's tcp_proxy settings.
+func (l *Listener) TCP() TCPProxy { return l.tcp }
+
+// TCPProxy is the compiled envoy.filters.network.tcp_proxy filter of a listener.
+type TCPProxy struct {
+	// Cluster receives the connections; never nil in a built Graph.
+	Cluster *Cluster
+	// IdleTimeout closes a connection after this long without bytes in either direction;
+	// 0 disables it.
+	IdleTimeout time.Duration
+	// MaxConnectAttempts is how many upstream connections are tried, on successive
+	// endpoints, before the downstream connection is given up; at least 1.
+	MaxConnectAttempts int
+}
+
+// Cluster is one compiled cluster: its endpoints and their weighted round-robin schedule.
+type Cluster struct {
+	name           string
+	connectTimeout time.Duration
+	endpoints      []Endpoint
+	schedule       []uint32 // endpoint indexes, interleaved in proportion to their weights
+}
+
+// Endpoint is one upstream address that takes traffic, with its load-balancing weight.
+type Endpoint struct {
+	Addr   netip.AddrPort
+	Weight uint32
+}
+
+// Name returns the cluster's name.
+func (c *Cluster) Name() string { return c.name }
+
+// ConnectTimeout returns how long one upstream connection attempt may take.
+func (c *Cluster) ConnectTimeout() time.Duration { return c.connectTimeout }
+
+// Endpoints returns a copy of the endpoints that take traffic (healthy or of unknown
+// health), in the order the load assignment lists them.
+func (c *Cluster) Endpoints() []Endpoint { return slices.Clone(c.endpoints) }
+
+// NumEndpoints returns the number of endpoints that take traffic; 0 means no upstream is
+// available.
+func (c *Cluster) NumEndpoints() int { return len(c.endpoints) }
+
+// Endpoint returns the i-th endpoint, 0 <= i < NumEndpoints().
+func (c *Cluster) Endpoint(i int) Endpoint { return c.endpoints[i] }
+
+// Pick returns the index of the endpoint for the n-th connection of a weighted round-robin
+// sequence, or -1 when the cluster has no endpoints. Consecutive n spread over the endpoints
+// in proportion to their weights, interleaved (weights 1 and 3 give 1,1,0,1,1,1,0,1,...).
+// The caller owns the position n, so that it survives configuration changes.
+func (c *Cluster) Pick(n uint64) int {
+	if len(c.schedule) == 0 {
+		return -1
+	}
+	return int(c.schedule[n%uint64(len(c.schedule))])
+}
+
+// setEndpoints installs eps and computes their schedule.
+func (c *Cluster) setEndpoints(eps []Endpoint) {
+	c.endpoints = eps
+	c.schedule = schedule(eps)
+}
+
+// Build validates r and compiles it into an immutable Graph. r must be consistent (see
+// Missing). A resource that fails validation is reported as a *ResourceError naming it; a
+// set with missing references as the error of Missing. Build never modifies r and keeps no
+// reference to its maps.
+func Build(r *Resources) (*Graph, error) {
+	if r == nil {
+		r = &Resources{}
+	}
+	specs := make([]*listenerSpec, 0, len(r.Listeners))
+	for _, name := range sortedKeys(r.Listeners) {
+		l := r.Listeners[name]
+		spec, err := parseListener(l)
+		if err == nil && l.GetName() != name {
+			err = fmt.Errorf("resource is named %q but was delivered as %q", l.GetName(), name)
+		}
+		if err != nil {
+			return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: name, Err: err}
+		}
+		specs = append(specs, spec)
+	}
+	g := &Graph{
+		clusters:       make([]*Cluster, 0, len(r.Clusters)),
+		clusterByName:  make(map[string]*Cluster, len(r.Clusters)),
+		listeners:      make([]*Listener, 0, len(specs)),
+		listenerByName: make(map[string]*Listener, len(specs)),
+		src: Resources{
+			Listeners: maps.Clone(r.Listeners),
+			Clusters:  maps.Clone(r.Clusters),
+			Endpoints: maps.Clone(r.Endpoints),
+		},
+	}
+	for _, name := range sortedKeys(r.Clusters) {
+		c := r.Clusters[name]
+		cl, err := parseCluster(c)
+		if err == nil && c.GetName() != name {
+			err = fmt.Errorf("resource is named %q but was delivered as %q", c.GetName(), name)
+		}
+		if err != nil {
+			return nil, &ResourceError{TypeURL: resourcev3.ClusterType, Name: name, Err: err}
+		}
+		g.clusters = append(g.clusters, cl)
+		g.clusterByName[name] = cl
+	}
+	eds := make(map[string][]Endpoint, len(r.Endpoints))
+	for _, name := range sortedKeys(r.Endpoints) {
+		cla := r.Endpoints[name]
+		eps, err := parseLoadAssignment(cla)
+		if err == nil && cla.GetClusterName() != name {
+			err = fmt.Errorf("resource is named %q but was delivered as %q", cla.GetClusterName(), name)
+		}
+		if err != nil {
+			return nil, &ResourceError{TypeURL: resourcev3.EndpointType, Name: name, Err: err}
+		}
+		eds[name] = eps
+	}
+	if err := r.Missing(); err != nil {
+		return nil, err
+	}
+	for _, cl := range g.clusters {
+		if svc := edsServiceName(r.Clusters[cl.name]); svc != "" {
+			cl.setEndpoints(eds[svc])
+		}
+	}
+	bound := make(map[netip.AddrPort]string, len(specs))
+	for _, s := range specs {
+		if s.addr.Port() != 0 {
+			if other, ok := bound[s.addr]; ok {
+				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name,
+					Err: fmt.Errorf("address %s is already used by listener %q", s.addr, other)}
+			}
+			bound[s.addr] = s.name
+		}
+		l := &Listener{
+			name:   s.name,
+			addr:   s.addr,
+			v6only: s.v6only,
+			tcp: TCPProxy{
+				Cluster:            g.clusterByName[s.cluster],
+				IdleTimeout:        s.idleTimeout,
+				MaxConnectAttempts: s.attempts,
+			},
+		}
+		g.listeners = append(g.listeners, l)
+		g.listenerByName[l.name] = l
+	}
+	return g, nil
+}
+
+// maxScheduleLen bounds the length of a cluster's round-robin schedule. Weights whose
+// reduced sum exceeds it are scaled down proportionally (every endpoint keeps at least one
+// slot), which keeps memory small at the cost of a rounding error below 1/maxScheduleLen of
+// the traffic per endpoint.
+const maxScheduleLen = 1 << 14
+
+// schedule interleaves endpoint indexes in proportion to their weights, with the earliest
+// deadline first rule Envoy uses: the k-th pick of endpoint i is due at k/weight(i), the
+// earliest due pick goes next, ties go to the lower index. Equal weights give plain round
+// robin in list order.
+func schedule(eps []Endpoint) []uint32 {
+	if len(eps) == 0 {
+		return nil
+	}
+	w := make([]uint64, len(eps))
+	var g uint64
+	for i, e := range eps {
+		w[i] = uint64(e.Weight)
+		g = gcd(g, w[i])
+	}
+	total := reduce(w, g)
+	if total > maxScheduleLen && total > uint64(len(w)) {
+		g = 0
+		for i := range w {
+			w[i] = max(1, w[i]*maxScheduleLen/total)
+			g = gcd(g, w[i])
+		}
+		total = reduce(w, g)
+	}
+	h := make(edfHeap, len(w))
+	for i := range w {
+		h[i] = edfItem{index: uint32(i), weight: w[i], picks: 0}
+	}
+	heap.Init(&h)
+	out := make([]uint32, total)
+	for n := range out {
+		out[n] = h[0].index
+		h[0].picks++
+		heap.Fix(&h, 0)
+	}
+	return out
+}
+
+// reduce divides every weight by g and returns their new sum.
+func reduce(w []uint64, g uint64) uint64 {
+	var total uint64
+	for i := range w {
+		w[i] /= g
+		total += w[i]
+	}
+	return total
+}
+
+func gcd(a, b uint64) uint64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
+// edfItem is an endpoint in the schedule heap; its next pick is due at (picks+1)/weight.
+type edfItem struct {
+	index  uint32
+	weight uint64
+	picks  uint64
+}
+
+// edfHeap orders endpoints by the due time of their next pick, then by index.
+type edfHeap []edfItem
+
+func (h edfHeap) Len() int { return len(h) }
+func (h edfHeap) Less(i, j int) bool {
+	// (picks_i+1)/weight_i < (picks_j+1)/weight_j, without division. Both sides stay far
+	// below 2^64: picks <= maxScheduleLen-ish and weight < 2^32.
+	a := (h[i].picks + 1) * h[j].weight
+	b := (h[j].picks + 1) * h[i].weight
+	if a != b {
+		return a < b
+	}
+	return h[i].index < h[j].index
+}
+func (h edfHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *edfHeap) Push(x any)   { *h = append(*h, x.(edfItem)) }
+func (h *edfHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}

@@ -1,0 +1,113 @@
+// Package runtimetest builds Envoy v3 resources of the exact shape flotilla-agent supports
+// (and the control plane's compiler emits), for tests of the agent's runtime, data plane and
+// xDS client. Every builder returns a fresh message that the caller may modify.
+package runtimetest
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// TCPProxy returns a tcp_proxy config sending to cluster, with the compiler's defaults:
+// stat_prefix = cluster, idle_timeout 1h, max_connect_attempts 3.
+func TCPProxy(cluster string) *tcpproxyv3.TcpProxy {
+	return &tcpproxyv3.TcpProxy{
+		StatPrefix:         cluster,
+		ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+		IdleTimeout:        durationpb.New(time.Hour),
+		MaxConnectAttempts: wrapperspb.UInt32(3),
+	}
+}
+
+// Listener returns a listener on ip:port (port 0: any free port) whose single filter chain
+// runs TCPProxy(cluster). For ip "::" it sets ipv4_compat (dual stack), as the compiler does.
+func Listener(name, ip string, port uint32, cluster string) *listenerv3.Listener {
+	l := ListenerTCP(name, ip, port, TCPProxy(cluster))
+	if ip == "::" {
+		l.GetAddress().GetSocketAddress().Ipv4Compat = true
+	}
+	return l
+}
+
+// ListenerTCP returns a listener on ip:port whose single filter chain runs tp.
+func ListenerTCP(name, ip string, port uint32, tp *tcpproxyv3.TcpProxy) *listenerv3.Listener {
+	tc, err := anypb.New(tp)
+	if err != nil {
+		panic(fmt.Sprintf("runtimetest: marshal tcp_proxy: %v", err))
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: SocketAddress(ip, port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.tcp_proxy",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tc},
+			}},
+		}},
+	}
+}
+
+// SocketAddress returns a TCP socket address.
+func SocketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// EDSCluster returns a cluster of type EDS fetching its endpoints over ADS, with a 5s
+// connect timeout and round robin, as the compiler emits it.
+func EDSCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+			},
+		},
+		ConnectTimeout: durationpb.New(5 * time.Second),
+		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+// StaticCluster returns a cluster of type STATIC with its endpoints inline.
+func StaticCluster(name string, eps ...*endpointv3.LbEndpoint) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		LoadAssignment:       LoadAssignment(name, eps...),
+	}
+}
+
+// LoadAssignment returns the endpoints of a cluster in one locality at priority 0.
+func LoadAssignment(cluster string, eps ...*endpointv3.LbEndpoint) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{
+		ClusterName: cluster,
+		Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}},
+	}
+}
+
+// Endpoint returns an endpoint at addr ("192.0.2.1:80", "[2001:db8::1]:80") with a weight.
+// It panics on a malformed address.
+func Endpoint(addr string, weight uint32) *endpointv3.LbEndpoint {
+	ap := netip.MustParseAddrPort(addr)
+	return &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: SocketAddress(ap.Addr().String(), uint32(ap.Port())),
+		}},
+		LoadBalancingWeight: wrapperspb.UInt32(weight),
+	}
+}

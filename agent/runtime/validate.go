@@ -1,0 +1,462 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Envoy's defaults for the fields flotilla-agent honours.
+const (
+	// DefaultConnectTimeout is a cluster's connect_timeout when unset.
+	DefaultConnectTimeout = 5 * time.Second
+	// DefaultIdleTimeout is a tcp_proxy's idle_timeout when unset (an explicit 0s disables it).
+	DefaultIdleTimeout = time.Hour
+	// DefaultMaxConnectAttempts is a tcp_proxy's max_connect_attempts when unset.
+	DefaultMaxConnectAttempts = 1
+)
+
+// TCPProxyFilterName is the well-known name of the only network filter flotilla-agent runs.
+// Like Envoy, the agent recognises the filter by its typed_config type, not by this name.
+const TCPProxyFilterName = "envoy.filters.network.tcp_proxy"
+
+// tcpProxyTypeURL is the type URL of the tcp_proxy filter's typed_config.
+var tcpProxyTypeURL = resourcev3.APITypePrefix + string((&tcpproxyv3.TcpProxy{}).ProtoReflect().Descriptor().FullName())
+
+// Validate checks one resource on its own (decoding is already done), the moment it arrives,
+// so that a bad one is NACKed at once. typeURL is the xDS type URL the resource came under
+// (resourcev3.ListenerType, ClusterType or EndpointType); m must be the matching message.
+// Validate does not check references between resources: that is Resources.Missing. It
+// returns nil or a *ResourceError.
+func Validate(typeURL string, m proto.Message) error {
+	var err error
+	switch typeURL {
+	case resourcev3.ListenerType:
+		l, ok := m.(*listenerv3.Listener)
+		if !ok {
+			return wrongType(typeURL, m)
+		}
+		_, err = parseListener(l)
+		if err != nil {
+			return &ResourceError{TypeURL: typeURL, Name: l.GetName(), Err: err}
+		}
+	case resourcev3.ClusterType:
+		c, ok := m.(*clusterv3.Cluster)
+		if !ok {
+			return wrongType(typeURL, m)
+		}
+		_, err = parseCluster(c)
+		if err != nil {
+			return &ResourceError{TypeURL: typeURL, Name: c.GetName(), Err: err}
+		}
+	case resourcev3.EndpointType:
+		cla, ok := m.(*endpointv3.ClusterLoadAssignment)
+		if !ok {
+			return wrongType(typeURL, m)
+		}
+		_, err = parseLoadAssignment(cla)
+		if err != nil {
+			return &ResourceError{TypeURL: typeURL, Name: cla.GetClusterName(), Err: err}
+		}
+	default:
+		return &ResourceError{TypeURL: typeURL, Err: errors.New("this resource type is not supported by flotilla-agent")}
+	}
+	return nil
+}
+
+// wrongType reports a message that does not match its type URL.
+func wrongType(typeURL string, m proto.Message) error {
+	got := "nil"
+	if m != nil && m.ProtoReflect().IsValid() {
+		got = string(m.ProtoReflect().Descriptor().FullName())
+	}
+	return &ResourceError{TypeURL: typeURL, Err: fmt.Errorf("resource is a %s, not the type its type URL names", got)}
+}
+
+// listenerSpec is a parsed listener before its cluster is linked.
+type listenerSpec struct {
+	name        string
+	addr        netip.AddrPort
+	v6only      bool
+	cluster     string
+	idleTimeout time.Duration
+	attempts    int
+}
+
+// parseListener checks a Listener against the supported subset and extracts what the agent
+// needs from it.
+func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
+	if l == nil {
+		return nil, errors.New("resource is empty")
+	}
+	if err := onlyFields(l, "", "name", "address", "stat_prefix", "filter_chains", "metadata"); err != nil {
+		return nil, err
+	}
+	if l.GetName() == "" {
+		return nil, errors.New("name is required")
+	}
+	addr, v6only, err := parseSocketAddress(l.GetAddress(), "address", true)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(l.GetFilterChains()); n != 1 {
+		return nil, fmt.Errorf("filter_chains: flotilla-agent supports exactly one filter chain, got %d", n)
+	}
+	fc := l.GetFilterChains()[0]
+	path := "filter_chains[0]"
+	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name"); err != nil {
+		return nil, err
+	}
+	if m := fc.GetFilterChainMatch(); m != nil && hasFields(m) {
+		return nil, unsupported(path + ".filter_chain_match")
+	}
+	if n := len(fc.GetFilters()); n != 1 {
+		return nil, fmt.Errorf("%s.filters: flotilla-agent supports exactly one network filter (%s), got %d", path, TCPProxyFilterName, n)
+	}
+	path += ".filters[0]"
+	tp, err := parseTCPProxyFilter(fc.GetFilters()[0], path)
+	if err != nil {
+		return nil, err
+	}
+	path += ".typed_config"
+	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"); err != nil {
+		return nil, err
+	}
+	if tp.GetCluster() == "" {
+		return nil, fmt.Errorf("%s.cluster is required", path)
+	}
+	spec := &listenerSpec{
+		name:        l.GetName(),
+		addr:        addr,
+		v6only:      v6only,
+		cluster:     tp.GetCluster(),
+		idleTimeout: DefaultIdleTimeout,
+		attempts:    DefaultMaxConnectAttempts,
+	}
+	if tp.IdleTimeout != nil {
+		if spec.idleTimeout, err = duration(tp.GetIdleTimeout(), path+".idle_timeout"); err != nil {
+			return nil, err
+		}
+	}
+	if tp.MaxConnectAttempts != nil {
+		n := tp.GetMaxConnectAttempts().GetValue()
+		if n < 1 {
+			return nil, fmt.Errorf("%s.max_connect_attempts: must be at least 1, got %d", path, n)
+		}
+		spec.attempts = int(n)
+	}
+	// Envoy's own field constraints (protoc-gen-validate) as a backstop for values.
+	if err := tp.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return spec, nil
+}
+
+// parseTCPProxyFilter decodes the typed_config of a listener's network filter, which must be
+// a tcp_proxy.
+func parseTCPProxyFilter(f *listenerv3.Filter, path string) (*tcpproxyv3.TcpProxy, error) {
+	if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+		return nil, err
+	}
+	tc := f.GetTypedConfig()
+	if tc == nil {
+		return nil, fmt.Errorf("%s.typed_config is required", path)
+	}
+	if tc.GetTypeUrl() != tcpProxyTypeURL {
+		return nil, fmt.Errorf("%s.typed_config: filter type %q is not supported by flotilla-agent (only %s)", path, tc.GetTypeUrl(), TCPProxyFilterName)
+	}
+	tp := &tcpproxyv3.TcpProxy{}
+	if err := tc.UnmarshalTo(tp); err != nil {
+		return nil, fmt.Errorf("%s.typed_config: %w", path, err)
+	}
+	return tp, nil
+}
+
+// tcpProxyOf returns the tcp_proxy config of a listener of the supported shape.
+func tcpProxyOf(l *listenerv3.Listener) (*tcpproxyv3.TcpProxy, error) {
+	if len(l.GetFilterChains()) != 1 || len(l.GetFilterChains()[0].GetFilters()) != 1 {
+		return nil, errors.New("not a single tcp_proxy filter")
+	}
+	return parseTCPProxyFilter(l.GetFilterChains()[0].GetFilters()[0], "filter_chains[0].filters[0]")
+}
+
+// parseSocketAddress checks an Address that must be a TCP socket address with an IP literal
+// and a numeric port. Listeners may use port 0 (the kernel picks one) and an unspecified IP;
+// endpoints may not. v6only reports whether an IPv6 listener must refuse IPv4 clients
+// (ipv4_compat unset).
+func parseSocketAddress(a *corev3.Address, path string, listener bool) (addr netip.AddrPort, v6only bool, err error) {
+	if a == nil {
+		return addr, false, fmt.Errorf("%s is required", path)
+	}
+	if err := onlyFields(a, path, "socket_address"); err != nil {
+		return addr, false, err
+	}
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return addr, false, fmt.Errorf("%s.socket_address is required", path)
+	}
+	path += ".socket_address"
+	if err := onlyFields(sa, path, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
+		return addr, false, err
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return addr, false, fmt.Errorf("%s.protocol %s is not supported by flotilla-agent (TCP only)", path, sa.GetProtocol())
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return addr, false, fmt.Errorf("%s.address: %q is not an IP address (flotilla-agent does not resolve host names)", path, sa.GetAddress())
+	}
+	if ip.Zone() != "" {
+		return addr, false, fmt.Errorf("%s.address: %q: IPv6 zones are not supported by flotilla-agent", path, sa.GetAddress())
+	}
+	ip = ip.Unmap()
+	port := sa.GetPortValue()
+	if port > 65535 {
+		return addr, false, fmt.Errorf("%s.port_value: %d is not a TCP port", path, port)
+	}
+	if !listener {
+		if port == 0 {
+			return addr, false, fmt.Errorf("%s.port_value is required (1-65535)", path)
+		}
+		if ip.IsUnspecified() {
+			return addr, false, fmt.Errorf("%s.address: %s is not an upstream address", path, ip)
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(port)), ip.Is6() && !sa.GetIpv4Compat(), nil
+}
+
+// parseCluster checks a Cluster against the supported subset and compiles it. An EDS
+// cluster comes back without endpoints; a STATIC one with its inline load_assignment.
+func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
+	if c == nil {
+		return nil, errors.New("resource is empty")
+	}
+	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata"); err != nil {
+		return nil, err
+	}
+	if c.GetName() == "" {
+		return nil, errors.New("name is required")
+	}
+	out := &Cluster{name: c.GetName(), connectTimeout: DefaultConnectTimeout}
+	switch c.GetType() {
+	case clusterv3.Cluster_STATIC:
+		if c.EdsClusterConfig != nil {
+			return nil, errors.New("eds_cluster_config is only valid for a cluster of type EDS")
+		}
+		if c.LoadAssignment == nil {
+			return nil, errors.New("load_assignment is required for a cluster of type STATIC")
+		}
+		eps, err := parseEndpoints(c.GetLoadAssignment(), "load_assignment")
+		if err != nil {
+			return nil, err
+		}
+		out.setEndpoints(eps)
+	case clusterv3.Cluster_EDS:
+		if c.LoadAssignment != nil {
+			return nil, errors.New("load_assignment is not supported for a cluster of type EDS (its endpoints come from EDS)")
+		}
+		if err := checkEDSConfig(c.GetEdsClusterConfig()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("type %s is not supported by flotilla-agent (STATIC or EDS only)", c.GetType())
+	}
+	if c.GetLbPolicy() != clusterv3.Cluster_ROUND_ROBIN {
+		return nil, fmt.Errorf("lb_policy %s is not supported by flotilla-agent (ROUND_ROBIN only)", c.GetLbPolicy())
+	}
+	if c.ConnectTimeout != nil {
+		d, err := duration(c.GetConnectTimeout(), "connect_timeout")
+		if err != nil {
+			return nil, err
+		}
+		if d == 0 {
+			return nil, errors.New("connect_timeout: must be greater than 0")
+		}
+		out.connectTimeout = d
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkEDSConfig accepts eds_cluster_config{eds_config{ads{}}, service_name}: endpoints come
+// over the same ADS stream as everything else.
+func checkEDSConfig(ecc *clusterv3.Cluster_EdsClusterConfig) error {
+	const path = "eds_cluster_config"
+	if ecc == nil {
+		return errors.New(path + " is required for a cluster of type EDS")
+	}
+	if err := onlyFields(ecc, path, "eds_config", "service_name"); err != nil {
+		return err
+	}
+	cs := ecc.GetEdsConfig()
+	if cs == nil {
+		return errors.New(path + ".eds_config is required")
+	}
+	if err := onlyFields(cs, path+".eds_config", "ads", "resource_api_version"); err != nil {
+		return err
+	}
+	if cs.GetAds() == nil {
+		return errors.New(path + ".eds_config.ads is required (flotilla-agent fetches endpoints over ADS only)")
+	}
+	if err := onlyFields(cs.GetAds(), path+".eds_config.ads"); err != nil {
+		return err
+	}
+	if v := cs.GetResourceApiVersion(); v != corev3.ApiVersion_AUTO && v != corev3.ApiVersion_V3 {
+		return fmt.Errorf("%s.eds_config.resource_api_version %s is not supported by flotilla-agent (V3 only)", path, v)
+	}
+	return nil
+}
+
+// parseLoadAssignment checks a ClusterLoadAssignment delivered over EDS.
+func parseLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
+	if cla == nil {
+		return nil, errors.New("resource is empty")
+	}
+	if cla.GetClusterName() == "" {
+		return nil, errors.New("cluster_name is required")
+	}
+	eps, err := parseEndpoints(cla, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := cla.Validate(); err != nil {
+		return nil, err
+	}
+	return eps, nil
+}
+
+// parseEndpoints checks a ClusterLoadAssignment (top level when path is "", else inline in a
+// STATIC cluster) and returns the endpoints that take traffic: those whose health_status is
+// UNKNOWN or HEALTHY. Like Envoy, UNHEALTHY, DRAINING, TIMEOUT and DEGRADED endpoints are
+// left out.
+func parseEndpoints(cla *endpointv3.ClusterLoadAssignment, path string) ([]Endpoint, error) {
+	if err := onlyFields(cla, path, "cluster_name", "endpoints"); err != nil {
+		return nil, err
+	}
+	var eps []Endpoint
+	for i, lle := range cla.GetEndpoints() {
+		p := fmt.Sprintf("%s[%d]", join(path, "endpoints"), i)
+		// Locality and locality weights only matter with zone-aware or locality-weighted
+		// load balancing, which a cluster cannot enable here; Envoy ignores them too.
+		if err := onlyFields(lle, p, "locality", "metadata", "lb_endpoints", "load_balancing_weight", "priority"); err != nil {
+			return nil, err
+		}
+		if lle.GetPriority() != 0 {
+			return nil, fmt.Errorf("%s.priority %d is not supported by flotilla-agent (priority 0 only)", p, lle.GetPriority())
+		}
+		for j, lbe := range lle.GetLbEndpoints() {
+			q := fmt.Sprintf("%s.lb_endpoints[%d]", p, j)
+			if err := onlyFields(lbe, q, "endpoint", "health_status", "metadata", "load_balancing_weight"); err != nil {
+				return nil, err
+			}
+			ep := lbe.GetEndpoint()
+			if ep == nil {
+				return nil, fmt.Errorf("%s.endpoint is required", q)
+			}
+			if err := onlyFields(ep, q+".endpoint", "address"); err != nil {
+				return nil, err
+			}
+			addr, _, err := parseSocketAddress(ep.GetAddress(), q+".endpoint.address", false)
+			if err != nil {
+				return nil, err
+			}
+			weight := uint32(1)
+			if lbe.LoadBalancingWeight != nil {
+				if weight = lbe.GetLoadBalancingWeight().GetValue(); weight == 0 {
+					return nil, fmt.Errorf("%s.load_balancing_weight: must be at least 1", q)
+				}
+			}
+			switch lbe.GetHealthStatus() {
+			case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+				eps = append(eps, Endpoint{Addr: addr, Weight: weight})
+			}
+		}
+	}
+	return eps, nil
+}
+
+// onlyFields returns an error naming the first field set in m that is not in allowed, or
+// the first field m carries that this build does not even know (a field added to Envoy's
+// API later). Checking what is set against an allowlist, rather than checking for known
+// unsupported fields, means nothing that changes behaviour slips through unnoticed.
+func onlyFields(m proto.Message, path string, allowed ...protoreflect.Name) error {
+	rm := m.ProtoReflect()
+	// Range visits only the fields that are set, in no promised order: report the first
+	// offender in declaration order so errors are stable.
+	var bad protoreflect.FieldDescriptor
+	rm.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		if !slices.Contains(allowed, fd.Name()) && (bad == nil || fd.Index() < bad.Index()) {
+			bad = fd
+		}
+		return true
+	})
+	if bad != nil {
+		return unsupported(join(path, string(bad.Name())))
+	}
+	if u := rm.GetUnknown(); len(u) > 0 {
+		num, _, _ := protowire.ConsumeTag(u)
+		return fmt.Errorf("%s carries field number %d, which flotilla-agent does not know (an Envoy API newer than the agent?)", orSelf(path), num)
+	}
+	return nil
+}
+
+// hasFields reports whether any field of m is set.
+func hasFields(m proto.Message) bool {
+	has := false
+	m.ProtoReflect().Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool {
+		has = true
+		return false
+	})
+	return has || len(m.ProtoReflect().GetUnknown()) > 0
+}
+
+// unsupported is the error for a field outside the supported subset.
+func unsupported(path string) error {
+	return fmt.Errorf("%s is not supported by flotilla-agent", path)
+}
+
+// duration converts a non-negative protobuf Duration.
+func duration(d *durationpb.Duration, path string) (time.Duration, error) {
+	if err := d.CheckValid(); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, fmt.Errorf("%s: must not be negative, got %s", path, v)
+	}
+	return v, nil
+}
+
+// join appends a field name to a field path.
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// orSelf names the top-level message in errors about the message itself.
+func orSelf(path string) string {
+	if path == "" {
+		return "resource"
+	}
+	return path
+}
