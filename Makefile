@@ -11,7 +11,7 @@ BUF_VERSION          := v1.73.0
 PROTOC_GEN_GO_GRPC   := v1.5.1
 FUZZTIME ?= 5s
 
-CMDS := controlplane/cmd/flotilla-controlplane agent/cmd/flotilla-agent cli/cmd/flotctl examples/echo-backend
+CMDS := controlplane/cmd/flotilla-controlplane agent/cmd/flotilla-agent cli/cmd/flotctl deploy/demo/echo-backend
 
 .PHONY: all build run test test-go test-e2e check-proto lint vet fmt-check proto tools bench fuzz fuzz-smoke clean
 
