@@ -14,6 +14,7 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
@@ -225,6 +226,39 @@ func TestPushOrderVersionsAndNACKHold(t *testing.T) {
 	lds = b.next(resource.ListenerType, "7")
 	b.send(resource.ListenerType, "7", lds.GetNonce(), nil, "")
 	waitFor(t, "LDS synced on 7", func() bool { st, _ := state(s, "a1", "LDS"); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
+}
+
+// TestUpdateOrder: an update that touches clusters, endpoints and listeners
+// reaches an agent make-before-break, CDS then EDS then LDS, whatever order
+// the agent subscribed in.
+func TestUpdateOrder(t *testing.T) {
+	s, conn := startServer(t)
+	if err := s.SetVersion(1, files(7001, nil, "127.0.0.1:9001")); err != nil {
+		t.Fatal(err)
+	}
+	a := newADS(t, conn, node("o1", nil))
+	// Listeners first, on purpose.
+	a.send(resource.ListenerType, "", "", nil, "")
+	lds := a.next(resource.ListenerType, "1")
+	a.send(resource.EndpointType, "", "", []string{"c"}, "")
+	eds := a.next(resource.EndpointType, "1")
+	a.send(resource.ClusterType, "", "", nil, "")
+	cds := a.next(resource.ClusterType, "1")
+	a.send(resource.ListenerType, "1", lds.GetNonce(), nil, "")
+	a.send(resource.EndpointType, "1", eds.GetNonce(), []string{"c"}, "")
+	a.send(resource.ClusterType, "1", cds.GetNonce(), nil, "")
+	for _, short := range []string{"CDS", "EDS", "LDS"} {
+		waitFor(t, short+" synced", func() bool { st, _ := state(s, "o1", short); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
+	}
+
+	v2 := files(7002, nil, "127.0.0.1:9002")
+	v2[0].Bundle.Clusters[0].ConnectTimeout = durationpb.New(2 * time.Second)
+	if err := s.SetVersion(2, v2); err != nil {
+		t.Fatal(err)
+	}
+	a.next(resource.ClusterType, "2")
+	a.next(resource.EndpointType, "2")
+	a.next(resource.ListenerType, "2")
 }
 
 func TestGroupsBySelector(t *testing.T) {
