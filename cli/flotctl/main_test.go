@@ -40,6 +40,8 @@ func (f *fleet) SetVersion(n uint64, _ []*adminv1.ConfigFile) error {
 	return nil
 }
 
+func (f *fleet) Check([]*adminv1.ConfigFile) error { return nil }
+
 func (f *fleet) Agents(selector map[string]string) []*adminv1.Agent {
 	f.mu.Lock()
 	defer f.mu.Unlock()

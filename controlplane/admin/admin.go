@@ -23,6 +23,8 @@ import (
 type Publisher interface {
 	// SetVersion makes a version the fleet's configuration.
 	SetVersion(number uint64, files []*adminv1.ConfigFile) error
+	// Check compiles valid files for the fleet without changing anything.
+	Check(files []*adminv1.ConfigFile) error
 	// Agents lists the connected agents whose labels include selector.
 	Agents(selector map[string]string) []*adminv1.Agent
 }
@@ -69,6 +71,9 @@ func (s *Service) Apply(ctx context.Context, req *adminv1.ApplyRequest) (*adminv
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if req.GetDryRun() {
+		if err := s.pub.Check(req.GetFiles()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "does not compile: %v", err)
+		}
 		latest, err := s.store.Get(ctx, 0)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, storeError(err)

@@ -22,6 +22,7 @@ func (r *recorder) SetVersion(n uint64, _ []*adminv1.ConfigFile) error {
 	return nil
 }
 func (r *recorder) Agents(map[string]string) []*adminv1.Agent { return nil }
+func (r *recorder) Check([]*adminv1.ConfigFile) error         { return nil }
 
 func bundleFiles(endpoint string) []*adminv1.ConfigFile {
 	return []*adminv1.ConfigFile{{Path: "a.yaml", Bundle: &configv1.Bundle{

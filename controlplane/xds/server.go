@@ -145,6 +145,24 @@ func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
 	return firstErr
 }
 
+// Check compiles files for every group of agents seen so far (and for an
+// agent with no labels), without changing anything: the dry run of an apply.
+func (s *Server) Check(files []*adminv1.ConfigFile) error {
+	b := bundle.Merge(files)
+	s.groupsMu.RLock()
+	labelSets := []map[string]string{{}}
+	for _, g := range s.groups {
+		labelSets = append(labelSets, g.labels)
+	}
+	s.groupsMu.RUnlock()
+	for _, labels := range labelSets {
+		if _, err := compiler.Compile(b, labels); err != nil {
+			return fmt.Errorf("agents with labels %q: %w", fleet.GroupKey(labels), err)
+		}
+	}
+	return nil
+}
+
 // nodeSeen creates the snapshot of a node's group the first time the group is seen.
 func (s *Server) nodeSeen(node *corev3.Node) {
 	labels := fleet.Labels(node)
