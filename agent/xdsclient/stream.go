@@ -17,10 +17,17 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
+)
+
+// Keepalive pings on the ADS connection.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
 )
 
 // maxMessageSize bounds one response; a fleet's config can outgrow gRPC's 4 MiB default.
@@ -45,7 +52,12 @@ func (c *Client) runStream(ctx context.Context, addr string) (connected, progres
 	}
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageSize)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageSize)),
+		// A control plane that vanishes without a FIN (host down, partition)
+		// is noticed within 40s, and the client fails over to the next one.
+		// flotilla-controlplane permits pings every 10s; a server that allows
+		// fewer makes grpc-go back off its interval by itself.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
 		return false, false, fmt.Errorf("dial %s: %w", addr, err)
 	}
