@@ -13,7 +13,7 @@ FUZZTIME ?= 5s
 
 CMDS := controlplane/cmd/flotilla-controlplane agent/cmd/flotilla-agent cli/cmd/flotctl deploy/demo/echo-backend
 
-.PHONY: all build run test test-go test-e2e check-proto lint vet fmt-check proto tools bench fuzz fuzz-smoke clean
+.PHONY: all build run test test-deps test-go test-e2e check-proto lint vet fmt-check proto tools bench fuzz fuzz-smoke clean
 
 all: build
 
@@ -28,7 +28,11 @@ run: build
 
 ## test: everything CI checks: generated code fresh, buf lint, vet, gofmt, unit tests
 ## with -race, short fuzzing, and the end-to-end tests with the real binaries.
-test: check-proto fmt-check vet test-go fuzz-smoke
+test: test-deps check-proto fmt-check vet test-go fuzz-smoke
+
+## test-deps: the real peers e2e tests run (nginx, openssl), from Debian, when root.
+test-deps:
+	@deploy/ci/test-deps.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 20m ./...
