@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -30,14 +31,19 @@ type conn struct {
 	mu      sync.Mutex
 	up      *net.TCPConn
 	aborted string // why the proxy closed the connection itself; "" if it did not
+	// Known once the chain is chosen (zero before): for the log line.
+	chain   *runtime.FilterChain
+	cluster *clusterState
+	client  netip.AddrPort
+	sni     string
 }
 
-// serve connects to an upstream endpoint and copies bytes both ways until both directions
-// are done, then closes both connections. ctx is cancelled when the proxy aborts the
-// connection.
+// serve runs the listener filters (when the listener has any) and chooses the filter chain,
+// connects to an upstream endpoint of the chain's cluster, writes the PROXY header the
+// cluster wants and the bytes the filters peeked, then copies bytes both ways until both
+// directions are done, and closes both connections. ctx is cancelled when the proxy aborts
+// the connection.
 func (c *conn) serve(ctx context.Context) {
-	tcp := c.route.listener.TCP()
-	cs := c.route.cluster
 	var (
 		ep     runtime.Endpoint
 		tx, rx int64
@@ -51,6 +57,16 @@ func (c *conn) serve(ctx context.Context) {
 		c.entry.m.conns.Done()
 	}()
 
+	var p *preread
+	p, err = c.preread(c.route.listener)
+	if err != nil {
+		return
+	}
+	defer p.release()
+	tcp := p.chain.TCP
+	cs := c.route.clusters[tcp.Cluster.Name()]
+	c.setChain(p, cs)
+
 	var up *net.TCPConn
 	up, ep, err = c.connect(ctx, tcp, cs)
 	if err != nil {
@@ -63,11 +79,26 @@ func (c *conn) serve(ctx context.Context) {
 	}
 	cs.stats.active.Inc()
 	defer cs.stats.active.Dec()
+	if err = writePreamble(up, tcp.Cluster.ProxyProtocol(), p); err != nil {
+		err = fmt.Errorf("write to upstream: %w", err)
+		return
+	}
+	tx = int64(len(p.peeked()))
+	p.release()
 	stopIdle := c.watchIdle(tcp.IdleTimeout, up)
-	tx, rx, err = c.pipe(up)
+	var n int64
+	n, rx, err = c.pipe(up)
+	tx += n
 	stopIdle()
 	cs.stats.txBytes.Add(float64(tx))
 	cs.stats.rxBytes.Add(float64(rx))
+}
+
+// setChain records the chosen chain for the connection's log line.
+func (c *conn) setChain(p *preread, cs *clusterState) {
+	c.mu.Lock()
+	c.chain, c.cluster, c.client, c.sni = p.chain, cs, p.src, p.sni
+	c.mu.Unlock()
 }
 
 // connect dials the endpoint the cluster's round robin picks and, when that fails, the
@@ -219,7 +250,7 @@ func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
 		return
 	}
 	c.mu.Lock()
-	end := c.aborted
+	end, chain, cs, client, sni := c.aborted, c.chain, c.cluster, c.client, c.sni
 	c.mu.Unlock()
 	switch {
 	case end != "":
@@ -228,14 +259,22 @@ func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
 	default:
 		end = "closed"
 	}
-	attrs := []slog.Attr{
-		slog.String("listener", c.route.listener.Name()),
-		slog.String("cluster", c.route.cluster.name),
+	attrs := []slog.Attr{slog.String("listener", c.route.listener.Name())}
+	if chain != nil {
+		attrs = append(attrs, slog.String("cluster", cs.name), slog.String("filter_chain", chain.Name))
+	}
+	attrs = append(attrs,
 		slog.String("client", c.down.RemoteAddr().String()),
 		slog.Int64("tx_bytes", tx),
 		slog.Int64("rx_bytes", rx),
 		slog.Float64("duration_s", time.Since(c.start).Seconds()),
 		slog.String("end", end),
+	)
+	if client.IsValid() && client.String() != c.down.RemoteAddr().String() {
+		attrs = append(attrs, slog.String("source", client.String()))
+	}
+	if sni != "" {
+		attrs = append(attrs, slog.String("sni", sni))
 	}
 	if ep.Addr.IsValid() {
 		attrs = append(attrs, slog.String("upstream", ep.Addr.String()))
@@ -252,11 +291,13 @@ func warnIdleUnsupported(log *slog.Logger, g *runtime.Graph) {
 		return
 	}
 	for _, l := range g.Listeners() {
-		if l.TCP().IdleTimeout > 0 {
-			idleWarning.Do(func() {
-				log.Warn("tcp_proxy idle_timeout is only enforced on Linux; idle connections stay open", "listener", l.Name())
-			})
-			return
+		for _, fc := range append(l.Chains(), l.DefaultChain()) {
+			if fc != nil && fc.TCP.IdleTimeout > 0 {
+				idleWarning.Do(func() {
+					log.Warn("tcp_proxy idle_timeout is only enforced on Linux; idle connections stay open", "listener", l.Name())
+				})
+				return
+			}
 		}
 	}
 }

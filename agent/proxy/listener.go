@@ -36,16 +36,16 @@ type entry struct {
 	drainTimer *time.Timer // closes what is left at the drain deadline
 }
 
-// route is what a new connection gets: the listener's config and its cluster's state. It is
-// immutable; Apply replaces it whole.
+// route is what a new connection gets: the listener's config and the state of the clusters
+// of the graph it belongs to (by name). It is immutable; Apply replaces it whole.
 type route struct {
 	listener *runtime.Listener
-	cluster  *clusterState
+	clusters map[string]*clusterState
 }
 
-func (m *Manager) newEntry(l *runtime.Listener, s *socket, cs *clusterState) *entry {
+func (m *Manager) newEntry(l *runtime.Listener, s *socket, clusters map[string]*clusterState) *entry {
 	e := &entry{m: m, name: l.Name(), sock: s, stats: m.metrics.listener(l.Name()), conns: map[*conn]struct{}{}}
-	e.route.Store(&route{listener: l, cluster: cs})
+	e.route.Store(&route{listener: l, clusters: clusters})
 	return e
 }
 

@@ -2,9 +2,14 @@
 // proxies every accepted TCP connection to an endpoint of the listener's cluster.
 //
 // A connection's life reads top to bottom in this package: acceptLoop → entry.accept →
-// conn.serve, which picks an endpoint by weighted round robin, dials it (retrying on the
-// next endpoints), then runs two proxyCopy goroutines that io.Copy between the raw
-// *net.TCPConn values, so splice(2) moves the bytes, with proper half-close. After
+// conn.serve → conn.preread, which runs the listener filters and chooses the filter chain
+// (package match). A listener with listener filters peeks, into a pooled buffer and under
+// listener_filters_timeout, the PROXY protocol header (dropped) and the TLS ClientHello
+// (kept); a listener without them reads nothing, so protocols in which the server speaks
+// first work. Then conn.connect picks an endpoint of the chain's cluster by weighted round
+// robin and dials it (retrying on the next endpoints); writePreamble sends the PROXY header
+// the cluster wants and the peeked bytes; and two proxyCopy goroutines io.Copy between the
+// raw *net.TCPConn values, so splice(2) moves the bytes, with proper half-close. After
 // conn.serve returns, nothing touches either connection again.
 //
 // A configuration change is Manager.Apply: it binds the sockets of new listeners first and
@@ -179,12 +184,12 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 	entries := make(map[string]*entry, len(keep)+len(add))
 	for name, e := range keep {
 		l := g.Listener(name)
-		e.route.Store(&route{listener: l, cluster: clusters[l.TCP().Cluster.Name()]})
+		e.route.Store(&route{listener: l, clusters: clusters})
 		entries[name] = e
 	}
 	handedOver := map[*socket]bool{}
 	for _, p := range add {
-		e := m.newEntry(p.l, p.sock, clusters[p.l.TCP().Cluster.Name()])
+		e := m.newEntry(p.l, p.sock, clusters)
 		entries[p.l.Name()] = e
 		p.sock.owner.Store(e)
 		if p.fresh {
@@ -194,7 +199,7 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 			handedOver[p.sock] = true
 		}
 		m.log.Info("listener started", "listener", p.l.Name(), "address", p.sock.ln.Addr().String(),
-			"cluster", p.l.TCP().Cluster.Name())
+			"clusters", clusterNames(p.l), "filter_chains", len(p.l.Chains()))
 	}
 	for _, e := range retire {
 		if !handedOver[e.sock] {
@@ -274,6 +279,15 @@ func (m *Manager) drained(e *entry) {
 	m.drainMu.Lock()
 	delete(m.draining, e)
 	m.drainMu.Unlock()
+}
+
+// clusterNames lists the clusters a listener sends to, for logs.
+func clusterNames(l *runtime.Listener) []string {
+	var names []string
+	for _, c := range l.Clusters() {
+		names = append(names, c.Name())
+	}
+	return names
 }
 
 // sameSocket reports whether listener b can be served by the socket bound for a.

@@ -19,6 +19,10 @@ type metrics struct {
 	txBytes          *prometheus.CounterVec
 	rxBytes          *prometheus.CounterVec
 	noHealthy        *prometheus.CounterVec
+	proxyProtoError  *prometheus.CounterVec
+	preTimeout       *prometheus.CounterVec
+	noChain          *prometheus.CounterVec
+	clientHelloError *prometheus.CounterVec
 }
 
 const namespace = "flotilla_agent"
@@ -40,6 +44,10 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		txBytes:          counter("upstream_cx_tx_bytes_total", "Bytes sent to a cluster's endpoints, counted when a connection ends.", "cluster"),
 		rxBytes:          counter("upstream_cx_rx_bytes_total", "Bytes received from a cluster's endpoints, counted when a connection ends.", "cluster"),
 		noHealthy:        counter("no_healthy_upstream", "Connections closed because the cluster had no endpoint taking traffic.", "cluster"),
+		proxyProtoError:  counter("downstream_cx_proxy_proto_error", "Connections closed because their PROXY protocol header was missing, malformed or too large.", "listener"),
+		preTimeout:       counter("downstream_pre_cx_timeout", "Connections whose listener filters timed out waiting for the client's bytes.", "listener"),
+		noChain:          counter("no_filter_chain_match", "Connections closed because no filter chain (and no default chain) matched them.", "listener"),
+		clientHelloError: counter("tls_inspector_client_hello_error", "Connections closed because their TLS ClientHello was malformed or too large.", "listener"),
 	}
 }
 
@@ -67,6 +75,8 @@ type listenerStats struct {
 	total       prometheus.Counter
 	active      prometheus.Gauge
 	drainClosed prometheus.Counter
+
+	proxyProtoError, preTimeout, noChain, clientHelloError prometheus.Counter
 }
 
 func (m *metrics) listener(name string) listenerStats {
@@ -74,6 +84,11 @@ func (m *metrics) listener(name string) listenerStats {
 		total:       m.downstreamTotal.WithLabelValues(name),
 		active:      m.downstreamActive.WithLabelValues(name),
 		drainClosed: m.downstreamDrain.WithLabelValues(name),
+
+		proxyProtoError:  m.proxyProtoError.WithLabelValues(name),
+		preTimeout:       m.preTimeout.WithLabelValues(name),
+		noChain:          m.noChain.WithLabelValues(name),
+		clientHelloError: m.clientHelloError.WithLabelValues(name),
 	}
 }
 

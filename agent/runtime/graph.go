@@ -9,6 +9,8 @@ import (
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/flotilla-proxy/flotilla/agent/match"
 )
 
 // Graph is the agent's complete runtime configuration: every listener, the cluster each one
@@ -49,12 +51,19 @@ func (g *Graph) Resources() *Resources {
 	}
 }
 
-// Listener is one compiled listener: a TCP socket address and the tcp_proxy behind it.
+// Listener is one compiled listener: a TCP socket address, its listener filters and its
+// filter chains, each running a tcp_proxy.
 type Listener struct {
-	name   string
-	addr   netip.AddrPort
-	v6only bool
-	tcp    TCPProxy
+	name              string
+	addr              netip.AddrPort
+	v6only            bool
+	proxyProtocol     bool
+	tlsInspector      bool
+	filtersTimeout    time.Duration
+	continueOnTimeout bool
+	chains            []*FilterChain
+	defaultChain      *FilterChain
+	matcher           *match.Matcher
 }
 
 // Name returns the listener's name, its identity across configuration changes.
@@ -75,8 +84,74 @@ func (l *Listener) Network() string {
 // listener's socket_address sets ipv4_compat. It is false for IPv4 listeners.
 func (l *Listener) V6Only() bool { return l.v6only }
 
-// TCP returns the listener's tcp_proxy settings.
-func (l *Listener) TCP() TCPProxy { return l.tcp }
+// ProxyProtocol reports whether the listener runs the proxy_protocol listener filter: every
+// connection must start with a PROXY protocol header (v1 or v2), whose addresses become the
+// connection's source and destination.
+func (l *Listener) ProxyProtocol() bool { return l.proxyProtocol }
+
+// TLSInspector reports whether the listener runs the tls_inspector listener filter, which
+// reads the ClientHello (SNI, ALPN) of TLS connections without terminating TLS.
+func (l *Listener) TLSInspector() bool { return l.tlsInspector }
+
+// Peeks reports whether the listener reads from a client before choosing its chain (it has a
+// listener filter). A listener that does not peek connects upstream at once, so protocols in
+// which the server speaks first work.
+func (l *Listener) Peeks() bool { return l.proxyProtocol || l.tlsInspector }
+
+// FiltersTimeout returns listener_filters_timeout: how long the listener filters may wait for
+// the client's bytes; 0 means no limit.
+func (l *Listener) FiltersTimeout() time.Duration { return l.filtersTimeout }
+
+// ContinueOnFiltersTimeout reports continue_on_listener_filters_timeout: when the timeout
+// passes, choose a chain with what is known so far instead of closing the connection.
+func (l *Listener) ContinueOnFiltersTimeout() bool { return l.continueOnTimeout }
+
+// Chains returns the listener's filter chains in configuration order (not the default one).
+func (l *Listener) Chains() []*FilterChain { return slices.Clone(l.chains) }
+
+// DefaultChain returns the default_filter_chain, or nil.
+func (l *Listener) DefaultChain() *FilterChain { return l.defaultChain }
+
+// Match returns the chain a connection described by in gets, with Envoy's filter_chain_match
+// rules (package match): the matching chain, else the default chain, else nil (the
+// connection is closed). It does not allocate.
+func (l *Listener) Match(in *match.Input) *FilterChain {
+	if i := l.matcher.Match(in); i >= 0 {
+		return l.chains[i]
+	}
+	return l.defaultChain
+}
+
+// TCP returns the tcp_proxy settings of the default chain, else of the only chain; the zero
+// TCPProxy (Cluster nil) when the listener has several chains and no default.
+func (l *Listener) TCP() TCPProxy {
+	switch {
+	case l.defaultChain != nil:
+		return l.defaultChain.TCP
+	case len(l.chains) == 1:
+		return l.chains[0].TCP
+	}
+	return TCPProxy{}
+}
+
+// allChains returns the chains and then the default chain.
+func (l *Listener) allChains() []*FilterChain {
+	if l.defaultChain == nil {
+		return l.chains
+	}
+	return append(l.chains[:len(l.chains):len(l.chains)], l.defaultChain)
+}
+
+// Clusters returns the clusters the listener's chains send to, each once, in chain order.
+func (l *Listener) Clusters() []*Cluster {
+	var out []*Cluster
+	for _, fc := range l.allChains() {
+		if !slices.Contains(out, fc.TCP.Cluster) {
+			out = append(out, fc.TCP.Cluster)
+		}
+	}
+	return out
+}
 
 // TCPProxy is the compiled envoy.filters.network.tcp_proxy filter of a listener.
 type TCPProxy struct {
@@ -94,6 +169,7 @@ type TCPProxy struct {
 type Cluster struct {
 	name           string
 	connectTimeout time.Duration
+	proxyProtocol  int // PROXY protocol version sent to endpoints, 0 for none
 	endpoints      []Endpoint
 	schedule       []uint32 // endpoint indexes, interleaved in proportion to their weights
 }
@@ -109,6 +185,10 @@ func (c *Cluster) Name() string { return c.name }
 
 // ConnectTimeout returns how long one upstream connection attempt may take.
 func (c *Cluster) ConnectTimeout() time.Duration { return c.connectTimeout }
+
+// ProxyProtocol returns the PROXY protocol version (1 or 2) the cluster's transport socket
+// sends to its endpoints before any other byte, or 0 when it sends none.
+func (c *Cluster) ProxyProtocol() int { return c.proxyProtocol }
 
 // Endpoints returns a copy of the endpoints that take traffic (healthy or of unknown
 // health), in the order the load assignment lists them.
@@ -211,14 +291,27 @@ func Build(r *Resources) (*Graph, error) {
 			bound[s.addr] = s.name
 		}
 		l := &Listener{
-			name:   s.name,
-			addr:   s.addr,
-			v6only: s.v6only,
-			tcp: TCPProxy{
-				Cluster:            g.clusterByName[s.cluster],
-				IdleTimeout:        s.idleTimeout,
-				MaxConnectAttempts: s.attempts,
-			},
+			name:              s.name,
+			addr:              s.addr,
+			v6only:            s.v6only,
+			proxyProtocol:     s.proxyProtocol,
+			tlsInspector:      s.tlsInspector,
+			filtersTimeout:    s.filtersTimeout,
+			continueOnTimeout: s.continueOnTimeout,
+			matcher:           s.matcher,
+		}
+		link := func(c chainSpec) *FilterChain {
+			return &FilterChain{Name: c.name, Match: c.cond, TCP: TCPProxy{
+				Cluster:            g.clusterByName[c.cluster],
+				IdleTimeout:        c.idleTimeout,
+				MaxConnectAttempts: c.attempts,
+			}}
+		}
+		for _, c := range s.chains {
+			l.chains = append(l.chains, link(c))
+		}
+		if s.defaultChain.cluster != "" {
+			l.defaultChain = link(s.defaultChain)
 		}
 		g.listeners = append(g.listeners, l)
 		g.listenerByName[l.name] = l

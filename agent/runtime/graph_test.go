@@ -231,7 +231,7 @@ func TestBuildErrors(t *testing.T) {
 		{"invalid listener", set([]*listenerv3.Listener{listener(func(l *listenerv3.Listener) {
 			l.UseOriginalDst = nil
 			l.FilterChains = nil
-		})}, nil, nil), `listener "web": filter_chains: flotilla-agent supports exactly one filter chain, got 0`,
+		})}, nil, nil), `listener "web": filter_chains: at least one filter chain or a default_filter_chain is required`,
 			resourcev3.ListenerType, "web"},
 		{"duplicate address", set([]*listenerv3.Listener{
 			runtimetest.Listener("a", "0.0.0.0", 80, "x"),

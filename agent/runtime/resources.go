@@ -43,7 +43,7 @@ type ResourceError struct {
 	Err     error
 }
 
-// Error reads like `listener "web": filter_chains[0].filter_chain_match is not supported by
+// Error reads like `listener "web": filter_chains[0].filter_chain_match.source_ports is not supported by
 // flotilla-agent`.
 func (e *ResourceError) Error() string {
 	if e.Name == "" {
@@ -102,12 +102,16 @@ func (r *Resources) EDSNames() []string {
 func (r *Resources) Missing() error {
 	var missing []string
 	for _, name := range sortedKeys(r.Listeners) {
-		tp, err := tcpProxyOf(r.Listeners[name])
-		if err != nil || tp.GetCluster() == "" {
-			continue
-		}
-		if _, ok := r.Clusters[tp.GetCluster()]; !ok {
-			missing = append(missing, fmt.Sprintf("listener %q references unknown cluster %q", name, tp.GetCluster()))
+		seen := map[string]bool{}
+		for _, tp := range tcpProxiesOf(r.Listeners[name]) {
+			c := tp.GetCluster()
+			if c == "" || seen[c] {
+				continue
+			}
+			seen[c] = true
+			if _, ok := r.Clusters[c]; !ok {
+				missing = append(missing, fmt.Sprintf("listener %q references unknown cluster %q", name, c))
+			}
 		}
 	}
 	for _, name := range sortedKeys(r.Clusters) {

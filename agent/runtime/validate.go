@@ -17,6 +17,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/flotilla-proxy/flotilla/agent/match"
 )
 
 // Envoy's defaults for the fields flotilla-agent honours.
@@ -86,14 +88,18 @@ func wrongType(typeURL string, m proto.Message) error {
 	return &ResourceError{TypeURL: typeURL, Err: fmt.Errorf("resource is a %s, not the type its type URL names", got)}
 }
 
-// listenerSpec is a parsed listener before its cluster is linked.
+// listenerSpec is a parsed listener before its clusters are linked.
 type listenerSpec struct {
-	name        string
-	addr        netip.AddrPort
-	v6only      bool
-	cluster     string
-	idleTimeout time.Duration
-	attempts    int
+	name              string
+	addr              netip.AddrPort
+	v6only            bool
+	proxyProtocol     bool
+	tlsInspector      bool
+	filtersTimeout    time.Duration
+	continueOnTimeout bool
+	chains            []chainSpec
+	defaultChain      chainSpec // cluster "" when none
+	matcher           *match.Matcher
 }
 
 // parseListener checks a Listener against the supported subset and extracts what the agent
@@ -102,7 +108,9 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	if l == nil {
 		return nil, errors.New("resource is empty")
 	}
-	if err := onlyFields(l, "", "name", "address", "stat_prefix", "filter_chains", "metadata"); err != nil {
+	if err := onlyFields(l, "", "name", "address", "stat_prefix", "filter_chains", "metadata",
+		"listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
+		"default_filter_chain"); err != nil {
 		return nil, err
 	}
 	if l.GetName() == "" {
@@ -112,55 +120,12 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n := len(l.GetFilterChains()); n != 1 {
-		return nil, fmt.Errorf("filter_chains: flotilla-agent supports exactly one filter chain, got %d", n)
-	}
-	fc := l.GetFilterChains()[0]
-	path := "filter_chains[0]"
-	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name"); err != nil {
+	spec := &listenerSpec{name: l.GetName(), addr: addr, v6only: v6only}
+	if err := parseListenerFilters(l, spec); err != nil {
 		return nil, err
 	}
-	if m := fc.GetFilterChainMatch(); m != nil && hasFields(m) {
-		return nil, unsupported(path + ".filter_chain_match")
-	}
-	if n := len(fc.GetFilters()); n != 1 {
-		return nil, fmt.Errorf("%s.filters: flotilla-agent supports exactly one network filter (%s), got %d", path, TCPProxyFilterName, n)
-	}
-	path += ".filters[0]"
-	tp, err := parseTCPProxyFilter(fc.GetFilters()[0], path)
-	if err != nil {
+	if err := parseChains(l, spec); err != nil {
 		return nil, err
-	}
-	path += ".typed_config"
-	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"); err != nil {
-		return nil, err
-	}
-	if tp.GetCluster() == "" {
-		return nil, fmt.Errorf("%s.cluster is required", path)
-	}
-	spec := &listenerSpec{
-		name:        l.GetName(),
-		addr:        addr,
-		v6only:      v6only,
-		cluster:     tp.GetCluster(),
-		idleTimeout: DefaultIdleTimeout,
-		attempts:    DefaultMaxConnectAttempts,
-	}
-	if tp.IdleTimeout != nil {
-		if spec.idleTimeout, err = duration(tp.GetIdleTimeout(), path+".idle_timeout"); err != nil {
-			return nil, err
-		}
-	}
-	if tp.MaxConnectAttempts != nil {
-		n := tp.GetMaxConnectAttempts().GetValue()
-		if n < 1 {
-			return nil, fmt.Errorf("%s.max_connect_attempts: must be at least 1, got %d", path, n)
-		}
-		spec.attempts = int(n)
-	}
-	// Envoy's own field constraints (protoc-gen-validate) as a backstop for values.
-	if err := tp.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := l.Validate(); err != nil {
 		return nil, err
@@ -188,12 +153,23 @@ func parseTCPProxyFilter(f *listenerv3.Filter, path string) (*tcpproxyv3.TcpProx
 	return tp, nil
 }
 
-// tcpProxyOf returns the tcp_proxy config of a listener of the supported shape.
-func tcpProxyOf(l *listenerv3.Listener) (*tcpproxyv3.TcpProxy, error) {
-	if len(l.GetFilterChains()) != 1 || len(l.GetFilterChains()[0].GetFilters()) != 1 {
-		return nil, errors.New("not a single tcp_proxy filter")
+// tcpProxiesOf returns the tcp_proxy configs of a listener's chains and default chain that
+// decode; malformed ones are skipped (Validate reports them).
+func tcpProxiesOf(l *listenerv3.Listener) []*tcpproxyv3.TcpProxy {
+	var out []*tcpproxyv3.TcpProxy
+	fcs := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		fcs = append(fcs[:len(fcs):len(fcs)], d)
 	}
-	return parseTCPProxyFilter(l.GetFilterChains()[0].GetFilters()[0], "filter_chains[0].filters[0]")
+	for _, fc := range fcs {
+		if len(fc.GetFilters()) != 1 {
+			continue
+		}
+		if tp, err := parseTCPProxyFilter(fc.GetFilters()[0], ""); err == nil {
+			out = append(out, tp)
+		}
+	}
+	return out
 }
 
 // parseSocketAddress checks an Address that must be a TCP socket address with an IP literal
@@ -247,7 +223,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	if c == nil {
 		return nil, errors.New("resource is empty")
 	}
-	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata"); err != nil {
+	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket"); err != nil {
 		return nil, err
 	}
 	if c.GetName() == "" {
@@ -290,6 +266,11 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		}
 		out.connectTimeout = d
 	}
+	pp, err := clusterTransport(c)
+	if err != nil {
+		return nil, err
+	}
+	out.proxyProtocol = pp
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

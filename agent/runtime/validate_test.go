@@ -115,9 +115,9 @@ func TestValidate(t *testing.T) {
 		{"listener minimal tcp_proxy", lds, runtimetest.ListenerTCP("web", "0.0.0.0", 80, &tcpproxyv3.TcpProxy{
 			StatPrefix: "web", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "backend"},
 		}), ""},
-		{"listener_filters", lds, listener(func(l *listenerv3.Listener) {
+		{"listener_filters without typed_config", lds, listener(func(l *listenerv3.Listener) {
 			l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}
-		}), `listener "web": listener_filters is not supported by flotilla-agent`},
+		}), `listener "web": listener_filters[0].typed_config is required`},
 		{"use_original_dst", lds, listener(func(l *listenerv3.Listener) {
 			l.UseOriginalDst = wrapperspb.Bool(true)
 		}), `listener "web": use_original_dst is not supported by flotilla-agent`},
@@ -130,21 +130,21 @@ func TestValidate(t *testing.T) {
 		{"udp_listener_config", lds, listener(func(l *listenerv3.Listener) {
 			l.UdpListenerConfig = &listenerv3.UdpListenerConfig{}
 		}), `listener "web": udp_listener_config is not supported by flotilla-agent`},
-		{"default_filter_chain", lds, listener(func(l *listenerv3.Listener) {
-			l.DefaultFilterChain = l.FilterChains[0]
-		}), `listener "web": default_filter_chain is not supported by flotilla-agent`},
-		{"filter_chain_match", lds, listener(func(l *listenerv3.Listener) {
-			l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{ServerNames: []string{"example.com"}}
-		}), `listener "web": filter_chains[0].filter_chain_match is not supported by flotilla-agent`},
+		{"default_filter_chain with a match", lds, listener(func(l *listenerv3.Listener) {
+			l.DefaultFilterChain = runtimetest.FilterChain("default", &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(1)}, runtimetest.TCPProxy("backend"))
+		}), `listener "web": default_filter_chain.filter_chain_match: must be empty (the default chain takes what no chain matches)`},
+		{"filter_chain_match source_ports", lds, listener(func(l *listenerv3.Listener) {
+			l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{ServerNames: []string{"example.com"}, SourcePorts: []uint32{80}}
+		}), `listener "web": filter_chains[0].filter_chain_match.source_ports is not supported by flotilla-agent`},
 		{"transport_socket", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls"}
 		}), `listener "web": filter_chains[0].transport_socket is not supported by flotilla-agent`},
 		{"two filter chains", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains = append(l.FilterChains, l.FilterChains[0])
-		}), `listener "web": filter_chains: flotilla-agent supports exactly one filter chain, got 2`},
+		}), `listener "web": filter_chains[0] and filter_chains[1] have the same filter_chain_match (multiple filter chains with the same matching rules)`},
 		{"no filter chain", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains = nil
-		}), `listener "web": filter_chains: flotilla-agent supports exactly one filter chain, got 0`},
+		}), `listener "web": filter_chains: at least one filter chain or a default_filter_chain is required`},
 		{"two filters", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, l.FilterChains[0].Filters[0])
 		}), `listener "web": filter_chains[0].filters: flotilla-agent supports exactly one network filter (envoy.filters.network.tcp_proxy), got 2`},
@@ -237,9 +237,9 @@ func TestValidate(t *testing.T) {
 		{"circuit_breakers", cds, eds(func(c *clusterv3.Cluster) {
 			c.CircuitBreakers = &clusterv3.CircuitBreakers{}
 		}), `cluster "backend": circuit_breakers is not supported by flotilla-agent`},
-		{"cluster transport_socket", cds, eds(func(c *clusterv3.Cluster) {
+		{"cluster transport_socket without typed_config", cds, eds(func(c *clusterv3.Cluster) {
 			c.TransportSocket = &corev3.TransportSocket{Name: "tls"}
-		}), `cluster "backend": transport_socket is not supported by flotilla-agent`},
+		}), `cluster "backend": transport_socket.typed_config is required`},
 		{"EDS from a file", cds, eds(func(c *clusterv3.Cluster) {
 			c.EdsClusterConfig.EdsConfig.ConfigSourceSpecifier = &corev3.ConfigSource_Path{Path: "/etc/eds.yaml"}
 		}), `cluster "backend": eds_cluster_config.eds_config.path is not supported by flotilla-agent`},

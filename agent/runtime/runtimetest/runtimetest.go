@@ -12,7 +12,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	upstreamppv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -110,4 +115,71 @@ func Endpoint(addr string, weight uint32) *endpointv3.LbEndpoint {
 		}},
 		LoadBalancingWeight: wrapperspb.UInt32(weight),
 	}
+}
+
+// ProxyProtocolFilter returns the proxy_protocol listener filter with its defaults (a v1 or
+// v2 header required), as the compiler emits it.
+func ProxyProtocolFilter() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.proxy_protocol",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&proxyprotocolv3.ProxyProtocol{})},
+	}
+}
+
+// TLSInspectorFilter returns the tls_inspector listener filter with its defaults.
+func TLSInspectorFilter() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.tls_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
+	}
+}
+
+// FilterChain returns a filter chain named name with match m (nil: none) running tp.
+func FilterChain(name string, m *listenerv3.FilterChainMatch, tp *tcpproxyv3.TcpProxy) *listenerv3.FilterChain {
+	return &listenerv3.FilterChain{
+		Name:             name,
+		FilterChainMatch: m,
+		Filters: []*listenerv3.Filter{{
+			Name:       "envoy.filters.network.tcp_proxy",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)},
+		}},
+	}
+}
+
+// CIDR returns a CidrRange from "10.0.0.0/8"; a bare IP means the whole address. It panics
+// on a malformed prefix.
+func CIDR(s string) *corev3.CidrRange {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a := netip.MustParseAddr(s)
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}
+}
+
+// UpstreamProxyProtocol returns the upstream_proxy_protocol transport socket sending the
+// given PROXY protocol version (1 or 2) over raw_buffer, as the compiler emits it.
+func UpstreamProxyProtocol(version int) *corev3.TransportSocket {
+	v := corev3.ProxyProtocolConfig_V1
+	if version == 2 {
+		v = corev3.ProxyProtocolConfig_V2
+	}
+	return &corev3.TransportSocket{
+		Name: "envoy.transport_sockets.upstream_proxy_protocol",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&upstreamppv3.ProxyProtocolUpstreamTransport{
+			Config: &corev3.ProxyProtocolConfig{Version: v},
+			TransportSocket: &corev3.TransportSocket{
+				Name:       "envoy.transport_sockets.raw_buffer",
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
+			},
+		})},
+	}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("runtimetest: marshal %T: %v", m, err))
+	}
+	return a
 }

@@ -1,0 +1,370 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	upstreamppv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/flotilla-proxy/flotilla/agent/match"
+)
+
+// The listener filters, transport sockets and their defaults flotilla-agent honours.
+const (
+	// ProxyProtocolFilterName is the well-known name of the PROXY protocol listener filter.
+	ProxyProtocolFilterName = "envoy.filters.listener.proxy_protocol"
+	// TLSInspectorFilterName is the well-known name of the TLS inspector listener filter.
+	TLSInspectorFilterName = "envoy.filters.listener.tls_inspector"
+	// UpstreamProxyProtocolName is the well-known name of the transport socket that sends a
+	// PROXY protocol header to upstreams.
+	UpstreamProxyProtocolName = "envoy.transport_sockets.upstream_proxy_protocol"
+	// RawBufferName is the well-known name of the plain TCP transport socket.
+	RawBufferName = "envoy.transport_sockets.raw_buffer"
+
+	// DefaultListenerFiltersTimeout is a listener's listener_filters_timeout when unset
+	// (Envoy's): how long the listener filters may wait for the client's first bytes.
+	DefaultListenerFiltersTimeout = 15 * time.Second
+
+	// TransportTLS and TransportRaw are the transport protocols a connection is detected as:
+	// "tls" when the TLS inspector found a ClientHello, "raw_buffer" otherwise.
+	TransportTLS = "tls"
+	TransportRaw = "raw_buffer"
+)
+
+func typeURLOf(m proto.Message) string {
+	return resourcev3.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName())
+}
+
+var (
+	proxyProtocolTypeURL = typeURLOf(&proxyprotocolv3.ProxyProtocol{})
+	tlsInspectorTypeURL  = typeURLOf(&tlsinspectorv3.TlsInspector{})
+	upstreamPPTypeURL    = typeURLOf(&upstreamppv3.ProxyProtocolUpstreamTransport{})
+	rawBufferTypeURL     = typeURLOf(&rawbufferv3.RawBuffer{})
+)
+
+// FilterChain is one compiled filter chain of a listener: its name, what it matches and the
+// tcp_proxy it runs. It is read-only.
+type FilterChain struct {
+	// Name is the chain's name ("" when the resource gives none); the default chain of a
+	// listener compiled by Flotilla is named "default".
+	Name string
+	// Match is the chain's filter_chain_match (zero for a listener's default chain).
+	Match match.Conditions
+	// TCP is the chain's tcp_proxy.
+	TCP TCPProxy
+}
+
+// chainSpec is a parsed filter chain before its cluster is linked.
+type chainSpec struct {
+	name        string
+	cond        match.Conditions
+	cluster     string
+	idleTimeout time.Duration
+	attempts    int
+}
+
+// parseListenerFilters checks listener_filters: at most one proxy_protocol and one
+// tls_inspector, in that order, each with an empty (default) config.
+func parseListenerFilters(l *listenerv3.Listener, spec *listenerSpec) error {
+	for i, f := range l.GetListenerFilters() {
+		path := fmt.Sprintf("listener_filters[%d]", i)
+		if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+			return err
+		}
+		tc := f.GetTypedConfig()
+		if tc == nil {
+			return fmt.Errorf("%s.typed_config is required", path)
+		}
+		path += ".typed_config"
+		var cfg proto.Message
+		switch tc.GetTypeUrl() {
+		case proxyProtocolTypeURL:
+			if spec.proxyProtocol {
+				return fmt.Errorf("%s: a second %s filter is not supported by flotilla-agent", path, ProxyProtocolFilterName)
+			}
+			if spec.tlsInspector {
+				return fmt.Errorf("%s: %s must come before %s (flotilla-agent reads the PROXY header first)", path, ProxyProtocolFilterName, TLSInspectorFilterName)
+			}
+			spec.proxyProtocol = true
+			cfg = &proxyprotocolv3.ProxyProtocol{}
+		case tlsInspectorTypeURL:
+			if spec.tlsInspector {
+				return fmt.Errorf("%s: a second %s filter is not supported by flotilla-agent", path, TLSInspectorFilterName)
+			}
+			spec.tlsInspector = true
+			cfg = &tlsinspectorv3.TlsInspector{}
+		default:
+			return fmt.Errorf("%s: listener filter type %q is not supported by flotilla-agent (only %s and %s)", path, tc.GetTypeUrl(), ProxyProtocolFilterName, TLSInspectorFilterName)
+		}
+		if err := tc.UnmarshalTo(cfg); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		// Only the defaults: the PROXY header is required (v1 and v2), the inspector reads
+		// SNI and ALPN with its default limits.
+		if err := onlyFields(cfg, path); err != nil {
+			return err
+		}
+	}
+	spec.filtersTimeout = DefaultListenerFiltersTimeout
+	if l.ListenerFiltersTimeout != nil {
+		d, err := duration(l.GetListenerFiltersTimeout(), "listener_filters_timeout")
+		if err != nil {
+			return err
+		}
+		spec.filtersTimeout = d
+	}
+	spec.continueOnTimeout = l.GetContinueOnListenerFiltersTimeout()
+	return nil
+}
+
+// parseChains checks filter_chains and default_filter_chain and compiles the matcher.
+func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
+	if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
+		return errors.New("filter_chains: at least one filter chain or a default_filter_chain is required")
+	}
+	names := map[string]int{}
+	conds := make([]match.Conditions, 0, len(l.GetFilterChains()))
+	for i, fc := range l.GetFilterChains() {
+		path := fmt.Sprintf("filter_chains[%d]", i)
+		cs, err := parseChain(fc, path)
+		if err != nil {
+			return err
+		}
+		if cs.cond, err = parseChainMatch(fc.GetFilterChainMatch(), path+".filter_chain_match"); err != nil {
+			return err
+		}
+		if cs.name != "" {
+			if j, ok := names[cs.name]; ok {
+				return fmt.Errorf("%s.name: %q is already the name of filter_chains[%d]", path, cs.name, j)
+			}
+			names[cs.name] = i
+		}
+		spec.chains = append(spec.chains, cs)
+		conds = append(conds, cs.cond)
+	}
+	if fc := l.GetDefaultFilterChain(); fc != nil {
+		cs, err := parseChain(fc, "default_filter_chain")
+		if err != nil {
+			return err
+		}
+		if m := fc.GetFilterChainMatch(); m != nil && hasFields(m) {
+			return errors.New("default_filter_chain.filter_chain_match: must be empty (the default chain takes what no chain matches)")
+		}
+		spec.defaultChain = cs
+	}
+	m, err := match.Compile(conds)
+	if err != nil {
+		var de *match.DuplicateError
+		if errors.As(err, &de) {
+			return fmt.Errorf("filter_chains[%d] and filter_chains[%d] have the same filter_chain_match (multiple filter chains with the same matching rules)", de.First, de.Second)
+		}
+		return fmt.Errorf("filter_chains: %w", err)
+	}
+	spec.matcher = m
+	return nil
+}
+
+// parseChain checks one filter chain, which runs exactly one tcp_proxy.
+func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
+	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name"); err != nil {
+		return chainSpec{}, err
+	}
+	if n := len(fc.GetFilters()); n != 1 {
+		return chainSpec{}, fmt.Errorf("%s.filters: flotilla-agent supports exactly one network filter (%s), got %d", path, TCPProxyFilterName, n)
+	}
+	path += ".filters[0]"
+	tp, err := parseTCPProxyFilter(fc.GetFilters()[0], path)
+	if err != nil {
+		return chainSpec{}, err
+	}
+	path += ".typed_config"
+	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"); err != nil {
+		return chainSpec{}, err
+	}
+	if tp.GetCluster() == "" {
+		return chainSpec{}, fmt.Errorf("%s.cluster is required", path)
+	}
+	cs := chainSpec{
+		name:        fc.GetName(),
+		cluster:     tp.GetCluster(),
+		idleTimeout: DefaultIdleTimeout,
+		attempts:    DefaultMaxConnectAttempts,
+	}
+	if tp.IdleTimeout != nil {
+		if cs.idleTimeout, err = duration(tp.GetIdleTimeout(), path+".idle_timeout"); err != nil {
+			return chainSpec{}, err
+		}
+	}
+	if tp.MaxConnectAttempts != nil {
+		n := tp.GetMaxConnectAttempts().GetValue()
+		if n < 1 {
+			return chainSpec{}, fmt.Errorf("%s.max_connect_attempts: must be at least 1, got %d", path, n)
+		}
+		cs.attempts = int(n)
+	}
+	// Envoy's own field constraints (protoc-gen-validate) as a backstop for values.
+	if err := tp.Validate(); err != nil {
+		return chainSpec{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cs, nil
+}
+
+// parseChainMatch checks a filter_chain_match against the supported criteria.
+func parseChainMatch(m *listenerv3.FilterChainMatch, path string) (match.Conditions, error) {
+	var c match.Conditions
+	if m == nil {
+		return c, nil
+	}
+	// source_type (non-ANY), source_ports, address_suffix and suffix_len are refused here.
+	if err := onlyFields(m, path, "destination_port", "prefix_ranges", "server_names", "transport_protocol",
+		"application_protocols", "direct_source_prefix_ranges", "source_prefix_ranges"); err != nil {
+		return c, err
+	}
+	if m.DestinationPort != nil {
+		p := m.GetDestinationPort().GetValue()
+		if p < 1 || p > 65535 {
+			return c, fmt.Errorf("%s.destination_port: %d is not a TCP port", path, p)
+		}
+		c.DestinationPort = uint16(p)
+	}
+	var err error
+	if c.PrefixRanges, err = parseCIDRs(m.GetPrefixRanges(), path+".prefix_ranges"); err != nil {
+		return c, err
+	}
+	if c.DirectSourcePrefixRanges, err = parseCIDRs(m.GetDirectSourcePrefixRanges(), path+".direct_source_prefix_ranges"); err != nil {
+		return c, err
+	}
+	if c.SourcePrefixRanges, err = parseCIDRs(m.GetSourcePrefixRanges(), path+".source_prefix_ranges"); err != nil {
+		return c, err
+	}
+	for i, n := range m.GetServerNames() {
+		// Host names are case-insensitive; the inspector lower-cases the SNI.
+		n = strings.ToLower(n)
+		if err := match.CheckServerName(n); err != nil {
+			return c, fmt.Errorf("%s.server_names[%d]: %w", path, i, err)
+		}
+		c.ServerNames = append(c.ServerNames, n)
+	}
+	switch t := m.GetTransportProtocol(); t {
+	case "", TransportTLS, TransportRaw:
+		c.TransportProtocol = t
+	default:
+		return c, fmt.Errorf("%s.transport_protocol %q is not supported by flotilla-agent (%q or %q)", path, t, TransportTLS, TransportRaw)
+	}
+	for i, p := range m.GetApplicationProtocols() {
+		if p == "" {
+			return c, fmt.Errorf("%s.application_protocols[%d]: must not be empty", path, i)
+		}
+		c.ApplicationProtocols = append(c.ApplicationProtocols, p)
+	}
+	if err := m.Validate(); err != nil {
+		return c, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// parseCIDRs converts CidrRanges. Like Envoy, an unset prefix_len is 0 and host bits are
+// masked off.
+func parseCIDRs(rs []*corev3.CidrRange, path string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, r := range rs {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		if err := onlyFields(r, p, "address_prefix", "prefix_len"); err != nil {
+			return nil, err
+		}
+		ip, err := netip.ParseAddr(r.GetAddressPrefix())
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("%s.address_prefix: %q is not an IP address", p, r.GetAddressPrefix())
+		}
+		ip = ip.Unmap()
+		bits := int(r.GetPrefixLen().GetValue())
+		if bits > ip.BitLen() {
+			return nil, fmt.Errorf("%s.prefix_len: %d is longer than an IPv%d address", p, bits, map[int]int{32: 4, 128: 6}[ip.BitLen()])
+		}
+		pfx, err := ip.Prefix(bits)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		out = append(out, pfx)
+	}
+	return out, nil
+}
+
+// parseTransportSocket checks a cluster's transport_socket: raw_buffer, or
+// upstream_proxy_protocol (V1 or V2, no TLVs) wrapping raw_buffer. It returns the PROXY
+// protocol version to send (0 for none).
+func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, error) {
+	if err := onlyFields(ts, path, "name", "typed_config"); err != nil {
+		return 0, err
+	}
+	tc := ts.GetTypedConfig()
+	if tc == nil {
+		return 0, fmt.Errorf("%s.typed_config is required", path)
+	}
+	path += ".typed_config"
+	switch tc.GetTypeUrl() {
+	case rawBufferTypeURL:
+		rb := &rawbufferv3.RawBuffer{}
+		if err := tc.UnmarshalTo(rb); err != nil {
+			return 0, fmt.Errorf("%s: %w", path, err)
+		}
+		return 0, onlyFields(rb, path)
+	case upstreamPPTypeURL:
+	default:
+		return 0, fmt.Errorf("%s: transport socket type %q is not supported by flotilla-agent (only %s and %s)", path, tc.GetTypeUrl(), UpstreamProxyProtocolName, RawBufferName)
+	}
+	pp := &upstreamppv3.ProxyProtocolUpstreamTransport{}
+	if err := tc.UnmarshalTo(pp); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := onlyFields(pp, path, "config", "transport_socket"); err != nil {
+		return 0, err
+	}
+	if err := onlyFields(pp.GetConfig(), path+".config", "version"); err != nil {
+		return 0, err
+	}
+	version := 1 // V1 is the enum's zero value, as in Envoy
+	switch v := pp.GetConfig().GetVersion(); v {
+	case corev3.ProxyProtocolConfig_V1:
+	case corev3.ProxyProtocolConfig_V2:
+		version = 2
+	default:
+		return 0, fmt.Errorf("%s.config.version %s is not supported by flotilla-agent (V1 or V2)", path, v)
+	}
+	inner := pp.GetTransportSocket()
+	if inner == nil {
+		return 0, fmt.Errorf("%s.transport_socket is required", path)
+	}
+	if err := onlyFields(inner, path+".transport_socket", "name", "typed_config"); err != nil {
+		return 0, err
+	}
+	if itc := inner.GetTypedConfig(); itc == nil || itc.GetTypeUrl() != rawBufferTypeURL {
+		return 0, fmt.Errorf("%s.transport_socket: only %s is supported by flotilla-agent inside %s", path, RawBufferName, UpstreamProxyProtocolName)
+	}
+	if _, err := parseTransportSocket(inner, path+".transport_socket"); err != nil {
+		return 0, err
+	}
+	if err := pp.Validate(); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return version, nil
+}
+
+// clusterTransport is parseTransportSocket for a cluster, 0 when it has none.
+func clusterTransport(c *clusterv3.Cluster) (int, error) {
+	if c.TransportSocket == nil {
+		return 0, nil
+	}
+	return parseTransportSocket(c.GetTransportSocket(), "transport_socket")
+}
