@@ -311,6 +311,26 @@ func TestExamples(t *testing.T) {
 			t.Errorf("quickstart = %v, want %v", got, want)
 		}
 	})
+	t.Run("sni-routing has the ssl_preread seed", func(t *testing.T) {
+		files, err := Load(filepath.Join(root, "sni-routing"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := Merge(files)
+		if len(m.GetListeners()) != 1 {
+			t.Fatalf("listeners = %v", m.GetListeners())
+		}
+		l := m.GetListeners()[0]
+		if l.GetAddress() != ":443" || len(l.GetSni()) != 2 || l.GetTcp().GetCluster() != "fallback" ||
+			!slices.Equal(l.GetSni()[0].GetNames(), []string{"playnice.example", "*.playnice.example"}) || l.GetSni()[0].GetCluster() != "playnice" {
+			t.Errorf("edge listener = %v", l)
+		}
+		for _, c := range m.GetClusters() {
+			if c.GetProxyProtocol() == "" {
+				t.Errorf("cluster %s sends no PROXY header (nginx proxy_protocol on)", c.GetName())
+			}
+		}
+	})
 	t.Run("nginx-stream has the DICOM seed", func(t *testing.T) {
 		files, err := Load(filepath.Join(root, "nginx-stream"))
 		if err != nil {

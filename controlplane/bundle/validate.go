@@ -23,6 +23,10 @@ const (
 	MaxConnectAttempts = 10
 	// MaxWeight is the largest endpoint weight.
 	MaxWeight = 128
+	// ProxyProtocolV1 is Cluster.proxy_protocol for the text PROXY header.
+	ProxyProtocolV1 = "v1"
+	// ProxyProtocolV2 is Cluster.proxy_protocol for the binary PROXY header.
+	ProxyProtocolV2 = "v2"
 )
 
 const (
@@ -168,28 +172,31 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 		}
 	}
 
-	tcp := l.GetTcp()
-	if tcp == nil {
-		v.add(at, "tcp", "required: a listener needs a protocol block, and tcp is the only one so far")
-		return
-	}
-	switch c := tcp.GetCluster(); {
-	case c == "":
-		v.add(at, "tcp.cluster", "required: the name of a cluster to proxy to")
-	default:
-		if _, ok := v.clusters[c]; !ok {
-			v.add(at, "tcp.cluster", "unknown cluster %q", c)
+	routed := len(l.GetSni()) > 0 || len(l.GetRoutes()) > 0
+	if tcp := l.GetTcp(); tcp == nil {
+		if !routed {
+			v.add(at, "tcp", "required: a listener needs tcp (a cluster to proxy to), sni or routes")
+		}
+	} else {
+		if tcp.GetCluster() != "" || !routed {
+			v.clusterRef(at, "tcp.cluster", tcp.GetCluster())
+		}
+		v.duration(at, "tcp.idle_timeout", tcp.GetIdleTimeout(), true)
+		if n := tcp.GetConnectAttempts(); n > MaxConnectAttempts {
+			v.add(at, "tcp.connect_attempts", "%d is too many: at most %d (0 means the default, 3)", n, MaxConnectAttempts)
 		}
 	}
-	v.duration(at, "tcp.idle_timeout", tcp.GetIdleTimeout(), true)
-	if n := tcp.GetConnectAttempts(); n > MaxConnectAttempts {
-		v.add(at, "tcp.connect_attempts", "%d is too many: at most %d (0 means the default, 3)", n, MaxConnectAttempts)
-	}
+	v.routing(at, l)
 }
 
 func (v *validator) cluster(at site, c *configv1.Cluster) {
 	v.name(at, "cluster", c.GetName(), v.clusters)
 	v.duration(at, "connect_timeout", c.GetConnectTimeout(), false)
+	switch pp := c.GetProxyProtocol(); pp {
+	case "", ProxyProtocolV1, ProxyProtocolV2:
+	default:
+		v.add(at, "proxy_protocol", "%q is not a PROXY protocol version: use %q or %q (or leave it out to send none)", pp, ProxyProtocolV1, ProxyProtocolV2)
+	}
 	if len(c.GetEndpoints()) == 0 {
 		v.add(at, "endpoints", "a cluster needs at least one endpoint")
 		return

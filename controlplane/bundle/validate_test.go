@@ -100,7 +100,7 @@ listeners:
 		}},
 		{name: "protocol block", files: []file{{"a.yaml", "listeners: [{name: a, address: ':1'}, {name: b, address: ':2', tcp: {}}]\n"}},
 			want: []string{
-				`a.yaml: listeners[0].tcp: required: a listener needs a protocol block, and tcp is the only one so far`,
+				`a.yaml: listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), sni or routes`,
 				`a.yaml: listeners[1].tcp.cluster: required: the name of a cluster to proxy to`,
 			}},
 		{name: "tcp limits", files: []file{{"a.yaml", `
@@ -241,7 +241,7 @@ func TestValidateProgrammatic(t *testing.T) {
 	want := []string{
 		`listeners[0].address: required: host:port, such as ":4242" (every address), "0.0.0.0:4242" or "127.0.0.1:4242"`,
 		`listeners[0].name: required`,
-		`listeners[0].tcp: required: a listener needs a protocol block, and tcp is the only one so far`,
+		`listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), sni or routes`,
 	}
 	if err == nil || !slices.Equal(strings.Split(err.Error(), "\n"), want) {
 		t.Errorf("errors:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))
@@ -265,6 +265,18 @@ func FuzzParse(f *testing.F) {
 		"listeners: [{name: a, address: ':1', agents: {dc: x}, tcp: {cluster: pacs, idle_timeout: 1h}}]\n" + pacs,
 		`{"clusters": [{"name": "a", "endpoints": ["192.0.2.1:1", {"address": "[::1]:2", "weight": 3}]}]}`,
 		"listeners: {a: [1, {b: c}]}", "- 1", "a: &x [*x]",
+		`
+listeners:
+  - name: edge
+    address: ":443"
+    proxy_protocol: { trusted: ["10.0.0.0/8", "::1"] }
+    preread_timeout: 2s
+    sni: [{ names: [a.example, "*.a.example"], cluster: web }]
+    routes:
+      - { name: r, match: { sni: [b.example], alpn: [h2], transport: tls, source_cidrs: ["192.0.2.0/24"], server_addresses: ["10.1.2.3"], server_port: 443 }, cluster: ldap }
+      - { match: { transport: raw }, cluster: fallback }
+    tcp: { cluster: fallback }
+` + backends,
 	} {
 		f.Add([]byte(s))
 	}

@@ -3,15 +3,24 @@
 // Clusters (CDS) and ClusterLoadAssignments (EDS).
 //
 // It emits exactly the subset of Envoy's API the Flotilla agent implements
-// (and NACKs anything outside of): a listener with one filter chain holding one
-// envoy.filters.network.tcp_proxy filter; an EDS cluster over ADS with round
-// robin; one locality of weighted endpoints. Defaults are filled in here, so
-// what the agent receives is explicit. The output is valid for a real Envoy as
-// well. Compile is a pure function of its inputs, safe for concurrent use.
+// (and NACKs anything outside of). A plain listener has one filter chain
+// holding one envoy.filters.network.tcp_proxy filter. A listener with sni,
+// routes or proxy_protocol gets the listener filters it needs (proxy_protocol,
+// then tls_inspector) under listener_filters_timeout, one filter chain per
+// sni entry and per route with a filter_chain_match, and its default route as
+// default_filter_chain — or, behind the PROXY protocol, as a last chain
+// matching only the trusted peers, so that untrusted peers match no chain.
+// Clusters are EDS over ADS with round robin, wrapped in the
+// upstream_proxy_protocol transport socket when they send the PROXY
+// protocol; their endpoints are one locality of weighted endpoints. Defaults
+// are filled in here, so what the agent receives is explicit. The output is
+// valid for a real Envoy as well. Compile is a pure function of its inputs,
+// safe for concurrent use.
 package compiler
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -21,7 +30,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	upstreamproxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -43,7 +56,13 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	// DefaultWeight is Endpoint.weight when unset (0).
 	DefaultWeight = 1
+	// DefaultPrereadTimeout is Listener.preread_timeout when unset.
+	DefaultPrereadTimeout = 5 * time.Second
 )
+
+// UpstreamProxyProtocol is the name of Envoy's transport socket that sends a
+// PROXY protocol header to upstreams (go-control-plane's wellknown has none).
+const UpstreamProxyProtocol = "envoy.transport_sockets.upstream_proxy_protocol"
 
 // Resources are the Envoy resources for one agent group, each slice sorted by
 // name. Endpoints holds one ClusterLoadAssignment per cluster, named like it.
@@ -76,19 +95,23 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 		if !Selects(l.GetAgents(), labels) {
 			continue
 		}
-		if l.GetTcp() == nil {
-			return nil, fmt.Errorf("listener %q: no protocol block (tcp)", l.GetName())
+		refs, err := clusterRefs(l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.GetName(), err)
 		}
-		name := l.GetTcp().GetCluster()
-		if clusters[name] == nil {
-			return nil, fmt.Errorf("listener %q: unknown cluster %q", l.GetName(), name)
+		for _, ref := range refs {
+			if clusters[ref.name] == nil {
+				return nil, fmt.Errorf("listener %q: %s: unknown cluster %q", l.GetName(), ref.field, ref.name)
+			}
 		}
 		out, err := listener(l)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.GetName(), err)
 		}
 		res.Listeners = append(res.Listeners, out)
-		used[name] = true
+		for _, ref := range refs {
+			used[ref.name] = true
+		}
 	}
 	for name := range used {
 		c := clusters[name]
@@ -96,7 +119,11 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
-		res.Clusters = append(res.Clusters, cluster(c))
+		out, err := cluster(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		res.Clusters = append(res.Clusters, out)
 		res.Endpoints = append(res.Endpoints, cla)
 	}
 	slices.SortFunc(res.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
@@ -118,6 +145,28 @@ func Selects(selector, labels map[string]string) bool {
 	return true
 }
 
+// clusterRef is a listener field naming a cluster.
+type clusterRef struct{ field, name string }
+
+// clusterRefs lists the clusters a listener proxies to, failing on a
+// listener that has nowhere to send connections.
+func clusterRefs(l *configv1.Listener) ([]clusterRef, error) {
+	var refs []clusterRef
+	for i, r := range l.GetSni() {
+		refs = append(refs, clusterRef{fmt.Sprintf("sni[%d].cluster", i), r.GetCluster()})
+	}
+	for i, r := range l.GetRoutes() {
+		refs = append(refs, clusterRef{fmt.Sprintf("routes[%d].cluster", i), r.GetCluster()})
+	}
+	if c := l.GetTcp().GetCluster(); c != "" {
+		refs = append(refs, clusterRef{"tcp.cluster", c})
+	}
+	if len(refs) == 0 {
+		return nil, errors.New("no tcp.cluster, sni or routes: nowhere to send connections")
+	}
+	return refs, nil
+}
+
 func listener(l *configv1.Listener) (*listenerv3.Listener, error) {
 	ip, port, err := bundle.ListenAddress(l.GetAddress())
 	if err != nil {
@@ -131,7 +180,181 @@ func listener(l *configv1.Listener) (*listenerv3.Listener, error) {
 	default:
 		sa.Address = ip.String()
 	}
+	out := &listenerv3.Listener{
+		Name:    l.GetName(),
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}},
+	}
+	if !bundle.Routed(l) {
+		// A plain listener: one chain, no match, no listener filters, so
+		// server-first protocols are not made to wait.
+		chain, err := filterChain(l, "", l.GetTcp().GetCluster(), nil)
+		if err != nil {
+			return nil, err
+		}
+		out.FilterChains = []*listenerv3.FilterChain{chain}
+		return out, nil
+	}
+	if err := routedListener(out, l); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
+// routedListener fills in the listener filters and filter chains of a
+// listener with sni, routes or proxy_protocol.
+func routedListener(out *listenerv3.Listener, l *configv1.Listener) error {
+	var trusted []*corev3.CidrRange
+	if pp := l.GetProxyProtocol(); pp != nil {
+		var err error
+		if trusted, err = cidrRanges(pp.GetTrusted()); err != nil {
+			return fmt.Errorf("proxy_protocol.trusted: %w", err)
+		}
+		if len(trusted) == 0 {
+			return fmt.Errorf("proxy_protocol.trusted: empty")
+		}
+	}
+	var chains []*listenerv3.FilterChain
+	for i, r := range l.GetSni() {
+		names, err := serverNames(r.GetNames())
+		if err != nil {
+			return fmt.Errorf("sni[%d]: %w", i, err)
+		}
+		chain, err := filterChain(l, bundle.SNIChainName(i), r.GetCluster(), &listenerv3.FilterChainMatch{
+			ServerNames:              names,
+			TransportProtocol:        bundle.TransportTLS,
+			DirectSourcePrefixRanges: trusted,
+		})
+		if err != nil {
+			return fmt.Errorf("sni[%d]: %w", i, err)
+		}
+		chains = append(chains, chain)
+	}
+	for i, r := range l.GetRoutes() {
+		match, err := routeMatch(r.GetMatch())
+		if err != nil {
+			return fmt.Errorf("routes[%d]: %w", i, err)
+		}
+		match.DirectSourcePrefixRanges = trusted
+		chain, err := filterChain(l, bundle.RouteName(r, i), r.GetCluster(), match)
+		if err != nil {
+			return fmt.Errorf("routes[%d]: %w", i, err)
+		}
+		chains = append(chains, chain)
+	}
+	if c := l.GetTcp().GetCluster(); c != "" {
+		if trusted != nil {
+			// Envoy does not fall back to default_filter_chain across match
+			// levels, but a chain matching only the direct source keeps
+			// untrusted peers out: they match no chain and are closed.
+			chain, err := filterChain(l, bundle.DefaultChainName, c, &listenerv3.FilterChainMatch{DirectSourcePrefixRanges: trusted})
+			if err != nil {
+				return err
+			}
+			chains = append(chains, chain)
+		} else {
+			chain, err := filterChain(l, bundle.DefaultChainName, c, nil)
+			if err != nil {
+				return err
+			}
+			out.DefaultFilterChain = chain
+		}
+	}
+	out.FilterChains = chains
+
+	if trusted != nil {
+		f, err := listenerFilter(wellknown.ProxyProtocol, &proxyprotocolv3.ProxyProtocol{})
+		if err != nil {
+			return err
+		}
+		out.ListenerFilters = append(out.ListenerFilters, f)
+	}
+	if inspectsTLS(chains) {
+		f, err := listenerFilter(wellknown.TlsInspector, &tlsinspectorv3.TlsInspector{})
+		if err != nil {
+			return err
+		}
+		out.ListenerFilters = append(out.ListenerFilters, f)
+	}
+	out.ListenerFiltersTimeout = durationpb.New(DefaultPrereadTimeout)
+	if d := l.GetPrereadTimeout(); d != nil {
+		out.ListenerFiltersTimeout = proto.CloneOf(d)
+	}
+	out.ContinueOnListenerFiltersTimeout = false // a client that never speaks is closed
+	return nil
+}
+
+// inspectsTLS reports whether any chain matches on what only the
+// tls_inspector finds out: server names, ALPN or the transport.
+func inspectsTLS(chains []*listenerv3.FilterChain) bool {
+	for _, c := range chains {
+		m := c.GetFilterChainMatch()
+		if len(m.GetServerNames()) > 0 || len(m.GetApplicationProtocols()) > 0 || m.GetTransportProtocol() != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// routeMatch is the filter_chain_match of a route, without the direct
+// source ranges.
+func routeMatch(m *configv1.StreamMatch) (*listenerv3.FilterChainMatch, error) {
+	names, err := serverNames(m.GetSni())
+	if err != nil {
+		return nil, err
+	}
+	dst, err := cidrRanges(m.GetServerAddresses())
+	if err != nil {
+		return nil, fmt.Errorf("server_addresses: %w", err)
+	}
+	src, err := cidrRanges(m.GetSourceCidrs())
+	if err != nil {
+		return nil, fmt.Errorf("source_cidrs: %w", err)
+	}
+	out := &listenerv3.FilterChainMatch{
+		PrefixRanges:         dst,
+		ServerNames:          names,
+		TransportProtocol:    bundle.RouteTransport(m),
+		ApplicationProtocols: slices.Clone(m.GetAlpn()),
+		SourcePrefixRanges:   src,
+	}
+	switch p := m.GetServerPort(); {
+	case p > 65535:
+		return nil, fmt.Errorf("server_port %d is not a port", p)
+	case p > 0:
+		out.DestinationPort = wrapperspb.UInt32(p)
+	}
+	return out, nil
+}
+
+// serverNames checks SNI names and returns them in lowercase.
+func serverNames(in []string) ([]string, error) {
+	var out []string
+	for _, n := range in {
+		name, err := bundle.ServerName(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, name)
+	}
+	return out, nil
+}
+
+// cidrRanges converts CIDRs (or bare IPs) to Envoy's CidrRange.
+func cidrRanges(in []string) ([]*corev3.CidrRange, error) {
+	var out []*corev3.CidrRange
+	for _, s := range in {
+		p, err := bundle.CIDR(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))})
+	}
+	return out, nil
+}
+
+// filterChain is a chain named name, matching match (nil: no match), whose
+// one filter is a tcp_proxy to cluster with the listener's tcp settings.
+func filterChain(l *configv1.Listener, name, cluster string, match *listenerv3.FilterChainMatch) (*listenerv3.FilterChain, error) {
 	tcp := l.GetTcp()
 	idle := durationpb.New(DefaultIdleTimeout)
 	if tcp.GetIdleTimeout() != nil {
@@ -143,31 +366,37 @@ func listener(l *configv1.Listener) (*listenerv3.Listener, error) {
 	}
 	proxy, err := anypb.New(&tcpproxyv3.TcpProxy{
 		StatPrefix:         l.GetName(),
-		ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: tcp.GetCluster()},
+		ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 		IdleTimeout:        idle,
 		MaxConnectAttempts: wrapperspb.UInt32(attempts),
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &listenerv3.Listener{
-		Name:    l.GetName(),
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}},
-		FilterChains: []*listenerv3.FilterChain{{
-			Filters: []*listenerv3.Filter{{
-				Name:       wellknown.TCPProxy,
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: proxy},
-			}},
+	return &listenerv3.FilterChain{
+		Name:             name,
+		FilterChainMatch: match,
+		Filters: []*listenerv3.Filter{{
+			Name:       wellknown.TCPProxy,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: proxy},
 		}},
 	}, nil
 }
 
-func cluster(c *configv1.Cluster) *clusterv3.Cluster {
+func listenerFilter(name string, config proto.Message) (*listenerv3.ListenerFilter, error) {
+	a, err := anypb.New(config)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.ListenerFilter{Name: name, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: a}}, nil
+}
+
+func cluster(c *configv1.Cluster) (*clusterv3.Cluster, error) {
 	timeout := durationpb.New(DefaultConnectTimeout)
 	if c.GetConnectTimeout() != nil {
 		timeout = proto.CloneOf(c.GetConnectTimeout())
 	}
-	return &clusterv3.Cluster{
+	out := &clusterv3.Cluster{
 		Name:                 c.GetName(),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
@@ -179,6 +408,43 @@ func cluster(c *configv1.Cluster) *clusterv3.Cluster {
 		ConnectTimeout: timeout,
 		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
 	}
+	if pp := c.GetProxyProtocol(); pp != "" {
+		ts, err := upstreamProxyProtocol(pp)
+		if err != nil {
+			return nil, err
+		}
+		out.TransportSocket = ts
+	}
+	return out, nil
+}
+
+// upstreamProxyProtocol is the transport socket that sends a PROXY header of
+// version ("v1" or "v2") over plain TCP.
+func upstreamProxyProtocol(version string) (*corev3.TransportSocket, error) {
+	var v corev3.ProxyProtocolConfig_Version
+	switch version {
+	case bundle.ProxyProtocolV1:
+		v = corev3.ProxyProtocolConfig_V1
+	case bundle.ProxyProtocolV2:
+		v = corev3.ProxyProtocolConfig_V2
+	default:
+		return nil, fmt.Errorf("proxy_protocol %q is not v1 or v2", version)
+	}
+	raw, err := anypb.New(&rawbufferv3.RawBuffer{})
+	if err != nil {
+		return nil, err
+	}
+	pp, err := anypb.New(&upstreamproxyprotocolv3.ProxyProtocolUpstreamTransport{
+		Config: &corev3.ProxyProtocolConfig{Version: v},
+		TransportSocket: &corev3.TransportSocket{
+			Name:       wellknown.TransportSocketRawBuffer,
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TransportSocket{Name: UpstreamProxyProtocol, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: pp}}, nil
 }
 
 func loadAssignment(c *configv1.Cluster) (*endpointv3.ClusterLoadAssignment, error) {

@@ -93,8 +93,34 @@ type Listener struct {
 	// Agents is a label selector: only agents whose labels include every
 	// key=value here get this listener. Empty means every agent.
 	Agents map[string]string `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Tcp proxies each connection to a cluster (nginx `proxy_pass`).
-	Tcp           *TcpProxy `protobuf:"bytes,4,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	// Tcp proxies each connection to a cluster (nginx `proxy_pass`). With sni
+	// or routes, tcp.cluster is the default route: where connections that match
+	// no route go (optional: without it they are closed and counted), and
+	// tcp.idle_timeout and tcp.connect_attempts apply to every route.
+	Tcp *TcpProxy `protobuf:"bytes,4,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	// ProxyProtocol accepts the PROXY protocol (v1 and v2) from trusted peers
+	// only; connections from any other peer are closed and counted. Like HAProxy
+	// `accept-proxy` limited to the load balancers in front, nginx
+	// `listen … proxy_protocol` with `set_real_ip_from`, or APISIX
+	// `enable_proxy_protocol`. The header's source address is then the client's
+	// address everywhere (routes, access logs, PROXY headers sent upstream).
+	ProxyProtocol *ProxyProtocolAccept `protobuf:"bytes,5,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
+	// PrereadTimeout is how long a listener that peeks (for a PROXY header or a
+	// TLS ClientHello) waits for those bytes before closing the connection
+	// (nginx `preread_timeout`). Default 5s. Only for listeners with sni,
+	// routes or proxy_protocol.
+	PrereadTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=preread_timeout,json=prereadTimeout,proto3" json:"preread_timeout,omitempty"`
+	// Sni routes TLS connections by the server name in the ClientHello without
+	// terminating TLS (nginx `ssl_preread on` with `map $ssl_preread_server_name`,
+	// HAProxy `req.ssl_sni`, APISIX stream route `sni`). A shorthand for routes
+	// matched on SNI only, tried as one set with routes: exact names beat
+	// wildcards, and longer wildcard suffixes beat shorter ones.
+	Sni []*SniRoute `protobuf:"bytes,7,rep,name=sni,proto3" json:"sni,omitempty"`
+	// Routes are general stream routes (APISIX `stream_routes`): each matches on
+	// any of SNI, ALPN, transport, client CIDRs, server address and server port,
+	// and proxies what it matches to a cluster. The most specific match wins, in
+	// Envoy's filter_chain_match order.
+	Routes        []*StreamRoute `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,6 +183,306 @@ func (x *Listener) GetTcp() *TcpProxy {
 	return nil
 }
 
+func (x *Listener) GetProxyProtocol() *ProxyProtocolAccept {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return nil
+}
+
+func (x *Listener) GetPrereadTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PrereadTimeout
+	}
+	return nil
+}
+
+func (x *Listener) GetSni() []*SniRoute {
+	if x != nil {
+		return x.Sni
+	}
+	return nil
+}
+
+func (x *Listener) GetRoutes() []*StreamRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// ProxyProtocolAccept says whom a listener accepts the PROXY protocol from.
+type ProxyProtocolAccept struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Trusted lists the CIDRs of the peers allowed to send a PROXY header (the
+	// load balancers in front), like nginx `set_real_ip_from`. A bare IP means
+	// /32 or /128. Required, not empty: every connection from these peers must
+	// start with a v1 or v2 header, and connections from other peers are closed.
+	Trusted       []string `protobuf:"bytes,1,rep,name=trusted,proto3" json:"trusted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyProtocolAccept) Reset() {
+	*x = ProxyProtocolAccept{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyProtocolAccept) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyProtocolAccept) ProtoMessage() {}
+
+func (x *ProxyProtocolAccept) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyProtocolAccept.ProtoReflect.Descriptor instead.
+func (*ProxyProtocolAccept) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ProxyProtocolAccept) GetTrusted() []string {
+	if x != nil {
+		return x.Trusted
+	}
+	return nil
+}
+
+// SniRoute sends TLS connections whose SNI is one of names to a cluster.
+type SniRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names are server names, exact ("playnice.example") or wildcards
+	// ("*.playnice.example": any depth of subdomain, not the name itself).
+	// Compared case-insensitively.
+	Names []string `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// Cluster names the cluster to proxy matching connections to.
+	Cluster       string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SniRoute) Reset() {
+	*x = SniRoute{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SniRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SniRoute) ProtoMessage() {}
+
+func (x *SniRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SniRoute.ProtoReflect.Descriptor instead.
+func (*SniRoute) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SniRoute) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+func (x *SniRoute) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// StreamRoute is one stream route (APISIX `stream_routes`, one nginx `map`
+// entry): connections that match go to cluster.
+type StreamRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is unique in the listener and names the filter chain in stats and
+	// access logs. Default "route-<index>" (route-0 for the first route).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Match says which connections take this route. Every field given must
+	// match; an empty match takes every connection.
+	Match *StreamMatch `protobuf:"bytes,2,opt,name=match,proto3" json:"match,omitempty"`
+	// Cluster names the cluster to proxy matching connections to.
+	Cluster       string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRoute) Reset() {
+	*x = StreamRoute{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRoute) ProtoMessage() {}
+
+func (x *StreamRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRoute.ProtoReflect.Descriptor instead.
+func (*StreamRoute) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StreamRoute) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamRoute) GetMatch() *StreamMatch {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *StreamRoute) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// StreamMatch is what a stream route matches on; every field is optional and
+// all given must match.
+type StreamMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sni lists server names from the TLS ClientHello, exact or "*.suffix"
+	// (nginx `$ssl_preread_server_name`, APISIX `sni`). Implies transport tls.
+	Sni []string `protobuf:"bytes,1,rep,name=sni,proto3" json:"sni,omitempty"`
+	// Alpn lists ALPN protocols offered in the ClientHello, such as "h2" or
+	// "http/1.1" (nginx `$ssl_preread_alpn_protocols`). Implies transport tls.
+	Alpn []string `protobuf:"bytes,2,rep,name=alpn,proto3" json:"alpn,omitempty"`
+	// Transport is "tls" (the client sent a TLS ClientHello) or "raw"
+	// (anything else). Empty matches both.
+	Transport string `protobuf:"bytes,3,opt,name=transport,proto3" json:"transport,omitempty"`
+	// SourceCidrs lists client address ranges, such as "10.0.0.0/8"; a bare IP
+	// means /32 or /128 (APISIX `remote_addr`, nginx `geo $remote_addr`). With
+	// proxy_protocol, the client address is the PROXY header's source.
+	SourceCidrs []string `protobuf:"bytes,4,rep,name=source_cidrs,json=sourceCidrs,proto3" json:"source_cidrs,omitempty"`
+	// ServerAddresses lists the local addresses the client connected to, as
+	// CIDRs or IPs (APISIX `server_addr`, nginx `$server_addr`).
+	ServerAddresses []string `protobuf:"bytes,5,rep,name=server_addresses,json=serverAddresses,proto3" json:"server_addresses,omitempty"`
+	// ServerPort is the local port the client connected to, 1 to 65535
+	// (APISIX `server_port`, nginx `$server_port`). 0 matches any port.
+	ServerPort    uint32 `protobuf:"varint,6,opt,name=server_port,json=serverPort,proto3" json:"server_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamMatch) Reset() {
+	*x = StreamMatch{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamMatch) ProtoMessage() {}
+
+func (x *StreamMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamMatch.ProtoReflect.Descriptor instead.
+func (*StreamMatch) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamMatch) GetSni() []string {
+	if x != nil {
+		return x.Sni
+	}
+	return nil
+}
+
+func (x *StreamMatch) GetAlpn() []string {
+	if x != nil {
+		return x.Alpn
+	}
+	return nil
+}
+
+func (x *StreamMatch) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
+func (x *StreamMatch) GetSourceCidrs() []string {
+	if x != nil {
+		return x.SourceCidrs
+	}
+	return nil
+}
+
+func (x *StreamMatch) GetServerAddresses() []string {
+	if x != nil {
+		return x.ServerAddresses
+	}
+	return nil
+}
+
+func (x *StreamMatch) GetServerPort() uint32 {
+	if x != nil {
+		return x.ServerPort
+	}
+	return 0
+}
+
 // TcpProxy proxies a connection's bytes both ways to one endpoint of a cluster.
 type TcpProxy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -174,7 +500,7 @@ type TcpProxy struct {
 
 func (x *TcpProxy) Reset() {
 	*x = TcpProxy{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +512,7 @@ func (x *TcpProxy) String() string {
 func (*TcpProxy) ProtoMessage() {}
 
 func (x *TcpProxy) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +525,7 @@ func (x *TcpProxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpProxy.ProtoReflect.Descriptor instead.
 func (*TcpProxy) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TcpProxy) GetCluster() string {
@@ -234,13 +560,18 @@ type Cluster struct {
 	// ConnectTimeout bounds one connection attempt to an endpoint
 	// (nginx `proxy_connect_timeout`). Default 5s.
 	ConnectTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// ProxyProtocol sends a PROXY protocol header, "v1" (text) or "v2"
+	// (binary), to this cluster's endpoints at the start of every connection,
+	// carrying the client's address (nginx `proxy_protocol on`, HAProxy
+	// `server … send-proxy` / `send-proxy-v2`). Empty sends none.
+	ProxyProtocol string `protobuf:"bytes,4,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +583,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +596,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Cluster) GetName() string {
@@ -289,6 +620,13 @@ func (x *Cluster) GetConnectTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Cluster) GetProxyProtocol() string {
+	if x != nil {
+		return x.ProxyProtocol
+	}
+	return ""
+}
+
 // Endpoint is one upstream server.
 type Endpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -302,7 +640,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +652,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +665,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -351,23 +689,45 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\x1fflotilla/config/v1/config.proto\x12\x12flotilla.config.v1\x1a\x1egoogle/protobuf/duration.proto\"}\n" +
 	"\x06Bundle\x12:\n" +
 	"\tlisteners\x18\x01 \x03(\v2\x1c.flotilla.config.v1.ListenerR\tlisteners\x127\n" +
-	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\"\xe5\x01\n" +
+	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\"\xe2\x03\n" +
 	"\bListener\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12@\n" +
 	"\x06agents\x18\x03 \x03(\v2(.flotilla.config.v1.Listener.AgentsEntryR\x06agents\x12.\n" +
-	"\x03tcp\x18\x04 \x01(\v2\x1c.flotilla.config.v1.TcpProxyR\x03tcp\x1a9\n" +
+	"\x03tcp\x18\x04 \x01(\v2\x1c.flotilla.config.v1.TcpProxyR\x03tcp\x12N\n" +
+	"\x0eproxy_protocol\x18\x05 \x01(\v2'.flotilla.config.v1.ProxyProtocolAcceptR\rproxyProtocol\x12B\n" +
+	"\x0fpreread_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0eprereadTimeout\x12.\n" +
+	"\x03sni\x18\a \x03(\v2\x1c.flotilla.config.v1.SniRouteR\x03sni\x127\n" +
+	"\x06routes\x18\b \x03(\v2\x1f.flotilla.config.v1.StreamRouteR\x06routes\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x13ProxyProtocolAccept\x12\x18\n" +
+	"\atrusted\x18\x01 \x03(\tR\atrusted\":\n" +
+	"\bSniRoute\x12\x14\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\"r\n" +
+	"\vStreamRoute\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x125\n" +
+	"\x05match\x18\x02 \x01(\v2\x1f.flotilla.config.v1.StreamMatchR\x05match\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\"\xc0\x01\n" +
+	"\vStreamMatch\x12\x10\n" +
+	"\x03sni\x18\x01 \x03(\tR\x03sni\x12\x12\n" +
+	"\x04alpn\x18\x02 \x03(\tR\x04alpn\x12\x1c\n" +
+	"\ttransport\x18\x03 \x01(\tR\ttransport\x12!\n" +
+	"\fsource_cidrs\x18\x04 \x03(\tR\vsourceCidrs\x12)\n" +
+	"\x10server_addresses\x18\x05 \x03(\tR\x0fserverAddresses\x12\x1f\n" +
+	"\vserver_port\x18\x06 \x01(\rR\n" +
+	"serverPort\"\x8d\x01\n" +
 	"\bTcpProxy\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
 	"\fidle_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
-	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\x9d\x01\n" +
+	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xc4\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1c.flotilla.config.v1.EndpointR\tendpoints\x12B\n" +
-	"\x0fconnect_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\"<\n" +
+	"\x0fconnect_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\x12%\n" +
+	"\x0eproxy_protocol\x18\x04 \x01(\tR\rproxyProtocol\"<\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weightBFZDgithub.com/flotilla-proxy/flotilla/proto/flotilla/config/v1;configv1b\x06proto3"
@@ -384,29 +744,38 @@ func file_flotilla_config_v1_config_proto_rawDescGZIP() []byte {
 	return file_flotilla_config_v1_config_proto_rawDescData
 }
 
-var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_flotilla_config_v1_config_proto_goTypes = []any{
 	(*Bundle)(nil),              // 0: flotilla.config.v1.Bundle
 	(*Listener)(nil),            // 1: flotilla.config.v1.Listener
-	(*TcpProxy)(nil),            // 2: flotilla.config.v1.TcpProxy
-	(*Cluster)(nil),             // 3: flotilla.config.v1.Cluster
-	(*Endpoint)(nil),            // 4: flotilla.config.v1.Endpoint
-	nil,                         // 5: flotilla.config.v1.Listener.AgentsEntry
-	(*durationpb.Duration)(nil), // 6: google.protobuf.Duration
+	(*ProxyProtocolAccept)(nil), // 2: flotilla.config.v1.ProxyProtocolAccept
+	(*SniRoute)(nil),            // 3: flotilla.config.v1.SniRoute
+	(*StreamRoute)(nil),         // 4: flotilla.config.v1.StreamRoute
+	(*StreamMatch)(nil),         // 5: flotilla.config.v1.StreamMatch
+	(*TcpProxy)(nil),            // 6: flotilla.config.v1.TcpProxy
+	(*Cluster)(nil),             // 7: flotilla.config.v1.Cluster
+	(*Endpoint)(nil),            // 8: flotilla.config.v1.Endpoint
+	nil,                         // 9: flotilla.config.v1.Listener.AgentsEntry
+	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
 }
 var file_flotilla_config_v1_config_proto_depIdxs = []int32{
-	1, // 0: flotilla.config.v1.Bundle.listeners:type_name -> flotilla.config.v1.Listener
-	3, // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
-	5, // 2: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
-	2, // 3: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
-	6, // 4: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
-	4, // 5: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
-	6, // 6: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	1,  // 0: flotilla.config.v1.Bundle.listeners:type_name -> flotilla.config.v1.Listener
+	7,  // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
+	9,  // 2: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
+	6,  // 3: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
+	2,  // 4: flotilla.config.v1.Listener.proxy_protocol:type_name -> flotilla.config.v1.ProxyProtocolAccept
+	10, // 5: flotilla.config.v1.Listener.preread_timeout:type_name -> google.protobuf.Duration
+	3,  // 6: flotilla.config.v1.Listener.sni:type_name -> flotilla.config.v1.SniRoute
+	4,  // 7: flotilla.config.v1.Listener.routes:type_name -> flotilla.config.v1.StreamRoute
+	5,  // 8: flotilla.config.v1.StreamRoute.match:type_name -> flotilla.config.v1.StreamMatch
+	10, // 9: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	8,  // 10: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
+	10, // 11: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_config_v1_config_proto_init() }
@@ -420,7 +789,7 @@ func file_flotilla_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_config_v1_config_proto_rawDesc), len(file_flotilla_config_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
