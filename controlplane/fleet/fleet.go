@@ -103,14 +103,12 @@ type typeState struct {
 	acked     string
 }
 
-// agent is one node id. It may briefly have two streams while reconnecting;
-// the newest one describes it.
+// agent is one node id. It may briefly have two streams while reconnecting
+// (an agent restarted with new labels while its old stream lingers); the
+// newest one describes it.
 type agent struct {
-	nodeID    string
-	labels    map[string]string
-	group     string
-	userAgent string
-	streams   map[streamKey]*stream
+	nodeID  string
+	streams map[streamKey]*stream
 }
 
 // newest returns the agent's most recently opened stream.
@@ -134,10 +132,13 @@ type streamKey struct {
 // stream is one xDS stream. Nonces are per stream, so what was sent and
 // answered is tracked per stream too.
 type stream struct {
-	peer   string
-	opened time.Time
-	nodeID string // "" until the first request names the node
-	types  map[string]*typeState
+	peer      string
+	opened    time.Time
+	nodeID    string // "" until the first request names the node
+	labels    map[string]string
+	group     string
+	userAgent string
+	types     map[string]*typeState
 }
 
 // Registry tracks agents. It is safe for concurrent use.
@@ -150,7 +151,14 @@ type Registry struct {
 	// rejected remembers, per node id and type URL, the agent's last NACK. It
 	// outlives streams: a reconnecting agent is not sent that version again.
 	rejected map[string]map[string]*adminv1.Nack
+	// gone is when each node without a stream lost its last one; Prune
+	// forgets the rejections of nodes gone for long.
+	gone map[string]time.Time
 }
+
+// maxNackMessage bounds an agent's error_detail as stored and logged: it is
+// remote input.
+const maxNackMessage = 1024
 
 // NewRegistry returns an empty registry.
 func NewRegistry(opts Options) *Registry {
@@ -162,7 +170,37 @@ func NewRegistry(opts Options) *Registry {
 		streams:  map[streamKey]*stream{},
 		agents:   map[string]*agent{},
 		rejected: map[string]map[string]*adminv1.Nack{},
+		gone:     map[string]time.Time{},
 	}
+}
+
+// Groups returns the number of connected agents per group key.
+func (r *Registry) Groups() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]int)
+	for _, a := range r.agents {
+		out[a.newest().group]++
+	}
+	return out
+}
+
+// Prune forgets the rejections of agents that have had no stream for longer
+// than d: a node id that comes back after that is sent the current versions
+// again.
+// It returns the node ids it forgot.
+func (r *Registry) Prune(d time.Duration) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var pruned []string
+	for node, t := range r.gone {
+		if time.Since(t) > d {
+			delete(r.rejected, node)
+			delete(r.gone, node)
+			pruned = append(pruned, node)
+		}
+	}
+	return pruned
 }
 
 var _ serverv3.Callbacks = (*Registry)(nil)
@@ -183,19 +221,19 @@ func (r *Registry) Agents(selector map[string]string) []*adminv1.Agent {
 	defer r.mu.Unlock()
 	out := make([]*adminv1.Agent, 0, len(r.agents))
 	for _, a := range r.agents {
-		if !matches(selector, a.labels) {
+		s := a.newest()
+		if !matches(selector, s.labels) {
 			continue
 		}
-		s := a.newest()
 		pa := &adminv1.Agent{
 			NodeId:         a.nodeID,
-			Labels:         maps.Clone(a.labels),
+			Labels:         maps.Clone(s.labels),
 			ConnectedSince: timestamppb.New(s.opened),
 			Peer:           s.peer,
-			UserAgent:      a.userAgent,
+			UserAgent:      s.userAgent,
 		}
 		for _, t := range TrackedTypes {
-			pa.Resources = append(pa.Resources, r.status(a, s.types[t], t))
+			pa.Resources = append(pa.Resources, r.status(a.nodeID, s, t))
 		}
 		out = append(out, pa)
 	}
@@ -213,11 +251,12 @@ func matches(selector, labels map[string]string) bool {
 }
 
 // status summarises one type on one agent, like istioctl proxy-status.
-func (r *Registry) status(a *agent, ts *typeState, typeURL string) *adminv1.ResourceStatus {
+func (r *Registry) status(nodeID string, s *stream, typeURL string) *adminv1.ResourceStatus {
 	st := &adminv1.ResourceStatus{TypeUrl: typeURL, Short: ShortName(typeURL)}
 	if r.opts.Desired != nil {
-		st.Desired = r.opts.Desired(a.group, typeURL)
+		st.Desired = r.opts.Desired(s.group, typeURL)
 	}
+	ts := s.types[typeURL]
 	if ts != nil {
 		st.Sent, st.Acked = ts.sent, ts.acked
 	}
@@ -226,7 +265,7 @@ func (r *Registry) status(a *agent, ts *typeState, typeURL string) *adminv1.Reso
 	}
 	// An agent can be NACKED with nothing sent on its current stream: the
 	// version it rejected on an earlier stream is held back from it.
-	st.LastNack = r.rejected[a.nodeID][typeURL]
+	st.LastNack = r.rejected[nodeID][typeURL]
 	rejected := st.LastNack.GetVersion()
 	switch {
 	case rejected != "" && rejected == st.Desired:
@@ -288,6 +327,7 @@ func (r *Registry) close(key streamKey) {
 		"connected_s", time.Since(s.opened).Seconds(), "streams_left", len(a.streams))
 	if len(a.streams) == 0 {
 		delete(r.agents, s.nodeID)
+		r.gone[s.nodeID] = time.Now()
 	}
 }
 
@@ -306,20 +346,17 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 		return "", false
 	}
 	s.nodeID = node.GetId()
+	s.labels = Labels(node)
+	s.group = GroupKey(s.labels)
+	s.userAgent = strings.TrimSpace(node.GetUserAgentName() + " " + node.GetUserAgentVersion())
 	a := r.agents[s.nodeID]
 	if a == nil {
-		labels := Labels(node)
-		a = &agent{
-			nodeID:  s.nodeID,
-			labels:  labels,
-			group:   GroupKey(labels),
-			streams: map[streamKey]*stream{},
-		}
+		a = &agent{nodeID: s.nodeID, streams: map[streamKey]*stream{}}
 		r.agents[s.nodeID] = a
+		delete(r.gone, s.nodeID)
 	}
-	a.userAgent = strings.TrimSpace(node.GetUserAgentName() + " " + node.GetUserAgentVersion())
 	a.streams[key] = s
-	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", a.group)
+	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", s.group)
 	return s.nodeID, true
 }
 
@@ -358,6 +395,9 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 		return
 	}
 	if nack {
+		if len(nackMsg) > maxNackMessage {
+			nackMsg = strings.ToValidUTF8(nackMsg[:maxNackMessage], "") + "…(truncated)"
+		}
 		if r.rejected[nodeID] == nil {
 			r.rejected[nodeID] = map[string]*adminv1.Nack{}
 		}
@@ -373,8 +413,10 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 		r.opts.Logger.Info("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
 	}
 	ts.acked = version
-	// An ACK of another version supersedes an older rejection.
-	if rej := r.rejected[nodeID][typeURL]; rej != nil && rej.GetVersion() != version {
+	// Only an ACK of the version just sent supersedes a rejection. A request
+	// that answers the rejected response without an error (a subscription
+	// change) carries the old version and must not lift the hold.
+	if rej := r.rejected[nodeID][typeURL]; rej != nil && version == ts.sent && rej.GetVersion() != version {
 		delete(r.rejected[nodeID], typeURL)
 	}
 }

@@ -2,8 +2,10 @@ package xds
 
 import (
 	"maps"
+	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -28,25 +30,91 @@ type heldVersions interface {
 // present the request to the cache as if the agent held that version, and the
 // subscription as if it had been sent every resource of it: the cache then
 // parks the watch, and answers it as soon as the group's snapshot moves on.
+//
+// It also corrects two things the stock cache gets wrong for us:
+//   - In ADS mode it answers an EDS request only when the request names every
+//     endpoint set of the snapshot. An agent that rejected a CDS update asks
+//     for the endpoints of the clusters it still runs, a subset, and would
+//     never hear of endpoint changes again. EDS requests reach the cache as
+//     wildcard requests; the agent (and Envoy) ignore endpoint sets they did
+//     not ask for.
+//   - After a delta NACK, the delta server believes the client holds what it
+//     was sent. The next delta is computed from what the client last ACKed.
 type nackAwareCache struct {
 	cache.SnapshotCache
 	held heldVersions
+
+	mu sync.Mutex
+	// deltaAcked is, per node and type, the resource versions a delta client
+	// ACKed last (or announced when it subscribed); deltaNacked says whether
+	// it rejected a response since.
+	deltaAcked  map[deltaKey]map[string]string
+	deltaNacked map[deltaKey]bool
+}
+
+type deltaKey struct{ nodeID, typeURL string }
+
+func newNACKAwareCache(c cache.SnapshotCache, held heldVersions) *nackAwareCache {
+	return &nackAwareCache{
+		SnapshotCache: c,
+		held:          held,
+		deltaAcked:    map[deltaKey]map[string]string{},
+		deltaNacked:   map[deltaKey]bool{},
+	}
 }
 
 // CreateWatch parks state-of-the-world watches for rejected versions.
 func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
-	if version, _ := hs.current(); version != "" && req.GetVersionInfo() != version {
-		parked := proto.Clone(req).(*cache.Request)
-		parked.VersionInfo = version
-		req = parked
+	version, _ := hs.current()
+	park := version != "" && req.GetVersionInfo() != version
+	wildcardEDS := req.GetTypeUrl() == resource.EndpointType && len(req.GetResourceNames()) > 0
+	if park || wildcardEDS {
+		r := proto.Clone(req).(*cache.Request)
+		if park {
+			r.VersionInfo = version
+		}
+		if wildcardEDS {
+			r.ResourceNames = nil
+		}
+		req = r
 	}
 	return c.SnapshotCache.CreateWatch(req, hs, out)
 }
 
-// CreateDeltaWatch parks delta watches for rejected versions.
+// CreateDeltaWatch parks delta watches for rejected versions and makes the
+// next delta start from what the client accepted.
 func (c *nackAwareCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
-	return c.SnapshotCache.CreateDeltaWatch(req, c.wrap(req.GetNode(), req.GetTypeUrl(), sub), out)
+	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
+	key := deltaKey{hs.nodeID, hs.typeURL}
+	c.mu.Lock()
+	switch {
+	case req.GetErrorDetail() != nil:
+		c.deltaNacked[key] = true
+	default:
+		// An ACK, or a first request announcing what the client has. The map
+		// is the server's own, replaced (never changed) on every response.
+		c.deltaAcked[key] = sub.ReturnedResources()
+		delete(c.deltaNacked, key)
+	}
+	if c.deltaNacked[key] {
+		hs.accepted = c.deltaAcked[key]
+		hs.useAccepted = true
+	}
+	c.mu.Unlock()
+	return c.SnapshotCache.CreateDeltaWatch(req, hs, out)
+}
+
+// forget drops what is known of a node's delta streams.
+func (c *nackAwareCache) forget(nodeID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.deltaAcked {
+		if k.nodeID == nodeID {
+			delete(c.deltaAcked, k)
+			delete(c.deltaNacked, k)
+		}
+	}
 }
 
 func (c *nackAwareCache) wrap(node *corev3.Node, typeURL string, sub cache.Subscription) *heldSubscription {
@@ -67,6 +135,17 @@ type heldSubscription struct {
 	cache.Subscription
 	group, nodeID, typeURL string
 	held                   heldVersions
+	// accepted replaces the server's view of a delta client's resources
+	// after a NACK (useAccepted).
+	accepted    map[string]string
+	useAccepted bool
+}
+
+func (s *heldSubscription) returned() map[string]string {
+	if s.useAccepted {
+		return s.accepted
+	}
+	return s.Subscription.ReturnedResources()
 }
 
 func (s *heldSubscription) current() (string, map[string]string) {
@@ -77,9 +156,9 @@ func (s *heldSubscription) current() (string, map[string]string) {
 func (s *heldSubscription) ReturnedResources() map[string]string {
 	version, resources := s.current()
 	if version == "" {
-		return s.Subscription.ReturnedResources()
+		return s.returned()
 	}
-	out := maps.Clone(s.Subscription.ReturnedResources())
+	out := maps.Clone(s.returned())
 	if out == nil {
 		out = make(map[string]string, len(resources))
 	}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -44,11 +45,32 @@ type Options struct {
 	// Logger is used for the server's own lines and go-control-plane's
 	// (at debug level); nil means slog.Default().
 	Logger *slog.Logger
+	// GroupIdleTimeout is how long a group's snapshot is kept after its last
+	// agent left; idle groups are dropped when a version is set. 0 means 10m.
+	GroupIdleTimeout time.Duration
+	// RejectionTimeout is how long a NACK of an agent that left is remembered.
+	// 0 means 1h.
+	RejectionTimeout time.Duration
+}
+
+func (o Options) groupIdleTimeout() time.Duration {
+	if o.GroupIdleTimeout == 0 {
+		return 10 * time.Minute
+	}
+	return o.GroupIdleTimeout
+}
+
+func (o Options) rejectionTimeout() time.Duration {
+	if o.RejectionTimeout == 0 {
+		return time.Hour
+	}
+	return o.RejectionTimeout
 }
 
 // Server is the xDS server and the fleet registry behind it. It is safe for
 // concurrent use.
 type Server struct {
+	opts     Options
 	log      *slog.Logger
 	registry *fleet.Registry
 	cache    *nackAwareCache
@@ -74,6 +96,9 @@ type configState struct {
 type group struct {
 	labels map[string]string
 	types  map[string]typeVersion // replaced whole, never mutated
+	// idleSince is when the group was first seen without agents; zero while
+	// it has some. Guarded by Server.groupsMu.
+	idleSince time.Time
 }
 
 // typeVersion is one type of a group's snapshot.
@@ -93,14 +118,14 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{log: log, groups: map[string]*group{}}
+	s := &Server{opts: opts, log: log, groups: map[string]*group{}}
 	s.registry = fleet.NewRegistry(fleet.Options{
 		Logger:     log,
 		Desired:    s.desired,
 		OnNodeSeen: s.nodeSeen,
 	})
 	snapshots := cache.NewSnapshotCache(true, groupHash{}, gcpLogger(log))
-	s.cache = &nackAwareCache{SnapshotCache: snapshots, held: s}
+	s.cache = newNACKAwareCache(snapshots, s)
 	s.xds = serverv3.NewServer(context.Background(), s.cache, s.registry, sotw.WithOrderedADS())
 	return s
 }
@@ -126,6 +151,7 @@ func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.config = cfg
+	s.forgetIdle()
 	s.groupsMu.RLock()
 	keys := make([]string, 0, len(s.groups))
 	for k := range s.groups {
@@ -163,13 +189,51 @@ func (s *Server) Check(files []*adminv1.ConfigFile) error {
 	return nil
 }
 
-// nodeSeen creates the snapshot of a node's group the first time the group is seen.
+// forgetIdle drops the groups no agent has used for GroupIdleTimeout, and the
+// rejections of agents long gone, so that what the control plane keeps and
+// what every apply compiles grows with the fleet as it is, not as it was.
+// Callers hold s.mu.
+func (s *Server) forgetIdle() {
+	for _, node := range s.registry.Prune(s.opts.rejectionTimeout()) {
+		s.cache.forget(node)
+	}
+	live := s.registry.Groups()
+	now := time.Now()
+	var drop []string
+	s.groupsMu.Lock()
+	for key, g := range s.groups {
+		switch {
+		case live[key] > 0:
+			g.idleSince = time.Time{}
+		case g.idleSince.IsZero():
+			g.idleSince = now
+		}
+		if !g.idleSince.IsZero() && now.Sub(g.idleSince) >= s.opts.groupIdleTimeout() {
+			delete(s.groups, key)
+			drop = append(drop, key)
+		}
+	}
+	s.groupsMu.Unlock()
+	for _, key := range drop {
+		s.cache.ClearSnapshot(key)
+		s.log.Info("dropped the snapshot of an idle group", "group", key)
+	}
+}
+
+// nodeSeen creates the snapshot of a node's group the first time the group is
+// seen, and marks a known group as in use.
 func (s *Server) nodeSeen(node *corev3.Node) {
 	labels := fleet.Labels(node)
 	key := fleet.GroupKey(labels)
-	s.groupsMu.RLock()
-	_, ok := s.groups[key]
-	s.groupsMu.RUnlock()
+	s.groupsMu.Lock()
+	g, ok := s.groups[key]
+	if ok {
+		// Touched under the write lock: forgetIdle, which runs under s.mu,
+		// either sees this and keeps the group, or dropped it before and
+		// the slow path below builds it again.
+		g.idleSince = time.Time{}
+	}
+	s.groupsMu.Unlock()
 	if ok {
 		return
 	}

@@ -40,9 +40,13 @@ func files(port int, selector map[string]string, eps ...string) []*adminv1.Confi
 	return []*adminv1.ConfigFile{{Path: "test.yaml", Bundle: b}}
 }
 
-func startServer(t *testing.T) (*Server, *grpc.ClientConn) {
+func startServer(t *testing.T, opts ...Options) (*Server, *grpc.ClientConn) {
 	t.Helper()
-	s := New(Options{})
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	s := New(o)
 	g := grpc.NewServer()
 	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
