@@ -72,7 +72,7 @@ the meantime; --dry-run has the control plane check them without storing.`,
 				resp, err = c.api.Apply(ctx, req)
 				return err
 			}); err != nil {
-				return c.explain(err, "")
+				return c.explainWrite(err, "")
 			}
 			if a.output != formatTable {
 				return writeMessage(a.stdout, a.output, resp)
@@ -136,7 +136,7 @@ grows, so the rollback itself can be rolled back.`,
 				resp, err = c.api.Rollback(ctx, req)
 				return err
 			}); err != nil {
-				return c.explain(err, fmt.Sprintf("version %d does not exist", n))
+				return c.explainWrite(err, fmt.Sprintf("version %d does not exist", n))
 			}
 			if a.output != formatTable {
 				return writeMessage(a.stdout, a.output, resp)

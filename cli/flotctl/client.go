@@ -87,6 +87,16 @@ func (d *dialer) cause() string {
 	return err.Error()
 }
 
+// explainWrite is explain for calls that store a version: when the answer did
+// not come in time, the version may have been stored all the same.
+func (c *client) explainWrite(err error, notFound string) *exitError {
+	ee := c.explain(err, notFound)
+	if status.Code(err) == codes.DeadlineExceeded && c.dialer.cause() == "" {
+		ee.msg += "; it may have stored the version anyway: check `flotctl history` before retrying"
+	}
+	return ee
+}
+
 // explain turns an RPC error into one sentence for the user. notFound is the
 // sentence for codes.NotFound, which only the caller can phrase (it knows
 // which version it asked for).
