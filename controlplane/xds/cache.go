@@ -32,12 +32,12 @@ type heldVersions interface {
 // parks the watch, and answers it as soon as the group's snapshot moves on.
 //
 // It also corrects two things the stock cache gets wrong for us:
-//   - In ADS mode it answers an EDS request only when the request names every
-//     endpoint set of the snapshot. An agent that rejected a CDS update asks
-//     for the endpoints of the clusters it still runs, a subset, and would
-//     never hear of endpoint changes again. EDS requests reach the cache as
-//     wildcard requests; the agent (and Envoy) ignore endpoint sets they did
-//     not ask for.
+//   - In ADS mode it answers an EDS (or SDS) request only when the request
+//     names every endpoint set (secret) of the snapshot. An agent that
+//     rejected a CDS update asks for the endpoints of the clusters it still
+//     runs, a subset, and would never hear of endpoint changes again. EDS and
+//     SDS requests reach the cache as wildcard requests; the agent (and
+//     Envoy) ignore resources they did not ask for.
 //   - After a delta NACK, the delta server believes the client holds what it
 //     was sent. The next delta is computed from what the client last ACKed.
 type nackAwareCache struct {
@@ -68,7 +68,8 @@ func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription,
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
-	wildcardEDS := req.GetTypeUrl() == resource.EndpointType && len(req.GetResourceNames()) > 0
+	wildcardEDS := (req.GetTypeUrl() == resource.EndpointType || req.GetTypeUrl() == resource.SecretType) &&
+		len(req.GetResourceNames()) > 0
 	if park || wildcardEDS {
 		r := proto.Clone(req).(*cache.Request)
 		if park {
