@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -284,7 +285,8 @@ func (a *Agent) Ready() bool {
 	return ok
 }
 
-// ConfigDump returns the running config and the xDS client's state (admin.State).
+// ConfigDump returns the running config, the xDS client's state and the live state of
+// the upstream clusters (admin.State).
 func (a *Agent) ConfigDump() admin.ConfigDump {
 	st := a.client.Status()
 	r := a.running.Load()
@@ -305,6 +307,12 @@ func (a *Agent) ConfigDump() admin.ConfigDump {
 			}
 		}
 		d.Types = append(d.Types, td)
+	}
+	clusters := a.manager.Upstreams().Clusters()
+	for _, name := range slices.Sorted(maps.Keys(clusters)) {
+		c := clusters[name]
+		d.Clusters = append(d.Clusters, admin.ClusterDump{Name: name, Panic: c.Panic(),
+			ActiveConnections: c.ActiveConnections(), Hosts: c.Hosts()})
 	}
 	return d
 }

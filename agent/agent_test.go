@@ -136,6 +136,12 @@ type dump struct {
 		Version   string           `json:"version"`
 		Resources []map[string]any `json:"resources"`
 	} `json:"types"`
+	Clusters map[string]struct {
+		Hosts []struct {
+			Address string `json:"address"`
+			Health  string `json:"health"`
+		} `json:"hosts"`
+	} `json:"clusters"`
 }
 
 func configDump(t *testing.T, a *agent.Agent) dump {
@@ -176,6 +182,9 @@ func TestProxiesAndServesLastGoodAfterRestart(t *testing.T) {
 	d := configDump(t, a)
 	if d.FromDisk || !d.ControlPlane.Connected || d.Types["lds"].Version != "v1" || len(d.Types["lds"].Resources) != 1 {
 		t.Errorf("config dump in first life = %+v", d)
+	}
+	if h := d.Clusters["backend"].Hosts; len(h) != 1 || h[0].Address != backend || h[0].Health != "healthy" {
+		t.Errorf("config dump hosts of backend = %+v, want %s healthy", h, backend)
 	}
 	_, metrics := adminGet(t, a, "/metrics")
 	for _, want := range []string{"flotilla_agent_xds_connected 1", `flotilla_agent_xds_updates_total{result="ack",type="lds"} 1`, "go_goroutines", "process_"} {

@@ -2,8 +2,9 @@
 // (127.0.0.1:9901 by default) and for the people and probes on that machine:
 //
 //	/ready        200 "ready" once a config runs (from the control plane or from disk), else 503
-//	/config_dump  JSON: node, control-plane connection, and per xDS type the running
-//	              version, the last NACK and the running resources (protojson)
+//	/config_dump  JSON: node, control-plane connection, per xDS type the running
+//	              version, the last NACK and the running resources (protojson), and
+//	              per cluster the live state of its hosts (health, connections, ejections)
 //	/metrics      Prometheus metrics of the agent's registry
 //
 // The package formats; it holds no state of its own. What it shows comes from
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 	"github.com/flotilla-proxy/flotilla/agent/xdsclient"
 )
 
@@ -55,6 +57,19 @@ type ConfigDump struct {
 	FromDisk bool
 	// Types holds the running config, one entry per xDS type.
 	Types []TypeDump
+	// Clusters holds the live state of the upstream clusters, in name order.
+	Clusters []ClusterDump
+}
+
+// ClusterDump is the live state of one upstream cluster.
+type ClusterDump struct {
+	Name string
+	// Panic reports that too few hosts are healthy, so all of them take traffic.
+	Panic bool
+	// ActiveConnections counts the cluster's open upstream connections.
+	ActiveConnections int64
+	// Hosts are the cluster's endpoints, in configuration order.
+	Hosts []upstream.HostStatus
 }
 
 // TypeDump is the running config of one xDS type.
@@ -99,10 +114,25 @@ func NewHandler(state State, gatherer prometheus.Gatherer) http.Handler {
 
 // The JSON shape of /config_dump. Field names follow Envoy's snake_case.
 type jsonDump struct {
-	Node         jsonNode            `json:"node"`
-	ControlPlane jsonControlPlane    `json:"control_plane"`
-	FromDisk     bool                `json:"from_disk"`
-	Types        map[string]jsonType `json:"types"`
+	Node         jsonNode               `json:"node"`
+	ControlPlane jsonControlPlane       `json:"control_plane"`
+	FromDisk     bool                   `json:"from_disk"`
+	Types        map[string]jsonType    `json:"types"`
+	Clusters     map[string]jsonCluster `json:"clusters"`
+}
+
+type jsonCluster struct {
+	Panic             bool       `json:"panic"`
+	ActiveConnections int64      `json:"active_connections"`
+	Hosts             []jsonHost `json:"hosts"`
+}
+
+type jsonHost struct {
+	Address           string `json:"address"`
+	Weight            uint32 `json:"weight"`
+	Health            string `json:"health"`
+	ActiveConnections int64  `json:"active_connections"`
+	TimesEjected      uint32 `json:"times_ejected"`
 }
 
 type jsonNode struct {
@@ -153,6 +183,15 @@ func marshalDump(d ConfigDump) ([]byte, error) {
 			jt.Resources = append(jt.Resources, b)
 		}
 		out.Types[xdsclient.ShortName(t.TypeURL)] = jt
+	}
+	out.Clusters = make(map[string]jsonCluster, len(d.Clusters))
+	for _, c := range d.Clusters {
+		jc := jsonCluster{Panic: c.Panic, ActiveConnections: c.ActiveConnections, Hosts: []jsonHost{}}
+		for _, h := range c.Hosts {
+			jc.Hosts = append(jc.Hosts, jsonHost{Address: h.Addr.String(), Weight: h.Weight, Health: h.Health.String(),
+				ActiveConnections: h.ActiveConnections, TimesEjected: h.TimesEjected})
+		}
+		out.Clusters[c.Name] = jc
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/flotilla-proxy/flotilla/agent/admin"
 	"github.com/flotilla-proxy/flotilla/agent/runtime/runtimetest"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 	"github.com/flotilla-proxy/flotilla/agent/xdsclient"
 )
 
@@ -46,6 +48,9 @@ func newState() *state {
 				Resources: []proto.Message{runtimetest.Listener("dicom", "::", 4242, "pacs")},
 			},
 		},
+		Clusters: []admin.ClusterDump{{Name: "pacs", ActiveConnections: 2, Hosts: []upstream.HostStatus{
+			{Addr: netip.MustParseAddrPort("192.0.2.3:4242"), Weight: 1, Health: upstream.Ejected, ActiveConnections: 2, TimesEjected: 1},
+		}}},
 	}}
 }
 
@@ -132,11 +137,30 @@ func TestConfigDump(t *testing.T) {
 	if got := dump.Types["eds"].Resources[0]["cluster_name"]; got != "pacs" {
 		t.Errorf("eds cluster_name = %v", got)
 	}
+	// Live host state.
+	if !strings.Contains(body, `"clusters": {
+    "pacs": {
+      "panic": false,
+      "active_connections": 2,
+      "hosts": [
+        {
+          "address": "192.0.2.3:4242",
+          "weight": 1,
+          "health": "ejected",
+          "active_connections": 2,
+          "times_ejected": 1
+        }
+      ]
+    }
+  }`) {
+		t.Errorf("clusters not dumped as expected:\n%s", body)
+	}
 }
 
 func TestConfigDumpEmpty(t *testing.T) {
 	code, body, _ := get(t, admin.NewHandler(&state{}, prometheus.NewRegistry()), "/config_dump")
-	if code != http.StatusOK || !strings.Contains(body, `"labels": {}`) || !strings.Contains(body, `"types": {}`) {
+	if code != http.StatusOK || !strings.Contains(body, `"labels": {}`) || !strings.Contains(body, `"types": {}`) ||
+		!strings.Contains(body, `"clusters": {}`) {
 		t.Errorf("/config_dump of nothing = %d\n%s", code, body)
 	}
 }

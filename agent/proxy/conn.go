@@ -6,16 +6,25 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
-// errNoHealthyUpstream ends a connection whose cluster has no endpoint taking traffic.
-var errNoHealthyUpstream = errors.New("no healthy upstream")
+// Errors that end a connection before it reaches an upstream.
+var (
+	// errNoHealthyUpstream: the cluster has no endpoint (package upstream).
+	errNoHealthyUpstream = upstream.ErrNoHealthyUpstream
+	// errOverflow: the cluster's max_connections circuit breaker is open.
+	errOverflow = upstream.ErrOverflow
+	// errListenerLimit: the listener's connection_limit is reached.
+	errListenerLimit = errors.New("listener connection limit reached")
+)
 
 // conn is one downstream connection being proxied. It keeps the route it was accepted with
 // for its whole life, whatever Apply does meanwhile. conn.serve owns both sockets; other
@@ -35,6 +44,7 @@ type conn struct {
 	chain   *runtime.FilterChain
 	cluster *clusterState
 	client  netip.AddrPort
+	server  netip.AddrPort
 	sni     string
 }
 
@@ -44,93 +54,149 @@ type conn struct {
 // directions are done, and closes both connections. ctx is cancelled when the proxy aborts
 // the connection.
 func (c *conn) serve(ctx context.Context) {
-	var (
-		ep     runtime.Endpoint
-		tx, rx int64
-		err    error
-	)
+	var o outcome
 	defer func() {
 		c.cancel()
 		c.down.Close()
-		c.logEnd(ep, tx, rx, err)
+		c.logEnd(&o)
 		c.entry.done(c)
 		c.entry.m.conns.Done()
 	}()
 
 	var p *preread
-	p, err = c.preread(c.route.listener)
-	if err != nil {
+	p, o.err = c.preread(c.route.listener)
+	if o.err != nil {
 		return
 	}
 	defer p.release()
+	o.fromClient = int64(p.off) // the PROXY header, read and dropped
 	tcp := p.chain.TCP
 	cs := c.route.clusters[tcp.Cluster.Name()]
 	c.setChain(p, cs)
 
-	var up *net.TCPConn
-	up, ep, err = c.connect(ctx, tcp, cs)
-	if err != nil {
+	var (
+		up   *net.TCPConn
+		host *upstream.Host
+	)
+	start := time.Now()
+	up, host, o.err = c.connect(ctx, tcp, cs, p.src.Addr())
+	o.connectTime = time.Since(start)
+	if host != nil {
+		o.upstream = host.Addr()
+	}
+	if o.err != nil {
 		return
 	}
+	defer host.Release()
 	defer up.Close()
 	if !c.setUpstream(up) {
-		err = errors.New("closed while connecting")
+		o.err = errors.New("closed while connecting")
 		return
 	}
+	o.connected = true
 	cs.stats.active.Inc()
 	defer cs.stats.active.Dec()
-	if err = writePreamble(up, tcp.Cluster.ProxyProtocol(), p); err != nil {
-		err = fmt.Errorf("write to upstream: %w", err)
+	hdr, err := writePreamble(up, tcp.Cluster.ProxyProtocol(), p)
+	if err != nil {
+		o.err = fmt.Errorf("write to upstream: %w", err)
 		return
 	}
-	tx = int64(len(p.peeked()))
+	peeked := int64(len(p.peeked()))
+	o.fromClient += peeked
+	o.toUpstream = int64(hdr) + peeked
 	p.release()
 	stopIdle := c.watchIdle(tcp.IdleTimeout, up)
-	var n int64
-	n, rx, err = c.pipe(up)
-	tx += n
+	n, rx, err := c.pipe(up)
 	stopIdle()
-	cs.stats.txBytes.Add(float64(tx))
+	o.err = err
+	o.fromClient += n
+	o.toUpstream += n
+	o.fromUpstream, o.toClient = rx, rx
+	cs.stats.txBytes.Add(float64(peeked + n))
 	cs.stats.rxBytes.Add(float64(rx))
+}
+
+// outcome is what happened to a connection, for its log lines. Byte counts are payload
+// bytes as io.Copy counted them; the PROXY headers count as bytes from the client (one it
+// sent) and to the upstream (one the cluster wants).
+type outcome struct {
+	upstream                 netip.AddrPort // the endpoint used, or the last one tried; invalid if none
+	connected                bool
+	connectTime              time.Duration // from the first pick to the connection (or giving up)
+	fromClient, toClient     int64
+	toUpstream, fromUpstream int64
+	err                      error
+}
+
+// rejected finishes a connection closed before it was served (listener connection
+// limit): it gets its log lines.
+func (c *conn) rejected(err error) {
+	c.logEnd(&outcome{err: err})
 }
 
 // setChain records the chosen chain for the connection's log line.
 func (c *conn) setChain(p *preread, cs *clusterState) {
 	c.mu.Lock()
-	c.chain, c.cluster, c.client, c.sni = p.chain, cs, p.src, p.sni
+	c.chain, c.cluster, c.client, c.server, c.sni = p.chain, cs, p.src, p.dst, p.sni
 	c.mu.Unlock()
 }
 
-// connect dials the endpoint the cluster's round robin picks and, when that fails, the
-// next endpoints in order, up to MaxConnectAttempts attempts in all, each bounded by the
-// cluster's connect timeout.
-func (c *conn) connect(ctx context.Context, tcp runtime.TCPProxy, cs *clusterState) (*net.TCPConn, runtime.Endpoint, error) {
+// connect picks an endpoint of the chain's cluster (package upstream: its policy, health,
+// ejections and circuit breaker) and dials it; when that fails it picks again, avoiding the
+// endpoints already tried, up to MaxConnectAttempts attempts in all, each bounded by the
+// cluster's connect timeout. client feeds a ring hash or Maglev cluster when the tcp_proxy
+// hashes the source IP. On success the caller owns the host and must Release it. On
+// failure host is the last endpoint tried (already released), or nil.
+func (c *conn) connect(ctx context.Context, tcp runtime.TCPProxy, cs *clusterState, client netip.Addr) (*net.TCPConn, *upstream.Host, error) {
 	cl := tcp.Cluster
-	n := cl.NumEndpoints()
-	if n == 0 {
+	ucl := c.entry.m.up.Cluster(cl.Name())
+	if ucl == nil {
 		cs.stats.noHealthy.Inc()
-		return nil, runtime.Endpoint{}, fmt.Errorf("cluster %q: %w", cl.Name(), errNoHealthyUpstream)
+		return nil, nil, fmt.Errorf("cluster %q: %w", cl.Name(), errNoHealthyUpstream)
 	}
-	first := cl.Pick(cs.next.Add(1) - 1)
+	var hash uint64
+	if cl.HashesSource() {
+		if tcp.HashSourceIP {
+			hash = upstream.HashAddr(client)
+		} else {
+			hash = rand.Uint64() // no hash policy: Envoy picks a random host
+		}
+	}
 	d := net.Dialer{Timeout: cl.ConnectTimeout()}
 	var (
-		ep  runtime.Endpoint
-		err error
+		tried [4]netip.AddrPort
+		excl  = tried[:0]
+		last  *upstream.Host
+		err   error
 	)
-	for attempt := range tcp.MaxConnectAttempts {
-		ep = cl.Endpoint((first + attempt) % n)
+	for range tcp.MaxConnectAttempts {
+		h, perr := ucl.Pick(hash, excl)
+		switch {
+		case errors.Is(perr, upstream.ErrOverflow):
+			return nil, last, fmt.Errorf("cluster %q: %w", cl.Name(), errOverflow)
+		case perr != nil:
+			cs.stats.noHealthy.Inc()
+			return nil, last, fmt.Errorf("cluster %q: %w", cl.Name(), errNoHealthyUpstream)
+		}
 		cs.stats.total.Inc()
 		var nc net.Conn
-		nc, err = d.DialContext(ctx, "tcp", ep.Addr.String())
+		nc, err = d.DialContext(ctx, "tcp", h.Addr().String())
 		if err == nil {
-			return nc.(*net.TCPConn), ep, nil
+			h.Connected()
+			return nc.(*net.TCPConn), h, nil
 		}
 		cs.stats.connectFail.Inc()
 		if ctx.Err() != nil {
-			break
+			// Aborted (drain deadline, shutdown): not the host's fault.
+			h.Release()
+			return nil, h, fmt.Errorf("cluster %q: %w", cl.Name(), err)
 		}
+		h.ConnectFailed()
+		h.Release()
+		last = h
+		excl = append(excl, h.Addr())
 	}
-	return nil, ep, fmt.Errorf("cluster %q: %w", cl.Name(), err)
+	return nil, last, fmt.Errorf("cluster %q: %w", cl.Name(), err)
 }
 
 // setUpstream records the upstream connection so that abort can close it. It returns false
@@ -243,8 +309,10 @@ func (c *conn) watchIdle(timeout time.Duration, up *net.TCPConn) (stop func()) {
 	}
 }
 
-// logEnd writes the one Debug line a connection gets.
-func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
+// logEnd writes the connection's access log line, if its listener has an access log, and
+// its Debug line.
+func (c *conn) logEnd(o *outcome) {
+	c.accessLog(o)
 	log := c.entry.m.log
 	if !log.Enabled(context.Background(), slog.LevelDebug) {
 		return
@@ -254,8 +322,8 @@ func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
 	c.mu.Unlock()
 	switch {
 	case end != "":
-	case err != nil:
-		end = err.Error()
+	case o.err != nil:
+		end = o.err.Error()
 	default:
 		end = "closed"
 	}
@@ -265,8 +333,8 @@ func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
 	}
 	attrs = append(attrs,
 		slog.String("client", c.down.RemoteAddr().String()),
-		slog.Int64("tx_bytes", tx),
-		slog.Int64("rx_bytes", rx),
+		slog.Int64("tx_bytes", o.toUpstream),
+		slog.Int64("rx_bytes", o.fromUpstream),
 		slog.Float64("duration_s", time.Since(c.start).Seconds()),
 		slog.String("end", end),
 	)
@@ -276,8 +344,8 @@ func (c *conn) logEnd(ep runtime.Endpoint, tx, rx int64, err error) {
 	if sni != "" {
 		attrs = append(attrs, slog.String("sni", sni))
 	}
-	if ep.Addr.IsValid() {
-		attrs = append(attrs, slog.String("upstream", ep.Addr.String()))
+	if o.upstream.IsValid() {
+		attrs = append(attrs, slog.String("upstream", o.upstream.String()))
 	}
 	log.LogAttrs(context.Background(), slog.LevelDebug, "connection", attrs...)
 }

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flotilla-proxy/flotilla/agent/accesslog"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 )
 
@@ -36,16 +37,18 @@ type entry struct {
 	drainTimer *time.Timer // closes what is left at the drain deadline
 }
 
-// route is what a new connection gets: the listener's config and the state of the clusters
-// of the graph it belongs to (by name). It is immutable; Apply replaces it whole.
+// route is what a new connection gets: the listener's config, the state of the clusters of
+// the graph it belongs to (by name) and the access loggers (by path). It is immutable; Apply
+// replaces it whole.
 type route struct {
 	listener *runtime.Listener
 	clusters map[string]*clusterState
+	logs     map[string]*accesslog.Logger
 }
 
-func (m *Manager) newEntry(l *runtime.Listener, s *socket, clusters map[string]*clusterState) *entry {
+func (m *Manager) newEntry(l *runtime.Listener, s *socket, rt *route) *entry {
 	e := &entry{m: m, name: l.Name(), sock: s, stats: m.metrics.listener(l.Name()), conns: map[*conn]struct{}{}}
-	e.route.Store(&route{listener: l, clusters: clusters})
+	e.route.Store(rt)
 	return e
 }
 
@@ -81,7 +84,8 @@ func (m *Manager) acceptLoop(s *socket) {
 }
 
 // accept starts serving c with the entry's current config. It returns false, without
-// touching c, if the entry is retired.
+// touching c, if the entry is retired. A connection over the listener's connection_limit
+// is closed at once and counted.
 func (e *entry) accept(down *net.TCPConn) bool {
 	rt := e.route.Load()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -91,6 +95,16 @@ func (e *entry) accept(down *net.TCPConn) bool {
 		e.mu.Unlock()
 		cancel()
 		return false
+	}
+	if limit := rt.listener.MaxConnections(); limit > 0 && uint64(len(e.conns)) >= limit {
+		e.mu.Unlock()
+		cancel()
+		e.stats.total.Inc()
+		e.stats.overflow.Inc()
+		e.stats.limited.Inc()
+		down.Close()
+		c.rejected(errListenerLimit)
+		return true
 	}
 	e.conns[c] = struct{}{}
 	e.m.conns.Add(1)
@@ -157,14 +171,19 @@ func (e *entry) closeAll(reason string) int {
 	return len(open)
 }
 
-// listen binds l's socket. IPv6 listeners get IPV6_V6ONLY set explicitly: on for a plain
-// "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack).
-func listen(l *runtime.Listener) (*net.TCPListener, error) {
+// listenConfig is how l's socket is bound. IPv6 listeners get IPV6_V6ONLY set explicitly:
+// on for a plain "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack).
+func listenConfig(l *runtime.Listener) *net.ListenConfig {
 	var lc net.ListenConfig
-	if l.Network() == "tcp6" {
+	if l.Addr().Addr().Is6() {
 		lc.Control = v6onlyControl(l.V6Only())
 	}
-	ln, err := lc.Listen(context.Background(), l.Network(), l.Addr().String())
+	return &lc
+}
+
+// listen binds a TCP listener's socket.
+func listen(l *runtime.Listener) (*net.TCPListener, error) {
+	ln, err := listenConfig(l).Listen(context.Background(), l.Network(), l.Addr().String())
 	if err != nil {
 		return nil, err
 	}

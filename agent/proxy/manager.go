@@ -1,23 +1,27 @@
 // Package proxy is the agent's data plane: it serves the listeners of a runtime.Graph and
-// proxies every accepted TCP connection to an endpoint of the listener's cluster.
+// proxies every accepted TCP connection (and, on UDP listeners, every client's datagrams,
+// through package udpproxy) to an endpoint of the listener's cluster, writing one access log
+// line per connection or session when the listener has an access log.
 //
-// A connection's life reads top to bottom in this package: acceptLoop → entry.accept →
-// conn.serve → conn.preread, which runs the listener filters and chooses the filter chain
-// (package match). A listener with listener filters peeks, into a pooled buffer and under
+// A connection's life reads top to bottom in this package: acceptLoop → entry.accept (the
+// listener's connection_limit) → conn.serve → conn.preread, which runs the listener filters
+// and chooses the filter chain (package match). A listener with listener filters peeks, into a pooled buffer and under
 // listener_filters_timeout, the PROXY protocol header (dropped) and the TLS ClientHello
 // (kept); a listener without them reads nothing, so protocols in which the server speaks
-// first work. Then conn.connect picks an endpoint of the chain's cluster by weighted round
-// robin and dials it (retrying on the next endpoints); writePreamble sends the PROXY header
+// first work. Then conn.connect picks an endpoint of the chain's cluster through package
+// upstream (load-balancing policy, health checks, outlier ejection, circuit breaker) and
+// dials it (retrying on endpoints not tried yet); writePreamble sends the PROXY header
 // the cluster wants and the peeked bytes; and two proxyCopy goroutines io.Copy between the
 // raw *net.TCPConn values, so splice(2) moves the bytes, with proper half-close. After
-// conn.serve returns, nothing touches either connection again.
+// conn.serve returns, nothing touches either connection again; logEnd writes its access log
+// line.
 //
-// A configuration change is Manager.Apply: it binds the sockets of new listeners first and
-// changes nothing if one fails; then it publishes the new config for each listener with one
+// A configuration change is Manager.Apply: it binds the sockets of new listeners and opens
+// new access log files first and changes nothing if one fails; then it publishes the new config for each listener with one
 // atomic store. A connection keeps the config it was accepted with; listeners whose address
 // did not change keep their socket; removed ones stop accepting and drain. State that must
-// outlive a change (round-robin positions, counters) lives in a registry keyed by cluster
-// name, not in the graph.
+// outlive a change (health, ejections, balancer positions, counters) lives in registries
+// keyed by cluster name (package upstream for endpoints), not in the graph.
 package proxy
 
 import (
@@ -27,13 +31,14 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
+	"github.com/flotilla-proxy/flotilla/agent/udpproxy"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
 // DefaultDrainTimeout is how long connections of a removed listener may run on when
@@ -73,11 +78,19 @@ type Manager struct {
 	log     *slog.Logger
 	drain   time.Duration
 	metrics *metrics
+	up      *upstream.Registry // endpoint state, outlives graphs; closed by Shutdown
 
-	mu       sync.Mutex // serialises Apply and Shutdown; guards the fields below
-	entries  map[string]*entry
+	mu       sync.Mutex               // serialises Apply and Shutdown; guards the fields below
+	entries  map[string]*entry        // TCP listeners
+	udp      map[string]*udpEntry     // UDP listeners
 	clusters map[string]*clusterState // by cluster name; survives graph changes
 	closed   bool
+
+	logs       *logSet       // access log files by path
+	udpMetrics *udpCollector // counters of the UDP listeners
+	udpDrains  sync.WaitGroup
+	stopCtx    context.Context // cancelled by Shutdown: cuts the drains of retired UDP listeners
+	stop       context.CancelFunc
 
 	drainMu  sync.Mutex
 	draining map[*entry]struct{} // retired entries whose connections are still open
@@ -89,31 +102,40 @@ type Manager struct {
 // NewManager returns a Manager serving no listeners; call Apply to start some.
 func NewManager(opts Options) *Manager {
 	log := opts.logger()
-	return &Manager{
-		log:      log,
-		drain:    opts.drainTimeout(),
-		metrics:  newMetrics(opts.Registerer, log),
-		entries:  map[string]*entry{},
-		clusters: map[string]*clusterState{},
-		draining: map[*entry]struct{}{},
+	m := &Manager{
+		log:        log,
+		drain:      opts.drainTimeout(),
+		metrics:    newMetrics(opts.Registerer, log),
+		up:         upstream.NewRegistry(log, opts.Registerer),
+		entries:    map[string]*entry{},
+		udp:        map[string]*udpEntry{},
+		clusters:   map[string]*clusterState{},
+		draining:   map[*entry]struct{}{},
+		logs:       newLogSet(log, opts.drainTimeout()),
+		udpMetrics: &udpCollector{},
 	}
+	m.stopCtx, m.stop = context.WithCancel(context.Background())
+	registerCollector(opts.Registerer, log, m.udpMetrics)
+	return m
 }
 
 // errClosed is returned by Apply after Shutdown.
 var errClosed = errors.New("proxy: manager is shut down")
 
 // Apply reconciles the running listeners with g, by listener name:
-//   - a listener whose address is unchanged keeps its socket; new connections get the new
-//     config, established ones keep theirs;
+//   - a listener whose address is unchanged keeps its socket; new connections (UDP: new
+//     sessions) get the new config, established ones keep theirs;
 //   - a new listener, or one whose address changed, gets a new socket (or takes over the
 //     socket of a listener being removed at exactly that address); the old socket stops
 //     accepting and its connections drain;
 //   - a removed listener stops accepting; its connections may run on for the drain timeout,
 //     then they are closed.
 //
-// Apply binds every new socket before it changes anything. If a bind fails it closes the
-// sockets it just bound and returns a *runtime.ResourceError naming the listener (type URL
-// resourcev3.ListenerType); the running listeners are untouched.
+// Apply binds every new socket and opens every new access log file before it changes
+// anything. If one fails it closes what it just opened and returns a *runtime.ResourceError
+// naming the listener (type URL resourcev3.ListenerType); the running listeners and the
+// upstream registry are untouched. Then it installs g's clusters in the upstream registry
+// (health and ejections of unchanged endpoints carry over) and publishes the listeners.
 func (m *Manager) Apply(g *runtime.Graph) error {
 	if g == nil {
 		return errors.New("proxy: nil graph")
@@ -134,6 +156,15 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 			retire = append(retire, e)
 		}
 	}
+	keepUDP := map[string]*udpEntry{}
+	var retireUDP []*udpEntry
+	for name, e := range m.udp {
+		if l := g.Listener(name); l != nil && sameSocket(e.listener, l) {
+			keepUDP[name] = e
+		} else {
+			retireUDP = append(retireUDP, e)
+		}
+	}
 	// A retiring socket may serve a new listener at the very same address (a listener
 	// renamed, or two listeners swapping addresses); binding again would fail.
 	spare := map[string]*entry{}
@@ -142,15 +173,58 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 			spare[socketKey(l)] = e
 		}
 	}
+	spareUDP := map[string]*udpEntry{}
+	for _, e := range retireUDP {
+		if e.listener.Addr().Port() != 0 {
+			spareUDP[socketKey(e.listener)] = e
+		}
+	}
 
-	// Bind: the only step that can fail.
+	// Bind and open: the only steps that can fail.
 	type pending struct {
 		l     *runtime.Listener
 		sock  *socket
 		fresh bool // bound by this Apply (else taken over from a retiring entry)
 	}
-	var add []pending
+	type pendingUDP struct {
+		l    *runtime.Listener
+		conn *net.UDPConn
+		from *udpEntry // the retiring entry whose socket this takes over, or nil
+	}
+	var (
+		add    []pending
+		addUDP []pendingUDP
+	)
+	undo := func() {
+		for _, p := range add {
+			if p.fresh {
+				p.sock.ln.Close()
+			}
+		}
+		for _, p := range addUDP {
+			if p.from == nil {
+				p.conn.Close()
+			}
+		}
+	}
 	for _, l := range g.Listeners() {
+		if l.UDP() != nil {
+			if keepUDP[l.Name()] != nil {
+				continue
+			}
+			if e := spareUDP[socketKey(l)]; e != nil {
+				delete(spareUDP, socketKey(l))
+				addUDP = append(addUDP, pendingUDP{l: l, conn: e.conn, from: e})
+				continue
+			}
+			conn, err := listenUDP(l)
+			if err != nil {
+				undo()
+				return &runtime.ResourceError{TypeURL: resourcev3.ListenerType, Name: l.Name(), Err: err}
+			}
+			addUDP = append(addUDP, pendingUDP{l: l, conn: conn})
+			continue
+		}
 		if keep[l.Name()] != nil {
 			continue
 		}
@@ -161,17 +235,25 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 		}
 		ln, err := listen(l)
 		if err != nil {
-			for _, p := range add {
-				if p.fresh {
-					p.sock.ln.Close()
-				}
-			}
+			undo()
 			return &runtime.ResourceError{TypeURL: resourcev3.ListenerType, Name: l.Name(), Err: err}
 		}
 		add = append(add, pending{l: l, sock: &socket{ln: ln}, fresh: true})
 	}
+	logs, err := m.logs.prepare(g)
+	if err != nil {
+		undo()
+		return err
+	}
 
-	// Commit: nothing below can fail.
+	// Commit: nothing below can fail. The upstream registry learns the new clusters before
+	// any connection can be routed to them.
+	cfgs := make([]upstream.ClusterConfig, 0, len(g.Clusters()))
+	for _, c := range g.Clusters() {
+		cfgs = append(cfgs, c.Upstream())
+	}
+	m.up.Update(cfgs)
+	m.logs.commit(logs)
 	clusters := make(map[string]*clusterState, len(g.Clusters()))
 	for _, c := range g.Clusters() {
 		cs := m.clusters[c.Name()]
@@ -184,12 +266,12 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 	entries := make(map[string]*entry, len(keep)+len(add))
 	for name, e := range keep {
 		l := g.Listener(name)
-		e.route.Store(&route{listener: l, clusters: clusters})
+		e.route.Store(&route{listener: l, clusters: clusters, logs: logs.loggers})
 		entries[name] = e
 	}
 	handedOver := map[*socket]bool{}
 	for _, p := range add {
-		e := m.newEntry(p.l, p.sock, clusters)
+		e := m.newEntry(p.l, p.sock, &route{listener: p.l, clusters: clusters, logs: logs.loggers})
 		entries[p.l.Name()] = e
 		p.sock.owner.Store(e)
 		if p.fresh {
@@ -210,23 +292,60 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 			"drain_timeout_s", m.drain.Seconds())
 	}
 	m.entries = entries
+
+	udp := make(map[string]*udpEntry, len(keepUDP)+len(addUDP))
+	for name, e := range keepUDP {
+		e.listener = g.Listener(name)
+		e.proxy.Update(m.udpConfig(e.listener, logs.loggers, e.conn))
+		udp[name] = e
+	}
+	takenOver := map[*udpEntry]bool{}
+	for _, p := range addUDP {
+		if p.from != nil {
+			// The socket moves to the new listener; the old one's sessions end now.
+			takenOver[p.from] = true
+			p.from.proxy.Close()
+		}
+		e := &udpEntry{name: p.l.Name(), listener: p.l, conn: p.conn}
+		e.proxy = udpproxy.New(p.conn, m.udpConfig(p.l, logs.loggers, p.conn), m.log)
+		udp[e.name] = e
+		m.log.Info("listener started", "listener", e.name, "address", p.conn.LocalAddr().String(),
+			"protocol", "udp", "clusters", clusterNames(p.l))
+	}
+	for _, e := range retireUDP {
+		if !takenOver[e] {
+			m.retireUDP(e)
+		}
+	}
+	m.udp = udp
+	m.udpMetrics.set(udp)
 	warnIdleUnsupported(m.log, g)
 	return nil
 }
 
-// Addr returns the bound address of a listener by name (tests bind port 0), nil if none.
+// Upstreams returns the registry of upstream clusters the Manager balances over: the live
+// health, ejection and connection state of every endpoint, for status pages. It is closed
+// by Shutdown.
+func (m *Manager) Upstreams() *upstream.Registry { return m.up }
+
+// Addr returns the bound address of a listener by name (tests bind port 0): a *net.TCPAddr,
+// or a *net.UDPAddr for a UDP listener; nil if none.
 func (m *Manager) Addr(listener string) net.Addr {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e := m.entries[listener]; e != nil {
 		return e.sock.ln.Addr()
 	}
+	if e := m.udp[listener]; e != nil {
+		return e.conn.LocalAddr()
+	}
 	return nil
 }
 
-// Shutdown stops accepting on every listener, waits for connections to finish until ctx is
-// done, then closes those still open and waits for them to wind down. It returns nil when
-// every connection finished on its own, else ctx's error. Apply fails after Shutdown.
+// Shutdown stops accepting on every listener, waits for connections and UDP sessions to
+// finish until ctx is done, then closes those still open and waits for them to wind down.
+// It returns nil when every connection finished on its own, else ctx's error. Apply fails
+// after Shutdown. It closes the upstream registry and the access logs last.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.closed = true
@@ -235,19 +354,37 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 		m.retire(e, 0) // no deadline of its own: ctx is the deadline
 	}
 	m.entries = map[string]*entry{}
+	var udpDone sync.WaitGroup
+	for _, e := range m.udp {
+		udpDone.Add(1)
+		go func() {
+			defer udpDone.Done()
+			e.proxy.Drain(ctx)
+			e.proxy.Close()
+			e.conn.Close()
+		}()
+	}
+	m.udp = map[string]*udpEntry{}
+	m.udpMetrics.set(nil)
 	m.mu.Unlock()
 
 	m.sockets.Wait() // no new connections from here on
 	done := make(chan struct{})
 	go func() {
 		m.conns.Wait()
+		udpDone.Wait()
+		m.udpDrains.Wait()
 		close(done)
 	}()
+	defer m.logs.closeAll()
+	defer m.up.Close()
 	select {
 	case <-done:
+		m.stop()
 		return nil
 	case <-ctx.Done():
 	}
+	m.stop() // cut the drains of retired UDP listeners
 	m.drainMu.Lock()
 	left := make([]*entry, 0, len(m.draining))
 	for e := range m.draining {
@@ -292,17 +429,17 @@ func clusterNames(l *runtime.Listener) []string {
 
 // sameSocket reports whether listener b can be served by the socket bound for a.
 func sameSocket(a, b *runtime.Listener) bool {
-	return a.Addr() == b.Addr() && a.V6Only() == b.V6Only()
+	return a.Network() == b.Network() && a.Addr() == b.Addr() && a.V6Only() == b.V6Only()
 }
 
 // socketKey identifies a socket by what it was bound to.
 func socketKey(l *runtime.Listener) string {
-	return fmt.Sprintf("%s v6only=%t", l.Addr(), l.V6Only())
+	return fmt.Sprintf("%s %s v6only=%t", l.Network(), l.Addr(), l.V6Only())
 }
 
-// clusterState is what the data plane keeps about a cluster across graph changes.
+// clusterState is what the data plane keeps about a cluster across graph changes besides
+// what package upstream keeps (health, ejections, balancer positions): its metrics.
 type clusterState struct {
 	name  string
-	next  atomic.Uint64 // position in the cluster's weighted round-robin sequence
 	stats clusterStats
 }

@@ -23,6 +23,8 @@ type metrics struct {
 	preTimeout       *prometheus.CounterVec
 	noChain          *prometheus.CounterVec
 	clientHelloError *prometheus.CounterVec
+	downstreamOver   *prometheus.CounterVec
+	limited          *prometheus.CounterVec
 }
 
 const namespace = "flotilla_agent"
@@ -48,6 +50,8 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		preTimeout:       counter("downstream_pre_cx_timeout", "Connections whose listener filters timed out waiting for the client's bytes.", "listener"),
 		noChain:          counter("no_filter_chain_match", "Connections closed because no filter chain (and no default chain) matched them.", "listener"),
 		clientHelloError: counter("tls_inspector_client_hello_error", "Connections closed because their TLS ClientHello was malformed or too large.", "listener"),
+		downstreamOver:   counter("downstream_cx_overflow", "Connections closed at once because the listener had its connection_limit of open connections.", "listener"),
+		limited:          counter("connection_limit_limited_connections", "The same as downstream_cx_overflow, under the name of Envoy's connection_limit statistic.", "listener"),
 	}
 }
 
@@ -77,6 +81,7 @@ type listenerStats struct {
 	drainClosed prometheus.Counter
 
 	proxyProtoError, preTimeout, noChain, clientHelloError prometheus.Counter
+	overflow, limited                                      prometheus.Counter
 }
 
 func (m *metrics) listener(name string) listenerStats {
@@ -89,6 +94,8 @@ func (m *metrics) listener(name string) listenerStats {
 		preTimeout:       m.preTimeout.WithLabelValues(name),
 		noChain:          m.noChain.WithLabelValues(name),
 		clientHelloError: m.clientHelloError.WithLabelValues(name),
+		overflow:         m.downstreamOver.WithLabelValues(name),
+		limited:          m.limited.WithLabelValues(name),
 	}
 }
 

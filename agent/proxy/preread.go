@@ -214,8 +214,8 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 // writePreamble writes what goes upstream before the copy starts, in one write: the PROXY
 // header the cluster wants (src = the client, dst = the address it connected to), then the
-// peeked bytes.
-func writePreamble(up *net.TCPConn, version int, p *preread) error {
+// peeked bytes. It returns the length of the header.
+func writePreamble(up *net.TCPConn, version int, p *preread) (int, error) {
 	var hdr []byte
 	switch version {
 	case 1:
@@ -225,9 +225,9 @@ func writePreamble(up *net.TCPConn, version int, p *preread) error {
 	}
 	data := p.peeked()
 	if len(hdr) == 0 && len(data) == 0 {
-		return nil
+		return 0, nil
 	}
 	bufs := net.Buffers{hdr, data}
 	_, err := bufs.WriteTo(up)
-	return err
+	return len(hdr), err
 }

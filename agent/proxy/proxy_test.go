@@ -119,12 +119,15 @@ func TestWeightedRoundRobin(t *testing.T) {
 func TestRetriesOnNextEndpoint(t *testing.T) {
 	tests := []struct {
 		attempts uint32
-		// The round robin starts on the dead endpoint; of 4 connections, 2 pick it first.
+		// The round robin starts on the dead endpoint. Every pick, retries included, moves
+		// it on (as in Envoy), and a retry avoids the endpoint already tried: with one
+		// attempt, connections alternate; with more, each starts on the dead endpoint and
+		// retries on the live one.
 		wantOK, wantConnectFail int
 	}{
 		{attempts: 1, wantOK: 2, wantConnectFail: 2},
-		{attempts: 2, wantOK: 4, wantConnectFail: 2},
-		{attempts: 3, wantOK: 4, wantConnectFail: 2},
+		{attempts: 2, wantOK: 4, wantConnectFail: 4},
+		{attempts: 3, wantOK: 4, wantConnectFail: 4},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("max_connect_attempts=%d", tt.attempts), func(t *testing.T) {

@@ -12,8 +12,10 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	upstreamppv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -29,6 +31,9 @@ const (
 	// UpstreamProxyProtocolName is the well-known name of the transport socket that sends a
 	// PROXY protocol header to upstreams.
 	UpstreamProxyProtocolName = "envoy.transport_sockets.upstream_proxy_protocol"
+	// ConnectionLimitFilterName is the well-known name of the network filter that limits a
+	// listener's open connections.
+	ConnectionLimitFilterName = "envoy.filters.network.connection_limit"
 	// RawBufferName is the well-known name of the plain TCP transport socket.
 	RawBufferName = "envoy.transport_sockets.raw_buffer"
 
@@ -51,7 +56,60 @@ var (
 	tlsInspectorTypeURL  = typeURLOf(&tlsinspectorv3.TlsInspector{})
 	upstreamPPTypeURL    = typeURLOf(&upstreamppv3.ProxyProtocolUpstreamTransport{})
 	rawBufferTypeURL     = typeURLOf(&rawbufferv3.RawBuffer{})
+	connLimitTypeURL     = typeURLOf(&connlimitv3.ConnectionLimit{})
 )
+
+// parseConnectionLimit checks a connection_limit network filter and returns its
+// max_connections. delay and runtime_enabled are not supported: over the limit, the
+// connection is closed at once.
+func parseConnectionLimit(f *listenerv3.Filter, path string) (uint64, error) {
+	if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+		return 0, err
+	}
+	tc := f.GetTypedConfig()
+	if tc == nil || tc.GetTypeUrl() != connLimitTypeURL {
+		return 0, fmt.Errorf("%s.typed_config: only %s may come before %s", path, ConnectionLimitFilterName, TCPProxyFilterName)
+	}
+	path += ".typed_config"
+	cl := &connlimitv3.ConnectionLimit{}
+	if err := tc.UnmarshalTo(cl); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := onlyFields(cl, path, "stat_prefix", "max_connections"); err != nil {
+		return 0, err
+	}
+	n := cl.GetMaxConnections().GetValue()
+	if n < 1 {
+		return 0, fmt.Errorf("%s.max_connections: must be at least 1", path)
+	}
+	if err := cl.Validate(); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+// parseHashPolicy checks a tcp_proxy hash_policy: empty, or one source_ip policy (the
+// client's address feeds a ring hash or Maglev cluster).
+func parseHashPolicy(hps []*typev3.HashPolicy, path string) (sourceIP bool, err error) {
+	switch len(hps) {
+	case 0:
+		return false, nil
+	case 1:
+	default:
+		return false, fmt.Errorf("%s: flotilla-agent supports one hash policy (source_ip), got %d", path, len(hps))
+	}
+	p := path + "[0]"
+	if err := onlyFields(hps[0], p, "source_ip"); err != nil {
+		return false, err
+	}
+	if hps[0].GetSourceIp() == nil {
+		return false, fmt.Errorf("%s.source_ip is required", p)
+	}
+	if err := onlyFields(hps[0].GetSourceIp(), p+".source_ip"); err != nil {
+		return false, err
+	}
+	return true, nil
+}
 
 // FilterChain is one compiled filter chain of a listener: its name, what it matches and the
 // tcp_proxy it runs. It is read-only.
@@ -72,6 +130,9 @@ type chainSpec struct {
 	cluster     string
 	idleTimeout time.Duration
 	attempts    int
+	hashSource  bool
+	limit       uint64 // connection_limit max_connections; 0 without the filter
+	accessLog   *AccessLog
 }
 
 // parseListenerFilters checks listener_filters: at most one proxy_protocol and one
@@ -163,6 +224,20 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 		}
 		spec.defaultChain = cs
 	}
+	// connection_limit is per filter-chain instance in Envoy; Flotilla's compiler emits one
+	// value per listener and the agent enforces it per listener, so every chain must agree.
+	all := spec.chains
+	if spec.defaultChain.cluster != "" {
+		all = append(all[:len(all):len(all)], spec.defaultChain)
+	}
+	for i, cs := range all {
+		if cs.limit != all[0].limit {
+			return fmt.Errorf("filter chains set different connection_limit max_connections (%d and %d): flotilla-agent enforces one limit per listener", all[0].limit, all[i].limit)
+		}
+	}
+	if len(all) > 0 {
+		spec.maxConnections = all[0].limit
+	}
 	m, err := match.Compile(conds)
 	if err != nil {
 		var de *match.DuplicateError
@@ -175,21 +250,38 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 	return nil
 }
 
-// parseChain checks one filter chain, which runs exactly one tcp_proxy.
+// parseChain checks one filter chain, which runs a tcp_proxy, optionally preceded by a
+// connection_limit.
 func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name"); err != nil {
 		return chainSpec{}, err
 	}
-	if n := len(fc.GetFilters()); n != 1 {
-		return chainSpec{}, fmt.Errorf("%s.filters: flotilla-agent supports exactly one network filter (%s), got %d", path, TCPProxyFilterName, n)
+	filters := fc.GetFilters()
+	var limit uint64
+	switch n := len(filters); {
+	case n == 2:
+		var err error
+		if limit, err = parseConnectionLimit(filters[0], path+".filters[0]"); err != nil {
+			return chainSpec{}, err
+		}
+	case n != 1:
+		return chainSpec{}, fmt.Errorf("%s.filters: flotilla-agent supports a %s, optionally preceded by a %s; got %d filters", path, TCPProxyFilterName, ConnectionLimitFilterName, n)
 	}
-	path += ".filters[0]"
-	tp, err := parseTCPProxyFilter(fc.GetFilters()[0], path)
+	path += fmt.Sprintf(".filters[%d]", len(filters)-1)
+	tp, err := parseTCPProxyFilter(filters[len(filters)-1], path)
 	if err != nil {
 		return chainSpec{}, err
 	}
 	path += ".typed_config"
-	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"); err != nil {
+	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts", "hash_policy", "access_log"); err != nil {
+		return chainSpec{}, err
+	}
+	al, err := parseAccessLogs(tp.GetAccessLog(), path+".access_log")
+	if err != nil {
+		return chainSpec{}, err
+	}
+	hashSource, err := parseHashPolicy(tp.GetHashPolicy(), path+".hash_policy")
+	if err != nil {
 		return chainSpec{}, err
 	}
 	if tp.GetCluster() == "" {
@@ -200,6 +292,9 @@ func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 		cluster:     tp.GetCluster(),
 		idleTimeout: DefaultIdleTimeout,
 		attempts:    DefaultMaxConnectAttempts,
+		hashSource:  hashSource,
+		limit:       limit,
+		accessLog:   al,
 	}
 	if tp.IdleTimeout != nil {
 		if cs.idleTimeout, err = duration(tp.GetIdleTimeout(), path+".idle_timeout"); err != nil {

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"container/heap"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
 // Graph is the agent's complete runtime configuration: every listener, the cluster each one
@@ -19,8 +19,9 @@ import (
 // keep the parts it started with for as long as it lives. All methods are safe for
 // concurrent use.
 //
-// State that must outlive a configuration change (round-robin positions, open connections)
-// does not live here; the data plane keeps it in registries keyed by name.
+// State that must outlive a configuration change (health, ejections, round-robin positions,
+// open connections) does not live here; the data plane keeps it in registries keyed by name
+// (package upstream).
 type Graph struct {
 	listeners      []*Listener // sorted by name
 	listenerByName map[string]*Listener
@@ -52,9 +53,10 @@ func (g *Graph) Resources() *Resources {
 }
 
 // Listener is one compiled listener: a TCP socket address, its listener filters and its
-// filter chains, each running a tcp_proxy.
+// filter chains, each running a tcp_proxy; or a UDP socket address and its udp_proxy.
 type Listener struct {
 	name              string
+	udp               *UDPProxy
 	addr              netip.AddrPort
 	v6only            bool
 	proxyProtocol     bool
@@ -64,7 +66,13 @@ type Listener struct {
 	chains            []*FilterChain
 	defaultChain      *FilterChain
 	matcher           *match.Matcher
+	maxConnections    uint64
 }
+
+// MaxConnections returns the connection_limit of the listener's chains: the most
+// downstream connections the listener serves at a time (counted across its chains); more
+// are closed at once. 0 means no limit.
+func (l *Listener) MaxConnections() uint64 { return l.maxConnections }
 
 // Name returns the listener's name, its identity across configuration changes.
 func (l *Listener) Name() string { return l.name }
@@ -72,12 +80,36 @@ func (l *Listener) Name() string { return l.name }
 // Addr returns the IP and port to listen on. Port 0 lets the kernel pick one.
 func (l *Listener) Addr() netip.AddrPort { return l.addr }
 
-// Network returns "tcp4" for an IPv4 address and "tcp6" for an IPv6 one (see V6Only).
+// Network returns "tcp4" for an IPv4 address and "tcp6" for an IPv6 one (see V6Only), or
+// "udp4" and "udp6" for a UDP listener.
 func (l *Listener) Network() string {
-	if l.addr.Addr().Is4() {
-		return "tcp4"
+	n := "tcp"
+	if l.udp != nil {
+		n = "udp"
 	}
-	return "tcp6"
+	if l.addr.Addr().Is4() {
+		return n + "4"
+	}
+	return n + "6"
+}
+
+// UDP returns the udp_proxy of a UDP listener, nil for a TCP listener (which has filter
+// chains instead).
+func (l *Listener) UDP() *UDPProxy { return l.udp }
+
+// AccessLog returns the access log of the listener's connections that end before a filter
+// chain is chosen (connection limit, bad PROXY header or ClientHello): that of the default
+// chain, else of the first chain; for a UDP listener, its udp_proxy's. nil when none.
+func (l *Listener) AccessLog() *AccessLog {
+	switch {
+	case l.udp != nil:
+		return l.udp.AccessLog
+	case l.defaultChain != nil:
+		return l.defaultChain.TCP.AccessLog
+	case len(l.chains) > 0:
+		return l.chains[0].TCP.AccessLog
+	}
+	return nil
 }
 
 // V6Only reports whether an IPv6 listener must refuse IPv4 clients: true unless the
@@ -142,8 +174,12 @@ func (l *Listener) allChains() []*FilterChain {
 	return append(l.chains[:len(l.chains):len(l.chains)], l.defaultChain)
 }
 
-// Clusters returns the clusters the listener's chains send to, each once, in chain order.
+// Clusters returns the clusters the listener's chains (or udp_proxy) send to, each once, in
+// chain order.
 func (l *Listener) Clusters() []*Cluster {
+	if l.udp != nil {
+		return []*Cluster{l.udp.Cluster}
+	}
 	var out []*Cluster
 	for _, fc := range l.allChains() {
 		if !slices.Contains(out, fc.TCP.Cluster) {
@@ -160,18 +196,25 @@ type TCPProxy struct {
 	// IdleTimeout closes a connection after this long without bytes in either direction;
 	// 0 disables it.
 	IdleTimeout time.Duration
-	// MaxConnectAttempts is how many upstream connections are tried, on successive
-	// endpoints, before the downstream connection is given up; at least 1.
+	// MaxConnectAttempts is how many upstream connections are tried, each on an endpoint
+	// not tried yet when there is one, before the downstream connection is given up; at
+	// least 1.
 	MaxConnectAttempts int
+	// HashSourceIP is hash_policy source_ip: a ring hash or Maglev cluster hashes the
+	// client's address. Without it such a cluster picks at random, as Envoy does.
+	HashSourceIP bool
+	// AccessLog, if not nil, gets one line per connection.
+	AccessLog *AccessLog
 }
 
-// Cluster is one compiled cluster: its endpoints and their weighted round-robin schedule.
+// Cluster is one compiled cluster: its endpoints and how to balance over them, check their
+// health and limit connections to them (what package upstream runs).
 type Cluster struct {
 	name           string
 	connectTimeout time.Duration
 	proxyProtocol  int // PROXY protocol version sent to endpoints, 0 for none
 	endpoints      []Endpoint
-	schedule       []uint32 // endpoint indexes, interleaved in proportion to their weights
+	lb             upstream.ClusterConfig // without Endpoints
 }
 
 // Endpoint is one upstream address that takes traffic, with its load-balancing weight.
@@ -201,21 +244,51 @@ func (c *Cluster) NumEndpoints() int { return len(c.endpoints) }
 // Endpoint returns the i-th endpoint, 0 <= i < NumEndpoints().
 func (c *Cluster) Endpoint(i int) Endpoint { return c.endpoints[i] }
 
-// Pick returns the index of the endpoint for the n-th connection of a weighted round-robin
-// sequence, or -1 when the cluster has no endpoints. Consecutive n spread over the endpoints
-// in proportion to their weights, interleaved (weights 1 and 3 give 1,1,0,1,1,1,0,1,...).
-// The caller owns the position n, so that it survives configuration changes.
-func (c *Cluster) Pick(n uint64) int {
-	if len(c.schedule) == 0 {
-		return -1
-	}
-	return int(c.schedule[n%uint64(len(c.schedule))])
+// Policy returns the cluster's load-balancing policy (lb_policy).
+func (c *Cluster) Policy() upstream.Policy { return c.lb.Policy }
+
+// HashesSource reports whether the cluster's policy hashes the client's address (ring hash
+// or Maglev), which is what a hash_policy source_ip feeds.
+func (c *Cluster) HashesSource() bool {
+	return c.lb.Policy == upstream.RingHash || c.lb.Policy == upstream.Maglev
 }
 
-// setEndpoints installs eps and computes their schedule.
+// MaxConnections returns the cluster's circuit breaker: the most active upstream
+// connections (for UDP: sessions) at a time; DefaultMaxConnections when CDS sets none.
+func (c *Cluster) MaxConnections() uint32 { return c.lb.MaxConnections }
+
+// Upstream returns the configuration package upstream runs for the cluster: policy,
+// endpoints, health check, outlier detection and circuit breaker. The result is a fresh
+// copy the caller may keep.
+func (c *Cluster) Upstream() upstream.ClusterConfig {
+	cfg := c.lb
+	cfg.Endpoints = make([]upstream.Endpoint, len(c.endpoints))
+	for i, e := range c.endpoints {
+		cfg.Endpoints[i] = upstream.Endpoint{Addr: e.Addr, Weight: e.Weight}
+	}
+	if hc := cfg.HealthCheck; hc != nil {
+		h := *hc
+		if h.TCP != nil {
+			t := upstream.TCPCheck{Send: slices.Clone(h.TCP.Send), Expect: slices.Clone(h.TCP.Expect)}
+			h.TCP = &t
+		}
+		if h.HTTP != nil {
+			t := *h.HTTP
+			t.ExpectedStatuses = slices.Clone(t.ExpectedStatuses)
+			h.HTTP = &t
+		}
+		cfg.HealthCheck = &h
+	}
+	if o := cfg.Outlier; o != nil {
+		v := *o
+		cfg.Outlier = &v
+	}
+	return cfg
+}
+
+// setEndpoints installs eps, merging duplicate addresses.
 func (c *Cluster) setEndpoints(eps []Endpoint) {
-	c.endpoints = eps
-	c.schedule = schedule(eps)
+	c.endpoints = mergeEndpoints(eps)
 }
 
 // Build validates r and compiles it into an immutable Graph. r must be consistent (see
@@ -281,14 +354,28 @@ func Build(r *Resources) (*Graph, error) {
 			cl.setEndpoints(eds[svc])
 		}
 	}
-	bound := make(map[netip.AddrPort]string, len(specs))
+	// TCP and UDP listeners clash only with their own kind.
+	type socketID struct {
+		udp  bool
+		addr netip.AddrPort
+	}
+	bound := make(map[socketID]string, len(specs))
+	logFormats := map[string]*AccessLog{} // by path: one format per file
 	for _, s := range specs {
 		if s.addr.Port() != 0 {
-			if other, ok := bound[s.addr]; ok {
+			id := socketID{udp: s.udp != nil, addr: s.addr}
+			if other, ok := bound[id]; ok {
 				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name,
 					Err: fmt.Errorf("address %s is already used by listener %q", s.addr, other)}
 			}
-			bound[s.addr] = s.name
+			bound[id] = s.name
+		}
+		for _, al := range s.accessLogs() {
+			if prev, ok := logFormats[al.Path]; ok && prev.Format.String() != al.Format.String() {
+				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name,
+					Err: fmt.Errorf("access log %s is written with two formats (%q and %q); flotilla-agent needs one format per file", al.Path, prev.Format, al.Format)}
+			}
+			logFormats[al.Path] = al
 		}
 		l := &Listener{
 			name:              s.name,
@@ -299,12 +386,18 @@ func Build(r *Resources) (*Graph, error) {
 			filtersTimeout:    s.filtersTimeout,
 			continueOnTimeout: s.continueOnTimeout,
 			matcher:           s.matcher,
+			maxConnections:    s.maxConnections,
+		}
+		if u := s.udp; u != nil {
+			l.udp = &UDPProxy{Cluster: g.clusterByName[u.cluster], IdleTimeout: u.idleTimeout, HashSourceIP: u.hashSource, AccessLog: u.accessLog}
 		}
 		link := func(c chainSpec) *FilterChain {
 			return &FilterChain{Name: c.name, Match: c.cond, TCP: TCPProxy{
 				Cluster:            g.clusterByName[c.cluster],
 				IdleTimeout:        c.idleTimeout,
 				MaxConnectAttempts: c.attempts,
+				HashSourceIP:       c.hashSource,
+				AccessLog:          c.accessLog,
 			}}
 		}
 		for _, c := range s.chains {
@@ -317,94 +410,4 @@ func Build(r *Resources) (*Graph, error) {
 		g.listenerByName[l.name] = l
 	}
 	return g, nil
-}
-
-// maxScheduleLen bounds the length of a cluster's round-robin schedule. Weights whose
-// reduced sum exceeds it are scaled down proportionally (every endpoint keeps at least one
-// slot), which keeps memory small at the cost of a rounding error below 1/maxScheduleLen of
-// the traffic per endpoint.
-const maxScheduleLen = 1 << 14
-
-// schedule interleaves endpoint indexes in proportion to their weights, with the earliest
-// deadline first rule Envoy uses: the k-th pick of endpoint i is due at k/weight(i), the
-// earliest due pick goes next, ties go to the lower index. Equal weights give plain round
-// robin in list order.
-func schedule(eps []Endpoint) []uint32 {
-	if len(eps) == 0 {
-		return nil
-	}
-	w := make([]uint64, len(eps))
-	var g uint64
-	for i, e := range eps {
-		w[i] = uint64(e.Weight)
-		g = gcd(g, w[i])
-	}
-	total := reduce(w, g)
-	if total > maxScheduleLen && total > uint64(len(w)) {
-		g = 0
-		for i := range w {
-			w[i] = max(1, w[i]*maxScheduleLen/total)
-			g = gcd(g, w[i])
-		}
-		total = reduce(w, g)
-	}
-	h := make(edfHeap, len(w))
-	for i := range w {
-		h[i] = edfItem{index: uint32(i), weight: w[i], picks: 0}
-	}
-	heap.Init(&h)
-	out := make([]uint32, total)
-	for n := range out {
-		out[n] = h[0].index
-		h[0].picks++
-		heap.Fix(&h, 0)
-	}
-	return out
-}
-
-// reduce divides every weight by g and returns their new sum.
-func reduce(w []uint64, g uint64) uint64 {
-	var total uint64
-	for i := range w {
-		w[i] /= g
-		total += w[i]
-	}
-	return total
-}
-
-func gcd(a, b uint64) uint64 {
-	for b != 0 {
-		a, b = b, a%b
-	}
-	return a
-}
-
-// edfItem is an endpoint in the schedule heap; its next pick is due at (picks+1)/weight.
-type edfItem struct {
-	index  uint32
-	weight uint64
-	picks  uint64
-}
-
-// edfHeap orders endpoints by the due time of their next pick, then by index.
-type edfHeap []edfItem
-
-func (h edfHeap) Len() int { return len(h) }
-func (h edfHeap) Less(i, j int) bool {
-	// (picks_i+1)/weight_i < (picks_j+1)/weight_j, without division. Both sides stay far
-	// below 2^64: picks <= maxScheduleLen-ish and weight < 2^32.
-	a := (h[i].picks + 1) * h[j].weight
-	b := (h[j].picks + 1) * h[i].weight
-	if a != b {
-		return a < b
-	}
-	return h[i].index < h[j].index
-}
-func (h edfHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *edfHeap) Push(x any)   { *h = append(*h, x.(edfItem)) }
-func (h *edfHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }

@@ -139,7 +139,7 @@ func TestValidateL4(t *testing.T) {
 		{"chain transport_socket", lds, edge(func(l *listenerv3.Listener) { l.FilterChains[2].TransportSocket = runtimetest.UpstreamProxyProtocol(1) }),
 			`listener "edge": filter_chains[2].transport_socket is not supported by flotilla-agent`},
 		{"default chain without cluster", lds, sniOnly(func(l *listenerv3.Listener) { l.DefaultFilterChain.Filters = nil }),
-			`listener "sni": default_filter_chain.filters: flotilla-agent supports exactly one network filter (envoy.filters.network.tcp_proxy), got 0`},
+			`listener "sni": default_filter_chain.filters: flotilla-agent supports a envoy.filters.network.tcp_proxy, optionally preceded by a envoy.filters.network.connection_limit; got 0 filters`},
 
 		// Clusters.
 		{"upstream PROXY v1", cds, eds(func(c *clusterv3.Cluster) { c.TransportSocket = runtimetest.UpstreamProxyProtocol(1) }), ""},

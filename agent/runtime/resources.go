@@ -1,6 +1,8 @@
 // Package runtime turns a consistent set of Envoy xDS v3 resources into the agent's runtime
-// graph: an immutable, validated description of every listener the agent serves, the cluster
-// each one proxies to and that cluster's endpoints with their weighted round-robin schedule.
+// graph: an immutable, validated description of every listener the agent serves (TCP with
+// filter chains, or UDP with a udp_proxy), its access logs, the cluster each one proxies to,
+// and that cluster's endpoints, load-balancing policy, health check, outlier detection and
+// circuit breaker (as the upstream.ClusterConfig package upstream runs).
 //
 // The flow is: the xDS client decodes each resource and calls Validate on it the moment it
 // arrives (so a bad one is NACKed at once), buffers resources in a Resources set until
@@ -94,7 +96,7 @@ func (r *Resources) EDSNames() []string {
 	return slices.Compact(names)
 }
 
-// Missing returns nil when r is consistent: every cluster a listener's tcp_proxy names
+// Missing returns nil when r is consistent: every cluster a listener's tcp_proxy or udp_proxy names
 // exists and every EDS cluster has its ClusterLoadAssignment. Otherwise the error lists, in
 // a stable order, everything that is missing, e.g.
 // `listener "dicom" references unknown cluster "pacs"; no endpoints yet for cluster "db"`.
@@ -103,8 +105,11 @@ func (r *Resources) Missing() error {
 	var missing []string
 	for _, name := range sortedKeys(r.Listeners) {
 		seen := map[string]bool{}
+		refs := []string{udpClusterOf(r.Listeners[name])}
 		for _, tp := range tcpProxiesOf(r.Listeners[name]) {
-			c := tp.GetCluster()
+			refs = append(refs, tp.GetCluster())
+		}
+		for _, c := range refs {
 			if c == "" || seen[c] {
 				continue
 			}

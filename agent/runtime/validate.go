@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
 // Envoy's defaults for the fields flotilla-agent honours.
@@ -97,9 +98,25 @@ type listenerSpec struct {
 	tlsInspector      bool
 	filtersTimeout    time.Duration
 	continueOnTimeout bool
+	udp               *udpSpec // a UDP listener's udp_proxy; nil for TCP
 	chains            []chainSpec
 	defaultChain      chainSpec // cluster "" when none
+	maxConnections    uint64    // connection_limit; 0 for none
 	matcher           *match.Matcher
+}
+
+// accessLogs returns the access logs of the listener's filters.
+func (s *listenerSpec) accessLogs() []*AccessLog {
+	var out []*AccessLog
+	if s.udp != nil && s.udp.accessLog != nil {
+		out = append(out, s.udp.accessLog)
+	}
+	for _, c := range append(s.chains[:len(s.chains):len(s.chains)], s.defaultChain) {
+		if c.accessLog != nil {
+			out = append(out, c.accessLog)
+		}
+	}
+	return out
 }
 
 // parseListener checks a Listener against the supported subset and extracts what the agent
@@ -121,6 +138,15 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 		return nil, err
 	}
 	spec := &listenerSpec{name: l.GetName(), addr: addr, v6only: v6only}
+	if l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
+		if err := parseUDPListener(l, spec); err != nil {
+			return nil, err
+		}
+		if err := l.Validate(); err != nil {
+			return nil, err
+		}
+		return spec, nil
+	}
 	if err := parseListenerFilters(l, spec); err != nil {
 		return nil, err
 	}
@@ -162,18 +188,19 @@ func tcpProxiesOf(l *listenerv3.Listener) []*tcpproxyv3.TcpProxy {
 		fcs = append(fcs[:len(fcs):len(fcs)], d)
 	}
 	for _, fc := range fcs {
-		if len(fc.GetFilters()) != 1 {
+		fs := fc.GetFilters()
+		if len(fs) == 0 {
 			continue
 		}
-		if tp, err := parseTCPProxyFilter(fc.GetFilters()[0], ""); err == nil {
+		if tp, err := parseTCPProxyFilter(fs[len(fs)-1], ""); err == nil {
 			out = append(out, tp)
 		}
 	}
 	return out
 }
 
-// parseSocketAddress checks an Address that must be a TCP socket address with an IP literal
-// and a numeric port. Listeners may use port 0 (the kernel picks one) and an unspecified IP;
+// parseSocketAddress checks an Address that must be a socket address with an IP literal
+// and a numeric port: TCP, or for listeners also UDP (the caller reads the protocol). Listeners may use port 0 (the kernel picks one) and an unspecified IP;
 // endpoints may not. v6only reports whether an IPv6 listener must refuse IPv4 clients
 // (ipv4_compat unset).
 func parseSocketAddress(a *corev3.Address, path string, listener bool) (addr netip.AddrPort, v6only bool, err error) {
@@ -191,8 +218,12 @@ func parseSocketAddress(a *corev3.Address, path string, listener bool) (addr net
 	if err := onlyFields(sa, path, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
 		return addr, false, err
 	}
-	if sa.GetProtocol() != corev3.SocketAddress_TCP {
-		return addr, false, fmt.Errorf("%s.protocol %s is not supported by flotilla-agent (TCP only)", path, sa.GetProtocol())
+	switch p := sa.GetProtocol(); p {
+	case corev3.SocketAddress_TCP, corev3.SocketAddress_UDP:
+		// A listener's protocol is read by the caller. An endpoint's does not matter: a UDP
+		// listener's sessions are UDP and a TCP listener's connections TCP, as in Envoy.
+	default:
+		return addr, false, fmt.Errorf("%s.protocol %s is not supported by flotilla-agent (TCP or UDP)", path, p)
 	}
 	ip, err := netip.ParseAddr(sa.GetAddress())
 	if err != nil {
@@ -223,13 +254,15 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	if c == nil {
 		return nil, errors.New("resource is empty")
 	}
-	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket"); err != nil {
+	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket",
+		"health_checks", "outlier_detection", "circuit_breakers", "common_lb_config",
+		"least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config"); err != nil {
 		return nil, err
 	}
 	if c.GetName() == "" {
 		return nil, errors.New("name is required")
 	}
-	out := &Cluster{name: c.GetName(), connectTimeout: DefaultConnectTimeout}
+	out := &Cluster{name: c.GetName(), connectTimeout: DefaultConnectTimeout, lb: upstream.ClusterConfig{Name: c.GetName()}}
 	switch c.GetType() {
 	case clusterv3.Cluster_STATIC:
 		if c.EdsClusterConfig != nil {
@@ -253,8 +286,12 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	default:
 		return nil, fmt.Errorf("type %s is not supported by flotilla-agent (STATIC or EDS only)", c.GetType())
 	}
-	if c.GetLbPolicy() != clusterv3.Cluster_ROUND_ROBIN {
-		return nil, fmt.Errorf("lb_policy %s is not supported by flotilla-agent (ROUND_ROBIN only)", c.GetLbPolicy())
+	for _, parse := range []func(*clusterv3.Cluster, *upstream.ClusterConfig) error{
+		parseLB, parseHealthCheck, parseOutlier, parseCircuitBreakers,
+	} {
+		if err := parse(c, &out.lb); err != nil {
+			return nil, err
+		}
 	}
 	if c.ConnectTimeout != nil {
 		d, err := duration(c.GetConnectTimeout(), "connect_timeout")

@@ -147,7 +147,11 @@ func TestValidate(t *testing.T) {
 		}), `listener "web": filter_chains: at least one filter chain or a default_filter_chain is required`},
 		{"two filters", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, l.FilterChains[0].Filters[0])
-		}), `listener "web": filter_chains[0].filters: flotilla-agent supports exactly one network filter (envoy.filters.network.tcp_proxy), got 2`},
+		}), `listener "web": filter_chains[0].filters[0].typed_config: only envoy.filters.network.connection_limit may come before envoy.filters.network.tcp_proxy`},
+		{"three filters", lds, listener(func(l *listenerv3.Listener) {
+			fs := l.FilterChains[0].Filters
+			l.FilterChains[0].Filters = append(fs, fs[0], fs[0])
+		}), `listener "web": filter_chains[0].filters: flotilla-agent supports a envoy.filters.network.tcp_proxy, optionally preceded by a envoy.filters.network.connection_limit; got 3 filters`},
 		{"http_connection_manager", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{StatPrefix: "web"})}
 		}), `listener "web": filter_chains[0].filters[0].typed_config: filter type "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" is not supported by flotilla-agent (only envoy.filters.network.tcp_proxy)`},
@@ -157,9 +161,9 @@ func TestValidate(t *testing.T) {
 		{"weighted_clusters", lds, withTCPProxy(func(tp *tcpproxyv3.TcpProxy) {
 			tp.ClusterSpecifier = &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxyv3.TcpProxy_WeightedCluster{}}
 		}), `listener "web": filter_chains[0].filters[0].typed_config.weighted_clusters is not supported by flotilla-agent`},
-		{"tcp_proxy access_log", lds, withTCPProxy(func(tp *tcpproxyv3.TcpProxy) {
+		{"tcp_proxy access_log without file logger", lds, withTCPProxy(func(tp *tcpproxyv3.TcpProxy) {
 			tp.AccessLog = []*accesslogv3.AccessLog{{Name: "stdout"}}
-		}), `listener "web": filter_chains[0].filters[0].typed_config.access_log is not supported by flotilla-agent`},
+		}), `listener "web": filter_chains[0].filters[0].typed_config.access_log[0].typed_config: only envoy.access_loggers.file is supported by flotilla-agent`},
 		{"tcp_proxy downstream_idle_timeout", lds, withTCPProxy(func(tp *tcpproxyv3.TcpProxy) {
 			tp.DownstreamIdleTimeout = durationpb.New(time.Second)
 		}), `listener "web": filter_chains[0].filters[0].typed_config.downstream_idle_timeout is not supported by flotilla-agent`},
@@ -190,9 +194,9 @@ func TestValidate(t *testing.T) {
 		{"listener IPv6 zone", lds, listener(func(l *listenerv3.Listener) {
 			l.Address = runtimetest.SocketAddress("fe80::1%eth0", 80)
 		}), `listener "web": address.socket_address.address: "fe80::1%eth0": IPv6 zones are not supported by flotilla-agent`},
-		{"listener UDP", lds, listener(func(l *listenerv3.Listener) {
+		{"UDP listener with filter chains", lds, listener(func(l *listenerv3.Listener) {
 			l.Address.GetSocketAddress().Protocol = corev3.SocketAddress_UDP
-		}), `listener "web": address.socket_address.protocol UDP is not supported by flotilla-agent (TCP only)`},
+		}), `listener "web": filter_chains is not supported by flotilla-agent (a UDP listener has a envoy.filters.udp_listener.udp_proxy listener filter and no filter chains)`},
 		{"listener named_port", lds, listener(func(l *listenerv3.Listener) {
 			l.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "http"}
 		}), `listener "web": address.socket_address.named_port is not supported by flotilla-agent`},
@@ -228,15 +232,15 @@ func TestValidate(t *testing.T) {
 		{"custom cluster_type", cds, eds(func(c *clusterv3.Cluster) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_ClusterType{ClusterType: &clusterv3.Cluster_CustomClusterType{Name: "x"}}
 		}), `cluster "backend": cluster_type is not supported by flotilla-agent`},
-		{"lb_policy LEAST_REQUEST", cds, eds(func(c *clusterv3.Cluster) {
-			c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
-		}), `cluster "backend": lb_policy LEAST_REQUEST is not supported by flotilla-agent (ROUND_ROBIN only)`},
-		{"health_checks", cds, eds(func(c *clusterv3.Cluster) {
+		{"lb_policy CLUSTER_PROVIDED", cds, eds(func(c *clusterv3.Cluster) {
+			c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+		}), `cluster "backend": lb_policy CLUSTER_PROVIDED is not supported by flotilla-agent (ROUND_ROBIN, LEAST_REQUEST, RING_HASH, MAGLEV or RANDOM)`},
+		{"empty health check", cds, eds(func(c *clusterv3.Cluster) {
 			c.HealthChecks = []*corev3.HealthCheck{{}}
-		}), `cluster "backend": health_checks is not supported by flotilla-agent`},
-		{"circuit_breakers", cds, eds(func(c *clusterv3.Cluster) {
+		}), `cluster "backend": health_checks[0].timeout is required`},
+		{"empty circuit_breakers", cds, eds(func(c *clusterv3.Cluster) {
 			c.CircuitBreakers = &clusterv3.CircuitBreakers{}
-		}), `cluster "backend": circuit_breakers is not supported by flotilla-agent`},
+		}), ""},
 		{"cluster transport_socket without typed_config", cds, eds(func(c *clusterv3.Cluster) {
 			c.TransportSocket = &corev3.TransportSocket{Name: "tls"}
 		}), `cluster "backend": transport_socket.typed_config is required`},

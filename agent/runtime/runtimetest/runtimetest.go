@@ -8,18 +8,24 @@ import (
 	"net/netip"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	upstreamppv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -182,4 +188,153 @@ func mustAny(m proto.Message) *anypb.Any {
 		panic(fmt.Sprintf("runtimetest: marshal %T: %v", m, err))
 	}
 	return a
+}
+
+// ConnectionLimit returns a connection_limit network filter allowing max open connections,
+// as the compiler puts it before a listener's tcp_proxy.
+func ConnectionLimit(statPrefix string, max uint64) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: "envoy.filters.network.connection_limit",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&connlimitv3.ConnectionLimit{
+			StatPrefix:     statPrefix,
+			MaxConnections: wrapperspb.UInt64(max),
+		})},
+	}
+}
+
+// WithConnectionLimit puts ConnectionLimit(l.Name, max) before the tcp_proxy of every chain
+// of l (and its default chain) and returns l.
+func WithConnectionLimit(l *listenerv3.Listener, max uint64) *listenerv3.Listener {
+	fcs := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		fcs = append(fcs[:len(fcs):len(fcs)], d)
+	}
+	for _, fc := range fcs {
+		fc.Filters = append([]*listenerv3.Filter{ConnectionLimit(l.GetName(), max)}, fc.Filters...)
+	}
+	return l
+}
+
+// HealthCheck returns a health check with the given interval and thresholds, a timeout of
+// one second and no checker: set TcpHealthCheck or HttpHealthCheck via HealthChecker.
+func HealthCheck(interval time.Duration, healthy, unhealthy uint32) *corev3.HealthCheck {
+	return &corev3.HealthCheck{
+		Timeout:            durationpb.New(time.Second),
+		Interval:           durationpb.New(interval),
+		HealthyThreshold:   wrapperspb.UInt32(healthy),
+		UnhealthyThreshold: wrapperspb.UInt32(unhealthy),
+	}
+}
+
+// TCPHealthCheck sets a connect-only tcp_health_check on hc and returns it.
+func TCPHealthCheck(hc *corev3.HealthCheck) *corev3.HealthCheck {
+	hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{}}
+	return hc
+}
+
+// HTTPHealthCheck sets an http_health_check of path, passing on 200 only, on hc and
+// returns it.
+func HTTPHealthCheck(hc *corev3.HealthCheck, path string) *corev3.HealthCheck {
+	hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+		Path:             path,
+		ExpectedStatuses: []*typev3.Int64Range{{Start: 200, End: 201}},
+	}}
+	return hc
+}
+
+// OutlierDetection returns the outlier detection the compiler emits: consecutive connect
+// failures eject a host for base × times ejected.
+func OutlierDetection(consecutive uint32, base time.Duration, maxPercent uint32) *clusterv3.OutlierDetection {
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:          wrapperspb.UInt32(consecutive),
+		EnforcingConsecutive_5Xx: wrapperspb.UInt32(100),
+		BaseEjectionTime:         durationpb.New(base),
+		MaxEjectionPercent:       wrapperspb.UInt32(maxPercent),
+		Interval:                 durationpb.New(10 * time.Second),
+	}
+}
+
+// CircuitBreakers returns circuit_breakers with one DEFAULT threshold of max connections.
+func CircuitBreakers(max uint32) *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		Priority:       corev3.RoutingPriority_DEFAULT,
+		MaxConnections: wrapperspb.UInt32(max),
+	}}}
+}
+
+// HashSourceIP returns tp with hash_policy source_ip, as the compiler emits for ring hash
+// and Maglev clusters.
+func HashSourceIP(tp *tcpproxyv3.TcpProxy) *tcpproxyv3.TcpProxy {
+	tp.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+	return tp
+}
+
+// UDPListener returns a UDP listener on ip:port whose udp_proxy sends to cluster with the
+// given idle timeout (0: unset), as the compiler emits it.
+func UDPListener(name, ip string, port uint32, cluster string, idle time.Duration) *listenerv3.Listener {
+	cfg := &udpproxyv3.UdpProxyConfig{
+		StatPrefix:     name,
+		RouteSpecifier: &udpproxyv3.UdpProxyConfig_Cluster{Cluster: cluster},
+	}
+	if idle > 0 {
+		cfg.IdleTimeout = durationpb.New(idle)
+	}
+	return UDPListenerConfig(name, ip, port, cfg)
+}
+
+// UDPListenerConfig returns a UDP listener on ip:port running cfg.
+func UDPListenerConfig(name, ip string, port uint32, cfg *udpproxyv3.UdpProxyConfig) *listenerv3.Listener {
+	addr := SocketAddress(ip, port)
+	addr.GetSocketAddress().Protocol = corev3.SocketAddress_UDP
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: addr,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       "envoy.filters.udp_listener.udp_proxy",
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(cfg)},
+		}},
+	}
+}
+
+// UDPProxyOf returns the udp_proxy config of a listener built by UDPListener, decoded; set
+// it back with SetUDPProxy after changing it.
+func UDPProxyOf(l *listenerv3.Listener) *udpproxyv3.UdpProxyConfig {
+	cfg := &udpproxyv3.UdpProxyConfig{}
+	if err := l.GetListenerFilters()[0].GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		panic(fmt.Sprintf("runtimetest: %v", err))
+	}
+	return cfg
+}
+
+// SetUDPProxy replaces the udp_proxy config of a listener built by UDPListener.
+func SetUDPProxy(l *listenerv3.Listener, cfg *udpproxyv3.UdpProxyConfig) {
+	l.ListenerFilters[0].ConfigType = &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(cfg)}
+}
+
+// FileAccessLog returns an envoy.access_loggers.file writing to path: with json (keys to
+// command operators) when json is not nil, else with the text format.
+func FileAccessLog(path, text string, json map[string]string) *accesslogv3.AccessLog {
+	lf := &corev3.SubstitutionFormatString{}
+	if json != nil {
+		fields := map[string]any{}
+		for k, v := range json {
+			fields[k] = v
+		}
+		s, err := structpb.NewStruct(fields)
+		if err != nil {
+			panic(fmt.Sprintf("runtimetest: %v", err))
+		}
+		lf.Format = &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: s}
+	} else {
+		lf.Format = &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+			Specifier: &corev3.DataSource_InlineString{InlineString: text},
+		}}
+	}
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.file",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&filev3.FileAccessLog{
+			Path:            path,
+			AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: lf},
+		})},
+	}
 }
