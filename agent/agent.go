@@ -2,6 +2,11 @@
 // control plane, the data plane (package proxy) that serves the resulting
 // config, the last good snapshot on disk, and the admin HTTP server.
 //
+// TLS certificates and keys arrive as SDS secrets with the rest of the set;
+// they are kept in the last good snapshot (a 0600 file) and never shown:
+// /config_dump lists a secret by name, certificate facts and a hash of its
+// key.
+//
 // A config change travels: xdsclient (a complete, consistent set) →
 // Agent.apply → runtime.Build → proxy.Manager.Apply → save the last good
 // snapshot → publish for /config_dump. When the agent starts and a snapshot

@@ -3,8 +3,10 @@
 //
 //	/ready        200 "ready" once a config runs (from the control plane or from disk), else 503
 //	/config_dump  JSON: node, control-plane connection, per xDS type the running
-//	              version, the last NACK and the running resources (protojson), and
-//	              per cluster the live state of its hosts (health, connections, ejections)
+//	              version, the last NACK and the running resources (protojson; SDS
+//	              secrets redacted: name, certificates' subject/SANs/expiry and a
+//	              SHA-256 of the private key, never the key), and per cluster the
+//	              live state of its hosts (health, connections, ejections)
 //	/metrics      Prometheus metrics of the agent's registry
 //
 // The package formats; it holds no state of its own. What it shows comes from
@@ -21,6 +23,7 @@ import (
 	"net/http"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -176,7 +179,13 @@ func marshalDump(d ConfigDump) ([]byte, error) {
 			jt.LastNACK = &jsonNACK{Version: n.Version, Message: n.Message, Time: n.Time.UTC()}
 		}
 		for _, m := range t.Resources {
-			b, err := resourceJSON.Marshal(m)
+			var b []byte
+			var err error
+			if sec, ok := m.(*tlsv3.Secret); ok {
+				b, err = redactSecret(sec)
+			} else {
+				b, err = resourceJSON.Marshal(m)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("config dump of %s: %w", xdsclient.ShortName(t.TypeURL), err)
 			}

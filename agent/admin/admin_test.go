@@ -2,6 +2,8 @@ package admin_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -223,5 +225,54 @@ func TestListenServesAndShutsDown(t *testing.T) {
 	t.Cleanup(func() { other.Shutdown(context.Background()) })
 	if _, err := admin.Listen(other.Addr().String(), http.NotFoundHandler(), nil); err == nil {
 		t.Error("Listen on a taken address succeeded")
+	}
+}
+
+// TestConfigDumpRedactsSecrets: an SDS secret is shown by name with its certificate's
+// subject, SANs and expiry and a SHA-256 of its key, never the key.
+func TestConfigDumpRedactsSecrets(t *testing.T) {
+	ca := runtimetest.NewCA("dump ca")
+	certPEM, keyPEM := ca.Issue("db.example", false, "db.example", "192.0.2.7")
+	sec := runtimetest.CertSecret(certPEM, keyPEM)
+	st := newState()
+	st.dump.Types = append(st.dump.Types, admin.TypeDump{TypeURL: xdsclient.SecretType, Version: "v3", Resources: []proto.Message{sec}})
+	code, body, _ := get(t, admin.NewHandler(st, prometheus.NewRegistry()), "/config_dump")
+	if code != http.StatusOK {
+		t.Fatalf("/config_dump = %d %s", code, body)
+	}
+	if strings.Contains(body, "PRIVATE KEY") || strings.Contains(body, strings.Split(string(keyPEM), "\n")[1]) {
+		t.Fatalf("/config_dump shows the private key:\n%s", body)
+	}
+	var dump struct {
+		Types map[string]struct {
+			Resources []struct {
+				Name         string `json:"name"`
+				Type         string `json:"type"`
+				Certificates []struct {
+					Subject  string    `json:"subject"`
+					DNSNames []string  `json:"dns_names"`
+					IPs      []string  `json:"ip_addresses"`
+					NotAfter time.Time `json:"not_after"`
+				} `json:"certificates"`
+				KeySHA256 string `json:"private_key_sha256"`
+			} `json:"resources"`
+		} `json:"types"`
+	}
+	if err := json.Unmarshal([]byte(body), &dump); err != nil {
+		t.Fatal(err)
+	}
+	rs := dump.Types["sds"].Resources
+	if len(rs) != 1 {
+		t.Fatalf("sds resources = %+v", rs)
+	}
+	got := rs[0]
+	sum := sha256.Sum256(keyPEM)
+	if got.Name != sec.GetName() || got.Type != "tls_certificate" || got.KeySHA256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("secret = %+v", got)
+	}
+	if len(got.Certificates) != 1 || got.Certificates[0].Subject != "CN=db.example" ||
+		strings.Join(got.Certificates[0].DNSNames, ",") != "db.example" || strings.Join(got.Certificates[0].IPs, ",") != "192.0.2.7" ||
+		got.Certificates[0].NotAfter.IsZero() {
+		t.Errorf("certificates = %+v", got.Certificates)
 	}
 }

@@ -9,6 +9,10 @@
 // flotilla.agent.v1.Snapshot protobuf; the checksum turns a damaged file into
 // a clear error rather than a silently partial config (protobuf decoding alone
 // accepts many truncated inputs).
+//
+// The snapshot holds every xDS type the agent runs, SDS secrets (certificates
+// with their private keys) included, so that TLS listeners come back after a
+// restart too. The file is therefore written with mode 0600.
 package lastgood
 
 import (
@@ -69,6 +73,13 @@ func Save(path string, s *agentv1.Snapshot) (err error) {
 		return fmt.Errorf("save snapshot %s: %w", path, err)
 	}
 	tmp := f.Name()
+	// The snapshot holds the SDS secrets, private keys included: owner only. CreateTemp
+	// creates 0600 already; say so explicitly, whatever the platform.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("save snapshot %s: %w", path, err)
+	}
 	defer func() {
 		if err != nil {
 			f.Close()

@@ -235,3 +235,46 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 	}
 	return b
 }
+
+// TestSecretsSavedPrivately: SDS secrets go into the snapshot and come back; the file is
+// readable by its owner only.
+func TestSecretsSavedPrivately(t *testing.T) {
+	ca := runtimetest.NewCA("snapshot ca")
+	sec := runtimetest.CertSecret(ca.Issue("db", false, "db.example"))
+	l := runtimetest.Listener("db-tls", "127.0.0.1", 10003, "db")
+	l.FilterChains[0].TransportSocket = runtimetest.TLSSocket(runtimetest.DownstreamTLSContext(nil, sec.GetName()))
+	set := &runtime.Resources{}
+	xdsclient.Put(set, lds, map[string]proto.Message{"db-tls": l})
+	xdsclient.Put(set, cds, map[string]proto.Message{"db": runtimetest.StaticCluster("db", runtimetest.Endpoint("127.0.0.1:20003", 1))})
+	xdsclient.Put(set, xdsclient.SecretType, map[string]proto.Message{sec.GetName(): sec})
+	versions := map[string]string{lds: "v1", cds: "v1", xdsclient.SecretType: "v1"}
+	snap, err := lastgood.FromResources("agent-1", set, versions, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), lastgood.FileName)
+	if err := lastgood.Save(path, snap); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := fi.Mode().Perm(); mode != 0o600 {
+		t.Errorf("snapshot mode = %v, want 0600", mode)
+	}
+	loaded, err := lastgood.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gotVersions, err := lastgood.ToResources(loaded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got.Secrets[sec.GetName()], sec) || gotVersions[xdsclient.SecretType] != "v1" {
+		t.Fatalf("secret did not survive the round trip: %v %v", got.Secrets, gotVersions)
+	}
+	if _, err := runtime.Build(got); err != nil {
+		t.Errorf("loaded set does not build: %v", err)
+	}
+}

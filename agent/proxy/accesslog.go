@@ -178,6 +178,10 @@ func status(o *outcome, chosen bool) int {
 		return accesslog.StatusServiceUnavailable
 	case errors.Is(o.err, errNoChain):
 		return accesslog.StatusForbidden
+	case errors.Is(o.err, errDownstreamTLS):
+		return accesslog.StatusBadRequest
+	case errors.Is(o.err, errUpstreamTLS):
+		return accesslog.StatusBadGateway
 	case !chosen:
 		// A bad or missing PROXY header or ClientHello, a client that went away or never
 		// spoke before the listener filters were done.

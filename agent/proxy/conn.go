@@ -74,6 +74,21 @@ func (c *conn) serve(ctx context.Context) {
 	cs := c.route.clusters[tcp.Cluster.Name()]
 	c.setChain(p, cs)
 
+	down := side{raw: c.down}
+	if srv := p.chain.TLS; srv != nil {
+		// The ClientHello the filters peeked goes to the handshake, not upstream.
+		o.fromClient += int64(len(p.peeked()))
+		down.tls, o.err = c.terminate(ctx, srv, c.route.listener, p)
+		p.release()
+		if sni := down.tls.ConnectionState().ServerName; p.sni == "" && sni != "" {
+			p.sni = sni
+			c.setSNI(sni)
+		}
+		if o.err != nil {
+			return
+		}
+	}
+
 	var (
 		up   *net.TCPConn
 		host *upstream.Host
@@ -93,6 +108,10 @@ func (c *conn) serve(ctx context.Context) {
 		o.err = errors.New("closed while connecting")
 		return
 	}
+	if tcp.Cluster.TLS() != nil || down.tls != nil {
+		c.serveBuffered(ctx, &o, tcp, cs, p, down, up)
+		return
+	}
 	o.connected = true
 	cs.stats.active.Inc()
 	defer cs.stats.active.Dec()
@@ -107,6 +126,55 @@ func (c *conn) serve(ctx context.Context) {
 	p.release()
 	stopIdle := c.watchIdle(tcp.IdleTimeout, up)
 	n, rx, err := c.pipe(up)
+	stopIdle()
+	o.err = err
+	o.fromClient += n
+	o.toUpstream += n
+	o.fromUpstream, o.toClient = rx, rx
+	cs.stats.txBytes.Add(float64(peeked + n))
+	cs.stats.rxBytes.Add(float64(rx))
+}
+
+// serveBuffered is the end of serve for a connection with TLS on either side: the cluster's
+// PROXY header in the clear, the upstream handshake when the cluster originates TLS, the
+// peeked bytes (when TLS was not terminated here), then the buffered copy.
+func (c *conn) serveBuffered(ctx context.Context, o *outcome, tcp runtime.TCPProxy, cs *clusterState, p *preread, down side, up *net.TCPConn) {
+	upSide := side{raw: up}
+	var peeked int64
+	if tcp.Cluster.TLS() != nil {
+		hdr, err := writePreamble(up, tcp.Cluster.ProxyProtocol(), &preread{src: p.src, dst: p.dst})
+		if err != nil {
+			o.err = fmt.Errorf("write to upstream: %w", err)
+			return
+		}
+		o.toUpstream = int64(hdr)
+		if upSide.tls, o.err = c.originate(ctx, tcp.Cluster, cs, up, p.sni); o.err != nil {
+			return
+		}
+		if data := p.peeked(); len(data) > 0 {
+			if _, err := upSide.tls.Write(data); err != nil {
+				o.err = fmt.Errorf("write to upstream: %w", err)
+				return
+			}
+			peeked = int64(len(data))
+		}
+	} else {
+		hdr, err := writePreamble(up, tcp.Cluster.ProxyProtocol(), p)
+		if err != nil {
+			o.err = fmt.Errorf("write to upstream: %w", err)
+			return
+		}
+		peeked = int64(len(p.peeked()))
+		o.toUpstream = int64(hdr)
+	}
+	o.fromClient += peeked
+	o.toUpstream += peeked
+	p.release()
+	o.connected = true
+	cs.stats.active.Inc()
+	defer cs.stats.active.Dec()
+	stopIdle := c.watchIdle(tcp.IdleTimeout, up)
+	n, rx, err := c.pipeBuffered(down, upSide)
 	stopIdle()
 	o.err = err
 	o.fromClient += n
@@ -138,6 +206,13 @@ func (c *conn) rejected(err error) {
 func (c *conn) setChain(p *preread, cs *clusterState) {
 	c.mu.Lock()
 	c.chain, c.cluster, c.client, c.server, c.sni = p.chain, cs, p.src, p.dst, p.sni
+	c.mu.Unlock()
+}
+
+// setSNI records the SNI of a terminated handshake for the connection's log line.
+func (c *conn) setSNI(sni string) {
+	c.mu.Lock()
+	c.sni = sni
 	c.mu.Unlock()
 }
 
@@ -231,6 +306,8 @@ func (c *conn) abort(reason string) {
 type copyResult struct {
 	n   int64
 	err error
+	// srcErr reports that err came from reading the source (pipeBuffered only).
+	srcErr bool
 }
 
 // pipe copies downstream → upstream and upstream → downstream until both directions are

@@ -16,6 +16,12 @@
 // conn.serve returns, nothing touches either connection again; logEnd writes its access log
 // line.
 //
+// TLS (tls.go) branches off that path: a chain with a TLS server config terminates TLS after
+// the chain is chosen (conn.terminate, replaying the peeked ClientHello), a cluster with a
+// TLS client config originates it after the dial and its PROXY header (conn.originate), and
+// such connections are copied by proxyCopyBuffered through pooled buffers, since splice
+// cannot see through TLS.
+//
 // A configuration change is Manager.Apply: it binds the sockets of new listeners and opens
 // new access log files first and changes nothing if one fails; then it publishes the new config for each listener with one
 // atomic store. A connection keeps the config it was accepted with; listeners whose address

@@ -25,6 +25,10 @@ type metrics struct {
 	clientHelloError *prometheus.CounterVec
 	downstreamOver   *prometheus.CounterVec
 	limited          *prometheus.CounterVec
+	sslHandshake     *prometheus.CounterVec
+	sslHandshakeErr  *prometheus.CounterVec
+	sslConnErr       *prometheus.CounterVec
+	upstreamSSLErr   *prometheus.CounterVec
 }
 
 const namespace = "flotilla_agent"
@@ -52,6 +56,10 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		clientHelloError: counter("tls_inspector_client_hello_error", "Connections closed because their TLS ClientHello was malformed or too large.", "listener"),
 		downstreamOver:   counter("downstream_cx_overflow", "Connections closed at once because the listener had its connection_limit of open connections.", "listener"),
 		limited:          counter("connection_limit_limited_connections", "The same as downstream_cx_overflow, under the name of Envoy's connection_limit statistic.", "listener"),
+		sslHandshake:     counter("ssl_handshake", "Downstream TLS handshakes completed on a listener's TLS filter chains.", "listener"),
+		sslHandshakeErr:  counter("ssl_handshake_error", "Downstream TLS handshakes that failed or timed out on a listener (the connection is closed).", "listener"),
+		sslConnErr:       counter("ssl_connection_error", "Terminated TLS connections of a listener ended by a TLS error after the handshake (bad record, alert).", "listener"),
+		upstreamSSLErr:   counter("upstream_ssl_handshake_error", "TLS handshakes with a cluster's endpoints that failed or timed out (also counted in upstream_cx_connect_fail).", "cluster"),
 	}
 }
 
@@ -82,6 +90,7 @@ type listenerStats struct {
 
 	proxyProtoError, preTimeout, noChain, clientHelloError prometheus.Counter
 	overflow, limited                                      prometheus.Counter
+	sslHandshake, sslHandshakeError, sslConnectionError    prometheus.Counter
 }
 
 func (m *metrics) listener(name string) listenerStats {
@@ -96,12 +105,17 @@ func (m *metrics) listener(name string) listenerStats {
 		clientHelloError: m.clientHelloError.WithLabelValues(name),
 		overflow:         m.downstreamOver.WithLabelValues(name),
 		limited:          m.limited.WithLabelValues(name),
+
+		sslHandshake:       m.sslHandshake.WithLabelValues(name),
+		sslHandshakeError:  m.sslHandshakeErr.WithLabelValues(name),
+		sslConnectionError: m.sslConnErr.WithLabelValues(name),
 	}
 }
 
 // clusterStats are one cluster's metric children.
 type clusterStats struct {
 	total, connectFail, noHealthy, txBytes, rxBytes prometheus.Counter
+	sslHandshakeError                               prometheus.Counter
 	active                                          prometheus.Gauge
 }
 
@@ -113,5 +127,7 @@ func (m *metrics) cluster(name string) clusterStats {
 		txBytes:     m.txBytes.WithLabelValues(name),
 		rxBytes:     m.rxBytes.WithLabelValues(name),
 		active:      m.upstreamActive.WithLabelValues(name),
+
+		sslHandshakeError: m.upstreamSSLErr.WithLabelValues(name),
 	}
 }

@@ -15,11 +15,13 @@ import (
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	upstreamppv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
+	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 )
 
 // The listener filters, transport sockets and their defaults flotilla-agent honours.
@@ -57,6 +59,8 @@ var (
 	upstreamPPTypeURL    = typeURLOf(&upstreamppv3.ProxyProtocolUpstreamTransport{})
 	rawBufferTypeURL     = typeURLOf(&rawbufferv3.RawBuffer{})
 	connLimitTypeURL     = typeURLOf(&connlimitv3.ConnectionLimit{})
+	upstreamTLSTypeURL   = typeURLOf(&tlsv3.UpstreamTlsContext{})
+	downstreamTLSTypeURL = typeURLOf(&tlsv3.DownstreamTlsContext{})
 )
 
 // parseConnectionLimit checks a connection_limit network filter and returns its
@@ -121,6 +125,10 @@ type FilterChain struct {
 	Match match.Conditions
 	// TCP is the chain's tcp_proxy.
 	TCP TCPProxy
+	// TLS, when not nil, terminates TLS on the chain's connections (transport_socket
+	// envoy.transport_sockets.tls): the proxy completes a handshake with it after choosing
+	// the chain and proxies the plaintext. nil means the bytes pass as they are.
+	TLS *tlsconf.Server
 }
 
 // chainSpec is a parsed filter chain before its cluster is linked.
@@ -133,6 +141,7 @@ type chainSpec struct {
 	hashSource  bool
 	limit       uint64 // connection_limit max_connections; 0 without the filter
 	accessLog   *AccessLog
+	tls         *tlsv3.DownstreamTlsContext // nil: plain TCP (raw_buffer)
 }
 
 // parseListenerFilters checks listener_filters: at most one proxy_protocol and one
@@ -178,12 +187,16 @@ func parseListenerFilters(l *listenerv3.Listener, spec *listenerSpec) error {
 		}
 	}
 	spec.filtersTimeout = DefaultListenerFiltersTimeout
+	spec.handshakeTimeout = DefaultHandshakeTimeout
 	if l.ListenerFiltersTimeout != nil {
 		d, err := duration(l.GetListenerFiltersTimeout(), "listener_filters_timeout")
 		if err != nil {
 			return err
 		}
 		spec.filtersTimeout = d
+		if d > 0 {
+			spec.handshakeTimeout = d
+		}
 	}
 	spec.continueOnTimeout = l.GetContinueOnListenerFiltersTimeout()
 	return nil
@@ -253,7 +266,11 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 // parseChain checks one filter chain, which runs a tcp_proxy, optionally preceded by a
 // connection_limit.
 func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
-	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name"); err != nil {
+	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name", "transport_socket"); err != nil {
+		return chainSpec{}, err
+	}
+	tlsCtx, err := parseDownstreamSocket(fc.GetTransportSocket(), path+".transport_socket")
+	if err != nil {
 		return chainSpec{}, err
 	}
 	filters := fc.GetFilters()
@@ -295,6 +312,7 @@ func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 		hashSource:  hashSource,
 		limit:       limit,
 		accessLog:   al,
+		tls:         tlsCtx,
 	}
 	if tp.IdleTimeout != nil {
 		if cs.idleTimeout, err = duration(tp.GetIdleTimeout(), path+".idle_timeout"); err != nil {
@@ -396,38 +414,49 @@ func parseCIDRs(rs []*corev3.CidrRange, path string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// parseTransportSocket checks a cluster's transport_socket: raw_buffer, or
-// upstream_proxy_protocol (V1 or V2, no TLVs) wrapping raw_buffer. It returns the PROXY
-// protocol version to send (0 for none).
-func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, error) {
+// parseTransportSocket checks a cluster's transport_socket: raw_buffer, tls (an
+// UpstreamTlsContext), or upstream_proxy_protocol (V1 or V2, no TLVs) wrapping raw_buffer or
+// tls. It returns the PROXY protocol version to send (0 for none) and the TLS context (nil
+// for plain TCP). The TLS context is only decoded and checked for its fields here; its
+// certificates come from SDS and are checked by Build (tlsconf.NewClient).
+func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, *tlsv3.UpstreamTlsContext, error) {
 	if err := onlyFields(ts, path, "name", "typed_config"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	tc := ts.GetTypedConfig()
 	if tc == nil {
-		return 0, fmt.Errorf("%s.typed_config is required", path)
+		return 0, nil, fmt.Errorf("%s.typed_config is required", path)
 	}
 	path += ".typed_config"
 	switch tc.GetTypeUrl() {
 	case rawBufferTypeURL:
 		rb := &rawbufferv3.RawBuffer{}
 		if err := tc.UnmarshalTo(rb); err != nil {
-			return 0, fmt.Errorf("%s: %w", path, err)
+			return 0, nil, fmt.Errorf("%s: %w", path, err)
 		}
-		return 0, onlyFields(rb, path)
+		return 0, nil, onlyFields(rb, path)
+	case upstreamTLSTypeURL:
+		u := &tlsv3.UpstreamTlsContext{}
+		if err := tc.UnmarshalTo(u); err != nil {
+			return 0, nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if _, err := tlsconf.NewClient(u, tlsconf.SecretMap(nil)); err != nil && !errors.Is(err, tlsconf.ErrMissingSecret) {
+			return 0, nil, fmt.Errorf("%s.%w", path, err)
+		}
+		return 0, u, nil
 	case upstreamPPTypeURL:
 	default:
-		return 0, fmt.Errorf("%s: transport socket type %q is not supported by flotilla-agent (only %s and %s)", path, tc.GetTypeUrl(), UpstreamProxyProtocolName, RawBufferName)
+		return 0, nil, fmt.Errorf("%s: transport socket type %q is not supported by flotilla-agent (only %s, %s and %s)", path, tc.GetTypeUrl(), tlsconf.TransportSocketName, UpstreamProxyProtocolName, RawBufferName)
 	}
 	pp := &upstreamppv3.ProxyProtocolUpstreamTransport{}
 	if err := tc.UnmarshalTo(pp); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := onlyFields(pp, path, "config", "transport_socket"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := onlyFields(pp.GetConfig(), path+".config", "version"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	version := 1 // V1 is the enum's zero value, as in Envoy
 	switch v := pp.GetConfig().GetVersion(); v {
@@ -435,31 +464,32 @@ func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, error) 
 	case corev3.ProxyProtocolConfig_V2:
 		version = 2
 	default:
-		return 0, fmt.Errorf("%s.config.version %s is not supported by flotilla-agent (V1 or V2)", path, v)
+		return 0, nil, fmt.Errorf("%s.config.version %s is not supported by flotilla-agent (V1 or V2)", path, v)
 	}
 	inner := pp.GetTransportSocket()
 	if inner == nil {
-		return 0, fmt.Errorf("%s.transport_socket is required", path)
+		return 0, nil, fmt.Errorf("%s.transport_socket is required", path)
 	}
 	if err := onlyFields(inner, path+".transport_socket", "name", "typed_config"); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	if itc := inner.GetTypedConfig(); itc == nil || itc.GetTypeUrl() != rawBufferTypeURL {
-		return 0, fmt.Errorf("%s.transport_socket: only %s is supported by flotilla-agent inside %s", path, RawBufferName, UpstreamProxyProtocolName)
+	if itc := inner.GetTypedConfig(); itc == nil || (itc.GetTypeUrl() != rawBufferTypeURL && itc.GetTypeUrl() != upstreamTLSTypeURL) {
+		return 0, nil, fmt.Errorf("%s.transport_socket: only %s and %s are supported by flotilla-agent inside %s", path, RawBufferName, tlsconf.TransportSocketName, UpstreamProxyProtocolName)
 	}
-	if _, err := parseTransportSocket(inner, path+".transport_socket"); err != nil {
-		return 0, err
+	_, u, err := parseTransportSocket(inner, path+".transport_socket")
+	if err != nil {
+		return 0, nil, err
 	}
 	if err := pp.Validate(); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return version, nil
+	return version, u, nil
 }
 
-// clusterTransport is parseTransportSocket for a cluster, 0 when it has none.
-func clusterTransport(c *clusterv3.Cluster) (int, error) {
+// clusterTransport is parseTransportSocket for a cluster, (0, nil) when it has none.
+func clusterTransport(c *clusterv3.Cluster) (int, *tlsv3.UpstreamTlsContext, error) {
 	if c.TransportSocket == nil {
-		return 0, nil
+		return 0, nil, nil
 	}
 	return parseTransportSocket(c.GetTransportSocket(), "transport_socket")
 }

@@ -7,9 +7,11 @@ import (
 	"slices"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
+	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
@@ -49,6 +51,7 @@ func (g *Graph) Resources() *Resources {
 		Listeners: maps.Clone(g.src.Listeners),
 		Clusters:  maps.Clone(g.src.Clusters),
 		Endpoints: maps.Clone(g.src.Endpoints),
+		Secrets:   maps.Clone(g.src.Secrets),
 	}
 }
 
@@ -62,6 +65,7 @@ type Listener struct {
 	proxyProtocol     bool
 	tlsInspector      bool
 	filtersTimeout    time.Duration
+	handshakeTimeout  time.Duration
 	continueOnTimeout bool
 	chains            []*FilterChain
 	defaultChain      *FilterChain
@@ -133,6 +137,10 @@ func (l *Listener) Peeks() bool { return l.proxyProtocol || l.tlsInspector }
 // FiltersTimeout returns listener_filters_timeout: how long the listener filters may wait for
 // the client's bytes; 0 means no limit.
 func (l *Listener) FiltersTimeout() time.Duration { return l.filtersTimeout }
+
+// HandshakeTimeout bounds the TLS handshake of a connection whose chain terminates TLS:
+// listener_filters_timeout when the listener sets one (not 0), else DefaultHandshakeTimeout.
+func (l *Listener) HandshakeTimeout() time.Duration { return l.handshakeTimeout }
 
 // ContinueOnFiltersTimeout reports continue_on_listener_filters_timeout: when the timeout
 // passes, choose a chain with what is known so far instead of closing the connection.
@@ -212,7 +220,9 @@ type TCPProxy struct {
 type Cluster struct {
 	name           string
 	connectTimeout time.Duration
-	proxyProtocol  int // PROXY protocol version sent to endpoints, 0 for none
+	proxyProtocol  int                       // PROXY protocol version sent to endpoints, 0 for none
+	tlsCtx         *tlsv3.UpstreamTlsContext // as parsed; nil for plain TCP
+	tls            *tlsconf.Client           // built by Build from tlsCtx and the secrets
 	endpoints      []Endpoint
 	lb             upstream.ClusterConfig // without Endpoints
 }
@@ -232,6 +242,11 @@ func (c *Cluster) ConnectTimeout() time.Duration { return c.connectTimeout }
 // ProxyProtocol returns the PROXY protocol version (1 or 2) the cluster's transport socket
 // sends to its endpoints before any other byte, or 0 when it sends none.
 func (c *Cluster) ProxyProtocol() int { return c.proxyProtocol }
+
+// TLS returns the cluster's TLS origination (transport_socket envoy.transport_sockets.tls,
+// alone or inside upstream_proxy_protocol, whose PROXY header goes first, in the clear), or
+// nil when the cluster speaks plain TCP to its endpoints.
+func (c *Cluster) TLS() *tlsconf.Client { return c.tls }
 
 // Endpoints returns a copy of the endpoints that take traffic (healthy or of unknown
 // health), in the order the load assignment lists them.
@@ -320,6 +335,7 @@ func Build(r *Resources) (*Graph, error) {
 			Listeners: maps.Clone(r.Listeners),
 			Clusters:  maps.Clone(r.Clusters),
 			Endpoints: maps.Clone(r.Endpoints),
+			Secrets:   maps.Clone(r.Secrets),
 		},
 	}
 	for _, name := range sortedKeys(r.Clusters) {
@@ -346,8 +362,34 @@ func Build(r *Resources) (*Graph, error) {
 		}
 		eds[name] = eps
 	}
+	for _, name := range sortedKeys(r.Secrets) {
+		sec := r.Secrets[name]
+		err := Validate(resourcev3.SecretType, sec)
+		if err == nil && sec.GetName() != name {
+			err = &ResourceError{TypeURL: resourcev3.SecretType, Name: name,
+				Err: fmt.Errorf("resource is named %q but was delivered as %q", sec.GetName(), name)}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	if err := r.Missing(); err != nil {
 		return nil, err
+	}
+	secrets := tlsconf.SecretMap(r.Secrets)
+	for _, cl := range g.clusters {
+		if cl.tlsCtx == nil {
+			continue
+		}
+		c, err := tlsconf.NewClient(cl.tlsCtx, secrets)
+		if err != nil {
+			path := "transport_socket.typed_config"
+			if r.Clusters[cl.name].GetTransportSocket().GetTypedConfig().GetTypeUrl() == upstreamPPTypeURL {
+				path += ".transport_socket.typed_config"
+			}
+			return nil, &ResourceError{TypeURL: resourcev3.ClusterType, Name: cl.name, Err: fmt.Errorf("%s.%w", path, err)}
+		}
+		cl.tls = c
 	}
 	for _, cl := range g.clusters {
 		if svc := edsServiceName(r.Clusters[cl.name]); svc != "" {
@@ -384,6 +426,7 @@ func Build(r *Resources) (*Graph, error) {
 			proxyProtocol:     s.proxyProtocol,
 			tlsInspector:      s.tlsInspector,
 			filtersTimeout:    s.filtersTimeout,
+			handshakeTimeout:  s.handshakeTimeout,
 			continueOnTimeout: s.continueOnTimeout,
 			matcher:           s.matcher,
 			maxConnections:    s.maxConnections,
@@ -391,8 +434,8 @@ func Build(r *Resources) (*Graph, error) {
 		if u := s.udp; u != nil {
 			l.udp = &UDPProxy{Cluster: g.clusterByName[u.cluster], IdleTimeout: u.idleTimeout, HashSourceIP: u.hashSource, AccessLog: u.accessLog}
 		}
-		link := func(c chainSpec) *FilterChain {
-			return &FilterChain{Name: c.name, Match: c.cond, TCP: TCPProxy{
+		link := func(c chainSpec, srv *tlsconf.Server) *FilterChain {
+			return &FilterChain{Name: c.name, Match: c.cond, TLS: srv, TCP: TCPProxy{
 				Cluster:            g.clusterByName[c.cluster],
 				IdleTimeout:        c.idleTimeout,
 				MaxConnectAttempts: c.attempts,
@@ -400,11 +443,19 @@ func Build(r *Resources) (*Graph, error) {
 				AccessLog:          c.accessLog,
 			}}
 		}
-		for _, c := range s.chains {
-			l.chains = append(l.chains, link(c))
+		for i, c := range s.chains {
+			srv, err := newServer(c, secrets, chainPath(i, len(s.chains)))
+			if err != nil {
+				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name, Err: err}
+			}
+			l.chains = append(l.chains, link(c, srv))
 		}
 		if s.defaultChain.cluster != "" {
-			l.defaultChain = link(s.defaultChain)
+			srv, err := newServer(s.defaultChain, secrets, chainPath(len(s.chains), len(s.chains)))
+			if err != nil {
+				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name, Err: err}
+			}
+			l.defaultChain = link(s.defaultChain, srv)
 		}
 		g.listeners = append(g.listeners, l)
 		g.listenerByName[l.name] = l

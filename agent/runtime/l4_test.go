@@ -137,7 +137,7 @@ func TestValidateL4(t *testing.T) {
 		{"same chain name", lds, edge(func(l *listenerv3.Listener) { l.FilterChains[2].Name = "ldap" }),
 			`listener "edge": filter_chains[2].name: "ldap" is already the name of filter_chains[1]`},
 		{"chain transport_socket", lds, edge(func(l *listenerv3.Listener) { l.FilterChains[2].TransportSocket = runtimetest.UpstreamProxyProtocol(1) }),
-			`listener "edge": filter_chains[2].transport_socket is not supported by flotilla-agent`},
+			`listener "edge": filter_chains[2].transport_socket.typed_config: transport socket type "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport" is not supported by flotilla-agent on a filter chain (only envoy.transport_sockets.tls and envoy.transport_sockets.raw_buffer)`},
 		{"default chain without cluster", lds, sniOnly(func(l *listenerv3.Listener) { l.DefaultFilterChain.Filters = nil }),
 			`listener "sni": default_filter_chain.filters: flotilla-agent supports a envoy.filters.network.tcp_proxy, optionally preceded by a envoy.filters.network.connection_limit; got 0 filters`},
 
@@ -149,7 +149,10 @@ func TestValidateL4(t *testing.T) {
 		}), ""},
 		{"upstream TLS", cds, eds(func(c *clusterv3.Cluster) {
 			c.TransportSocket = &corev3.TransportSocket{Name: "tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{})}}
-		}), `cluster "backend": transport_socket.typed_config: transport socket type "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" is not supported by flotilla-agent (only envoy.transport_sockets.upstream_proxy_protocol and envoy.transport_sockets.raw_buffer)`},
+		}), ""},
+		{"upstream TLS auto_host_sni", cds, eds(func(c *clusterv3.Cluster) {
+			c.TransportSocket = &corev3.TransportSocket{Name: "tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{AutoHostSni: true})}}
+		}), `cluster "backend": transport_socket.typed_config.auto_host_sni is not supported by flotilla-agent: it takes the HTTP Host header; for TCP leave sni empty and the agent passes the client's SNI through`},
 		{"upstream PROXY TLVs", cds, eds(func(c *clusterv3.Cluster) {
 			c.TransportSocket = upstreamPP(func(pp *upstreamppv3.ProxyProtocolUpstreamTransport) {
 				pp.Config.AddedTlvs = []*corev3.TlvEntry{{Type: 0xe0, Value: []byte("x")}}
@@ -162,7 +165,12 @@ func TestValidateL4(t *testing.T) {
 			c.TransportSocket = upstreamPP(func(pp *upstreamppv3.ProxyProtocolUpstreamTransport) {
 				pp.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{})}
 			})
-		}), `cluster "backend": transport_socket.typed_config.transport_socket: only envoy.transport_sockets.raw_buffer is supported by flotilla-agent inside envoy.transport_sockets.upstream_proxy_protocol`},
+		}), ""},
+		{"upstream PROXY over PROXY", cds, eds(func(c *clusterv3.Cluster) {
+			c.TransportSocket = upstreamPP(func(pp *upstreamppv3.ProxyProtocolUpstreamTransport) {
+				pp.TransportSocket.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&upstreamppv3.ProxyProtocolUpstreamTransport{})}
+			})
+		}), `cluster "backend": transport_socket.typed_config.transport_socket: only envoy.transport_sockets.raw_buffer and envoy.transport_sockets.tls are supported by flotilla-agent inside envoy.transport_sockets.upstream_proxy_protocol`},
 		{"upstream PROXY without inner socket", cds, eds(func(c *clusterv3.Cluster) {
 			c.TransportSocket = upstreamPP(func(pp *upstreamppv3.ProxyProtocolUpstreamTransport) { pp.TransportSocket = nil })
 		}), `cluster "backend": transport_socket.typed_config.transport_socket is required`},

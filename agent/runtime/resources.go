@@ -1,8 +1,10 @@
 // Package runtime turns a consistent set of Envoy xDS v3 resources into the agent's runtime
 // graph: an immutable, validated description of every listener the agent serves (TCP with
-// filter chains, or UDP with a udp_proxy), its access logs, the cluster each one proxies to,
-// and that cluster's endpoints, load-balancing policy, health check, outlier detection and
-// circuit breaker (as the upstream.ClusterConfig package upstream runs).
+// filter chains, or UDP with a udp_proxy), its access logs and TLS termination, the cluster
+// each one proxies to, and that cluster's endpoints, TLS origination, load-balancing policy,
+// health check, outlier detection and circuit breaker (as the upstream.ClusterConfig package
+// upstream runs). TLS configs are built by package tlsconf from the transport sockets and
+// the SDS secrets of the set (tls.go).
 //
 // The flow is: the xDS client decodes each resource and calls Validate on it the moment it
 // arrives (so a bad one is NACKed at once), buffers resources in a Resources set until
@@ -24,16 +26,19 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
-// Resources is a candidate set of xDS resources, keyed by resource name: listeners and
-// clusters by their name, load assignments by their cluster_name (which, for an EDS cluster,
-// is the cluster's EDS service name). The messages are treated as read-only.
+// Resources is a candidate set of xDS resources, keyed by resource name: listeners,
+// clusters and SDS secrets by their name, load assignments by their cluster_name (which, for
+// an EDS cluster, is the cluster's EDS service name). The messages are treated as read-only;
+// secrets hold private keys and must never be logged.
 type Resources struct {
 	Listeners map[string]*listenerv3.Listener
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment // keyed by cluster_name / service_name
+	Secrets   map[string]*tlsv3.Secret                     // SDS secrets, keyed by name
 }
 
 // ResourceError names the resource at fault so the xDS client can NACK the right type.
@@ -66,6 +71,8 @@ func kindOf(typeURL string) string {
 		return "cluster"
 	case resourcev3.EndpointType:
 		return "load assignment"
+	case resourcev3.SecretType:
+		return "secret"
 	}
 	return "resource " + strings.TrimPrefix(typeURL, resourcev3.APITypePrefix)
 }
@@ -97,7 +104,8 @@ func (r *Resources) EDSNames() []string {
 }
 
 // Missing returns nil when r is consistent: every cluster a listener's tcp_proxy or udp_proxy names
-// exists and every EDS cluster has its ClusterLoadAssignment. Otherwise the error lists, in
+// exists, every EDS cluster has its ClusterLoadAssignment and every SDS secret a TLS filter
+// chain or cluster names has arrived (as Envoy keeps such a listener warming). Otherwise the error lists, in
 // a stable order, everything that is missing, e.g.
 // `listener "dicom" references unknown cluster "pacs"; no endpoints yet for cluster "db"`.
 // Resources that are malformed are skipped here; Validate and Build report them.
@@ -133,6 +141,7 @@ func (r *Resources) Missing() error {
 			missing = append(missing, fmt.Sprintf("no endpoints yet for cluster %q (EDS service %q)", name, svc))
 		}
 	}
+	missing = append(missing, r.missingSecrets()...)
 	if len(missing) == 0 {
 		return nil
 	}

@@ -12,6 +12,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
+	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 	"github.com/flotilla-proxy/flotilla/agent/upstream"
 )
 
@@ -41,7 +43,7 @@ var tcpProxyTypeURL = resourcev3.APITypePrefix + string((&tcpproxyv3.TcpProxy{})
 
 // Validate checks one resource on its own (decoding is already done), the moment it arrives,
 // so that a bad one is NACKed at once. typeURL is the xDS type URL the resource came under
-// (resourcev3.ListenerType, ClusterType or EndpointType); m must be the matching message.
+// (resourcev3.ListenerType, ClusterType, EndpointType or SecretType); m must be the matching message.
 // Validate does not check references between resources: that is Resources.Missing. It
 // returns nil or a *ResourceError.
 func Validate(typeURL string, m proto.Message) error {
@@ -74,6 +76,18 @@ func Validate(typeURL string, m proto.Message) error {
 		if err != nil {
 			return &ResourceError{TypeURL: typeURL, Name: cla.GetClusterName(), Err: err}
 		}
+	case resourcev3.SecretType:
+		sec, ok := m.(*tlsv3.Secret)
+		if !ok {
+			return wrongType(typeURL, m)
+		}
+		if err := tlsconf.ValidateSecret(sec); err != nil {
+			// ValidateSecret's errors name the secret already; ResourceError does too.
+			if inner := errors.Unwrap(err); inner != nil {
+				err = inner
+			}
+			return &ResourceError{TypeURL: typeURL, Name: sec.GetName(), Err: err}
+		}
 	default:
 		return &ResourceError{TypeURL: typeURL, Err: errors.New("this resource type is not supported by flotilla-agent")}
 	}
@@ -97,6 +111,7 @@ type listenerSpec struct {
 	proxyProtocol     bool
 	tlsInspector      bool
 	filtersTimeout    time.Duration
+	handshakeTimeout  time.Duration
 	continueOnTimeout bool
 	udp               *udpSpec // a UDP listener's udp_proxy; nil for TCP
 	chains            []chainSpec
@@ -303,11 +318,11 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		}
 		out.connectTimeout = d
 	}
-	pp, err := clusterTransport(c)
+	pp, tlsCtx, err := clusterTransport(c)
 	if err != nil {
 		return nil, err
 	}
-	out.proxyProtocol = pp
+	out.proxyProtocol, out.tlsCtx = pp, tlsCtx
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

@@ -138,7 +138,7 @@ func TestValidate(t *testing.T) {
 		}), `listener "web": filter_chains[0].filter_chain_match.source_ports is not supported by flotilla-agent`},
 		{"transport_socket", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls"}
-		}), `listener "web": filter_chains[0].transport_socket is not supported by flotilla-agent`},
+		}), `listener "web": filter_chains[0].transport_socket.typed_config is required`},
 		{"two filter chains", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains = append(l.FilterChains, l.FilterChains[0])
 		}), `listener "web": filter_chains[0] and filter_chains[1] have the same filter_chain_match (multiple filter chains with the same matching rules)`},

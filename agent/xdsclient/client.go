@@ -4,6 +4,14 @@
 // endpoints those clusters need, and turns what it receives into complete,
 // consistent resource sets for an Applier.
 //
+// Endpoints (EDS) and secrets (SDS) are subscribed to by name, like Envoy
+// does over ADS: the names the candidate config refers to (EDS service names
+// of its clusters; the SDS secrets of its TLS filter chains and clusters).
+// The subscription follows every LDS and CDS change. A name a response leaves
+// out keeps what runs for it; names no longer referred to are dropped.
+// Secrets carry private keys: the client logs their names only, never their
+// content.
+//
 // Every response is decoded and checked on its own first; a bad one is NACKed
 // at once. Statically valid responses wait in a pending area until, overlaid
 // on the running config, they form a consistent set (nothing referenced is
@@ -22,7 +30,7 @@
 // Metrics (when Options.Registerer is set):
 //
 //	flotilla_agent_xds_connected                     1 while a stream is open
-//	flotilla_agent_xds_updates_total{type,result}    responses answered; type cds|eds|lds, result ack|nack
+//	flotilla_agent_xds_updates_total{type,result}    responses answered; type cds|eds|sds|lds, result ack|nack
 package xdsclient
 
 import (
@@ -319,7 +327,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "flotilla", Subsystem: "agent_xds", Name: "updates_total",
-			Help: "xDS responses answered, by type (cds, eds, lds) and result (ack, nack).",
+			Help: "xDS responses answered, by type (cds, eds, sds, lds) and result (ack, nack).",
 		}, []string{"type", "result"}),
 	}
 	for _, t := range Types {

@@ -32,6 +32,7 @@ var (
 	lds = xdsclient.ListenerType
 	cds = xdsclient.ClusterType
 	eds = xdsclient.EndpointType
+	sds = xdsclient.SecretType
 )
 
 // recorder is an Applier that records what it installs and can be told to fail.

@@ -8,6 +8,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -20,13 +21,18 @@ const (
 	ListenerType = resource.ListenerType
 	ClusterType  = resource.ClusterType
 	EndpointType = resource.EndpointType
+	SecretType   = resource.SecretType
 )
 
 // Types lists the supported type URLs in the order they are applied and
-// reported: clusters, then endpoints, then listeners.
-var Types = []string{ClusterType, EndpointType, ListenerType}
+// reported: clusters, then endpoints, then secrets, then listeners.
+var Types = []string{ClusterType, EndpointType, SecretType, ListenerType}
 
-// ShortName returns the xDS short name of a type URL ("cds", "eds", "lds"),
+// namedTypes are the types subscribed to by resource name (the names the
+// candidate config refers to) rather than by wildcard.
+var namedTypes = []string{EndpointType, SecretType}
+
+// ShortName returns the xDS short name of a type URL ("cds", "eds", "sds", "lds"),
 // used in metric labels and logs, or "other".
 func ShortName(typeURL string) string {
 	switch typeURL {
@@ -36,6 +42,8 @@ func ShortName(typeURL string) string {
 		return "eds"
 	case ListenerType:
 		return "lds"
+	case SecretType:
+		return "sds"
 	}
 	return "other"
 }
@@ -90,6 +98,7 @@ var messageTypes = map[string]func() proto.Message{
 	ListenerType: func() proto.Message { return new(listenerv3.Listener) },
 	ClusterType:  func() proto.Message { return new(clusterv3.Cluster) },
 	EndpointType: func() proto.Message { return new(endpointv3.ClusterLoadAssignment) },
+	SecretType:   func() proto.Message { return new(tlsv3.Secret) },
 }
 
 func resourceName(m proto.Message) string {
@@ -100,6 +109,8 @@ func resourceName(m proto.Message) string {
 		return r.GetName()
 	case *endpointv3.ClusterLoadAssignment:
 		return r.GetClusterName()
+	case *tlsv3.Secret:
+		return r.GetName()
 	}
 	return ""
 }
@@ -123,6 +134,11 @@ func Put(set *runtime.Resources, typeURL string, msgs map[string]proto.Message) 
 		for n, m := range msgs {
 			set.Endpoints[n] = m.(*endpointv3.ClusterLoadAssignment)
 		}
+	case SecretType:
+		set.Secrets = make(map[string]*tlsv3.Secret, len(msgs))
+		for n, m := range msgs {
+			set.Secrets[n] = m.(*tlsv3.Secret)
+		}
 	}
 }
 
@@ -144,6 +160,10 @@ func Get(set *runtime.Resources, typeURL string) map[string]proto.Message {
 		}
 	case EndpointType:
 		for n, m := range set.Endpoints {
+			out[n] = m
+		}
+	case SecretType:
+		for n, m := range set.Secrets {
 			out[n] = m
 		}
 	}

@@ -88,6 +88,9 @@ func TestPutGetRoundTrip(t *testing.T) {
 			msgs["c"] = runtimetest.EDSCluster("c")
 		case eds:
 			msgs["c"] = runtimetest.LoadAssignment("c", runtimetest.Endpoint("127.0.0.1:2", 1))
+		case sds:
+			sec := runtimetest.CertSecret(runtimetest.NewCA("ca").Issue("db", false, "db.example"))
+			msgs[sec.GetName()] = sec
 		}
 		xdsclient.Put(set, typ, msgs)
 		got := xdsclient.Get(set, typ)

@@ -79,6 +79,7 @@ func (c *Client) runStream(ctx context.Context, addr string) (connected, progres
 		node:      c.node(),
 		nonces:    make(map[string]string),
 		pending:   make(map[string]*update),
+		names:     make(map[string][]string),
 		deferred:  make(map[string]deferredNACK),
 		nackDelay: make(map[string]time.Duration),
 	}
@@ -174,8 +175,9 @@ type stream struct {
 	nonces  map[string]string  // latest nonce received, by type
 	pending map[string]*update // statically valid, not yet applied, by type
 
-	edsNames      []string // endpoint names of the current EDS subscription
-	edsSubscribed bool     // an EDS request was sent on this stream
+	// names are the resource names of the current EDS and SDS subscriptions,
+	// by type; a type is present once a request for it was sent on this stream.
+	names map[string][]string
 
 	holdSince time.Time // when the pending set was first found inconsistent
 	holdErr   error     // why
@@ -196,8 +198,8 @@ type deferredNACK struct {
 }
 
 // subscribe sends the first request of every type: wildcard clusters and
-// listeners, and the endpoints the running config needs. version_info is
-// empty so the control plane sends everything again.
+// listeners, and the endpoints and secrets the running config needs.
+// version_info is empty so the control plane sends everything again.
 func (s *stream) subscribe() error {
 	for _, t := range []string{ClusterType, ListenerType} {
 		if err := s.send(s.request(t, "", "")); err != nil {
@@ -205,7 +207,15 @@ func (s *stream) subscribe() error {
 		}
 	}
 	cand, _, _ := s.candidate()
-	return s.subscribeEndpoints(cand.EDSNames())
+	return s.subscribeNamed(cand)
+}
+
+// neededNames returns the resource names cand needs of a by-name type.
+func neededNames(cand *runtime.Resources, typeURL string) []string {
+	if typeURL == SecretType {
+		return cand.SDSNames()
+	}
+	return cand.EDSNames()
 }
 
 // request builds a request for typeURL answering the latest response of that
@@ -218,8 +228,8 @@ func (s *stream) request(typeURL, version, message string) *discoveryv3.Discover
 		ResponseNonce: s.nonces[typeURL],
 	}
 	s.node = nil
-	if typeURL == EndpointType {
-		req.ResourceNames = s.edsNames
+	if slices.Contains(namedTypes, typeURL) {
+		req.ResourceNames = s.names[typeURL]
 	}
 	if message != "" {
 		req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: message}
@@ -230,7 +240,8 @@ func (s *stream) request(typeURL, version, message string) *discoveryv3.Discover
 // handle processes one response.
 func (s *stream) handle(r *discoveryv3.DiscoveryResponse) error {
 	t := r.GetTypeUrl()
-	if _, ok := messageTypes[t]; !ok || (t == EndpointType && !s.edsSubscribed) {
+	_, subscribed := s.names[t]
+	if _, ok := messageTypes[t]; !ok || (slices.Contains(namedTypes, t) && !subscribed) {
 		// Answering would subscribe us to it; a legacy wildcard at that.
 		s.c.log.Warn("ignoring xDS response for a type not subscribed to", "type_url", t, "version", r.GetVersionInfo())
 		return nil
@@ -261,7 +272,7 @@ func (s *stream) commit() error {
 		// that did arrive moving: a held type is not pushed again until it is
 		// answered.
 		cand, versions, states := s.candidate()
-		if err := s.subscribeEndpoints(cand.EDSNames()); err != nil {
+		if err := s.subscribeNamed(cand); err != nil {
 			return err
 		}
 		if len(s.pending) == 0 {
@@ -274,7 +285,11 @@ func (s *stream) commit() error {
 				s.c.log.Debug("holding xDS update until consistent", "error", err)
 			}
 			s.holdErr = err
-			return nil
+			applied, err := s.commitPart()
+			if err != nil || !applied {
+				return err
+			}
+			continue
 		}
 		s.holdSince, s.holdErr = time.Time{}, nil
 
@@ -309,6 +324,50 @@ func (s *stream) commit() error {
 	}
 }
 
+// commitPart applies and ACKs the largest part of an inconsistent pending set
+// that is consistent on its own, leaving the rest pending: the pending types
+// without listeners, else without listeners and clusters, else only secrets.
+// It reports whether it applied anything. Without it a hold could wedge the
+// stream: an EDS or SDS response sent before the control plane had the names
+// asked for (go-control-plane answers at once, with what it has) must be
+// answered before the control plane sends the names, while a listener held
+// for them is not answered until they arrive. A part whose apply fails stays
+// pending; the hold timeout settles it.
+func (s *stream) commitPart() (bool, error) {
+	part := maps.Clone(s.pending)
+	for _, drop := range []string{ListenerType, ClusterType, EndpointType} {
+		if part[drop] == nil {
+			continue
+		}
+		delete(part, drop)
+		if len(part) == 0 {
+			return false, nil
+		}
+		cand, versions, states := s.candidateOf(part)
+		if cand.Missing() != nil {
+			continue
+		}
+		if err := s.c.opts.Applier.Apply(s.ctx, cand, versions); err != nil {
+			if s.ctx.Err() != nil {
+				return false, s.ctx.Err()
+			}
+			s.c.log.Debug("applying the consistent part of a held xDS update failed", "error", err)
+			return false, nil
+		}
+		s.c.commitRunning(states)
+		for _, t := range Types {
+			if u := part[t]; u != nil {
+				delete(s.pending, t)
+				if err := s.ack(t, u.version); err != nil {
+					return false, err
+				}
+			}
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
 // nackPending NACKs and drops every pending type.
 func (s *stream) nackPending(err error, deferRepeat bool) error {
 	for _, t := range Types {
@@ -326,17 +385,22 @@ func (s *stream) nackPending(err error, deferRepeat bool) error {
 // version of each type in it, and the per-type state that becomes running if
 // it is applied.
 func (s *stream) candidate() (*runtime.Resources, map[string]string, map[string]*typeState) {
+	return s.candidateOf(s.pending)
+}
+
+// candidateOf is candidate with the given pending types.
+func (s *stream) candidateOf(pending map[string]*update) (*runtime.Resources, map[string]string, map[string]*typeState) {
 	set := &runtime.Resources{}
 	versions := make(map[string]string)
 	states := make(map[string]*typeState)
 	for _, t := range Types {
 		st := s.c.runningState(t)
-		if u := s.pending[t]; u != nil {
+		if u := pending[t]; u != nil {
 			items := u.items
-			if t == EndpointType && st != nil {
-				// In state-of-the-world EDS a response carries the subscribed
-				// names the server chose to send; a name left out is not a
-				// deletion, so keep what runs for it.
+			if slices.Contains(namedTypes, t) && st != nil {
+				// In state-of-the-world EDS and SDS a response carries the
+				// subscribed names the server chose to send; a name left out
+				// is not a deletion, so keep what runs for it.
 				items = maps.Clone(st.items)
 				maps.Copy(items, u.items)
 			}
@@ -348,17 +412,22 @@ func (s *stream) candidate() (*runtime.Resources, map[string]string, map[string]
 		}
 		Put(set, t, states[t].itemsOrNil())
 	}
-	// Endpoints no cluster needs any more are dropped.
-	if st := states[EndpointType]; st != nil {
+	// Endpoints no cluster needs any more, and secrets no listener or cluster
+	// needs, are dropped.
+	for _, t := range namedTypes {
+		st := states[t]
+		if st == nil {
+			continue
+		}
 		kept := make(map[string]proto.Message)
-		for _, n := range set.EDSNames() {
+		for _, n := range neededNames(set, t) {
 			if m, ok := st.items[n]; ok {
 				kept[n] = m
 			}
 		}
 		if len(kept) != len(st.items) {
-			states[EndpointType] = &typeState{version: st.version, items: kept}
-			Put(set, EndpointType, kept)
+			states[t] = &typeState{version: st.version, items: kept}
+			Put(set, t, kept)
 		}
 	}
 	return set, versions, states
@@ -371,19 +440,32 @@ func (st *typeState) itemsOrNil() map[string]proto.Message {
 	return st.items
 }
 
-// subscribeEndpoints makes the EDS subscription names, if it is not already.
-// The request carries the last accepted EDS version and the latest EDS nonce,
-// and no error: a server that follows the xDS spec to the letter may take it
-// as an implicit ACK of a statically valid EDS response we are still holding
-// in pending. That is acceptable — the response was valid, and the server
-// answers the new names with a fresh response we then hold instead.
-func (s *stream) subscribeEndpoints(names []string) error {
-	if s.edsSubscribed && slices.Equal(names, s.edsNames) || !s.edsSubscribed && len(names) == 0 {
+// subscribeNamed keeps the EDS and SDS subscriptions in line with what cand
+// refers to.
+func (s *stream) subscribeNamed(cand *runtime.Resources) error {
+	for _, t := range namedTypes {
+		if err := s.subscribeNames(t, neededNames(cand, t)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// subscribeNames makes the subscription of a by-name type (EDS, SDS) names,
+// if it is not already. The request carries the last accepted version and the
+// latest nonce of the type, and no error: a server that follows the xDS spec
+// to the letter may take it as an implicit ACK of a statically valid response
+// we are still holding in pending. That is acceptable — the response was
+// valid, and the server answers the new names with a fresh response we then
+// hold instead.
+func (s *stream) subscribeNames(typeURL string, names []string) error {
+	cur, subscribed := s.names[typeURL]
+	if subscribed && slices.Equal(names, cur) || !subscribed && len(names) == 0 {
 		return nil
 	}
-	s.edsNames, s.edsSubscribed = names, true
-	delete(s.deferred, EndpointType) // this request answers the latest nonce
-	return s.send(s.request(EndpointType, s.acceptedVersion(EndpointType), ""))
+	s.names[typeURL] = names
+	delete(s.deferred, typeURL) // this request answers the latest nonce
+	return s.send(s.request(typeURL, s.acceptedVersion(typeURL), ""))
 }
 
 // acceptedVersion is the version_info for requests of typeURL that accept
@@ -476,11 +558,12 @@ func (s *stream) expire(now time.Time) error {
 		return nil
 	}
 	// Give up on pending types one at a time, in the order references point
-	// (listeners name clusters, clusters name endpoints), until what is left
+	// (listeners name clusters and secrets, clusters name endpoints and
+	// secrets), until what is left
 	// is consistent with the running config; that much is then applied.
 	err := fmt.Errorf("no consistent set after %s: %w", s.c.opts.holdTimeout(), s.holdErr)
 	s.holdSince, s.holdErr = time.Time{}, nil
-	for _, t := range []string{ListenerType, ClusterType, EndpointType} {
+	for _, t := range []string{ListenerType, ClusterType, EndpointType, SecretType} {
 		u := s.pending[t]
 		if u == nil {
 			continue

@@ -166,6 +166,15 @@ func CIDR(s string) *corev3.CidrRange {
 // UpstreamProxyProtocol returns the upstream_proxy_protocol transport socket sending the
 // given PROXY protocol version (1 or 2) over raw_buffer, as the compiler emits it.
 func UpstreamProxyProtocol(version int) *corev3.TransportSocket {
+	return upstreamProxyProtocol(version, &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.raw_buffer",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
+	})
+}
+
+// upstreamProxyProtocol is the upstream_proxy_protocol transport socket sending the given
+// PROXY protocol version (1 or 2), then speaking inner.
+func upstreamProxyProtocol(version int, inner *corev3.TransportSocket) *corev3.TransportSocket {
 	v := corev3.ProxyProtocolConfig_V1
 	if version == 2 {
 		v = corev3.ProxyProtocolConfig_V2
@@ -173,11 +182,8 @@ func UpstreamProxyProtocol(version int) *corev3.TransportSocket {
 	return &corev3.TransportSocket{
 		Name: "envoy.transport_sockets.upstream_proxy_protocol",
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&upstreamppv3.ProxyProtocolUpstreamTransport{
-			Config: &corev3.ProxyProtocolConfig{Version: v},
-			TransportSocket: &corev3.TransportSocket{
-				Name:       "envoy.transport_sockets.raw_buffer",
-				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})},
-			},
+			Config:          &corev3.ProxyProtocolConfig{Version: v},
+			TransportSocket: inner,
 		})},
 	}
 }
