@@ -15,8 +15,23 @@ import (
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 )
 
-// agentColumns are the resource types shown as columns, by short name.
+// agentColumns are the resource types always shown as columns, by short
+// name. SDS is shown after them when any agent has been sent secrets (see
+// columnsFor): fleets without TLS never see it.
 var agentColumns = []string{"CDS", "EDS", "LDS"}
+
+// columnsFor returns the columns for agents: agentColumns, and SDS when any
+// agent has been sent secrets or rejected some.
+func columnsFor(agents []*adminv1.Agent) []string {
+	for _, ag := range agents {
+		for _, rs := range ag.GetResources() {
+			if rs.GetShort() == "SDS" && (rs.GetSent() != "" || rs.GetAcked() != "" || rs.GetLastNack() != nil) {
+				return append(slices.Clone(agentColumns), "SDS")
+			}
+		}
+	}
+	return agentColumns
+}
 
 func (a *app) agentsCommand() *cobra.Command {
 	var selector string
@@ -78,15 +93,16 @@ func parseSelector(s string) (map[string]string, error) {
 // writeAgents prints one row per agent, then one line per rejected version.
 func writeAgents(w io.Writer, agents []*adminv1.Agent, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintf(tw, "NODE\tLABELS\t%s\tCONNECTED\n", strings.Join(agentColumns, "\t"))
+	columns := columnsFor(agents)
+	fmt.Fprintf(tw, "NODE\tLABELS\t%s\tCONNECTED\n", strings.Join(columns, "\t"))
 	var nacks []string
 	for _, ag := range agents {
 		byShort := make(map[string]*adminv1.ResourceStatus, len(ag.GetResources()))
 		for _, rs := range ag.GetResources() {
 			byShort[rs.GetShort()] = rs
 		}
-		cells := make([]string, 0, len(agentColumns))
-		for _, col := range agentColumns {
+		cells := make([]string, 0, len(columns))
+		for _, col := range columns {
 			cells = append(cells, syncCell(byShort[col]))
 		}
 		connected := "-"

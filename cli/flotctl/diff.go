@@ -69,12 +69,14 @@ func (a *app) diff(cmd *cobra.Command, args []string) error {
 	case err != nil:
 		return c.explain(err, "")
 	default:
-		server = bundle.Merge(resp.GetVersion().GetFiles())
+		// The server shows private keys as hashes; hash the local ones
+		// the same way, so that only a changed key is a change.
+		server = bundle.Merge(bundle.Redact(resp.GetVersion().GetFiles()))
 		n := resp.GetVersion().GetInfo().GetNumber()
 		label = fmt.Sprintf("version %d", n)
 		side = fmt.Sprintf("v%d", n)
 	}
-	n, err := writeBundleDiff(a.stdout, server, side, bundle.Merge(files), label)
+	n, err := writeBundleDiff(a.stdout, server, side, bundle.Merge(bundle.Redact(files)), label)
 	if err != nil {
 		return err
 	}

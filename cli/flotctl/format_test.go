@@ -92,6 +92,28 @@ func TestWriteAgents(t *testing.T) {
 				"NODE  LABELS  CDS       EDS       LDS          CONNECTED\n" +
 				"a1    <none>  NOT_SENT  NOT_SENT  SYNCED (v9)  -\n",
 		},
+		{
+			name: "an SDS column once any agent was sent secrets",
+			agents: []*adminv1.Agent{
+				{NodeId: "tls", Resources: append(synced("3"), resStatus("SDS", adminv1.SyncState_SYNC_STATE_SYNCED, "3", "3", "3"))},
+				{NodeId: "plain", Resources: append(synced("3"), &adminv1.ResourceStatus{Short: "SDS", State: adminv1.SyncState_SYNC_STATE_NOT_SENT, Desired: "3"})},
+				{NodeId: "bad", Resources: append(synced("3"), &adminv1.ResourceStatus{Short: "SDS", State: adminv1.SyncState_SYNC_STATE_NACKED, Desired: "4", Sent: "4", Acked: "3",
+					LastNack: &adminv1.Nack{Version: "4", Message: "secret \"cert-0123\": tls_certificate.private_key: does not match the certificate"}})},
+			},
+			want: "" +
+				"NODE   LABELS  CDS          EDS          LDS          SDS          CONNECTED\n" +
+				"tls    <none>  SYNCED (v3)  SYNCED (v3)  SYNCED (v3)  SYNCED (v3)  -\n" +
+				"plain  <none>  SYNCED (v3)  SYNCED (v3)  SYNCED (v3)  NOT_SENT     -\n" +
+				"bad    <none>  SYNCED (v3)  SYNCED (v3)  SYNCED (v3)  NACKED (v4)  -\n" +
+				"bad SDS v4 rejected: secret \"cert-0123\": tls_certificate.private_key: does not match the certificate\n",
+		},
+		{
+			name:   "no SDS column when no agent was sent secrets",
+			agents: []*adminv1.Agent{{NodeId: "plain", Resources: append(synced("3"), &adminv1.ResourceStatus{Short: "SDS", State: adminv1.SyncState_SYNC_STATE_NOT_SENT, Desired: "3"})}},
+			want: "" +
+				"NODE   LABELS  CDS          EDS          LDS          CONNECTED\n" +
+				"plain  <none>  SYNCED (v3)  SYNCED (v3)  SYNCED (v3)  -\n",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

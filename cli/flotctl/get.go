@@ -39,10 +39,13 @@ version record instead, with its files as applied.`,
 				}
 				return c.explain(err, notFound)
 			}
+			// The server redacts private keys; so does flotctl, whatever
+			// server it talks to.
+			v := &adminv1.Version{Info: resp.GetVersion().GetInfo(), Files: bundle.Redact(resp.GetVersion().GetFiles())}
 			if a.output != formatTable {
-				return writeMessage(a.stdout, a.output, resp.GetVersion())
+				return writeMessage(a.stdout, a.output, v)
 			}
-			return writeVersion(a.stdout, resp.GetVersion())
+			return writeVersion(a.stdout, v)
 		}),
 	}
 	cmd.Flags().Uint64Var(&number, "version", 0, "version number (0: the latest)")

@@ -146,13 +146,15 @@ func (s *Service) storeAndPublish(ctx context.Context, p store.ApplyParams) (*ad
 	return info, false, nil
 }
 
-// GetVersion returns one version with its files.
+// GetVersion returns one version with its files, private keys redacted
+// (bundle.Redact): keys leave the control plane only to agents, over xDS.
+// The version's hash is of the real keys; Rollback works from the store.
 func (s *Service) GetVersion(ctx context.Context, req *adminv1.GetVersionRequest) (*adminv1.GetVersionResponse, error) {
 	v, err := s.store.Get(ctx, req.GetNumber())
 	if err != nil {
 		return nil, storeError(err)
 	}
-	return &adminv1.GetVersionResponse{Version: v}, nil
+	return &adminv1.GetVersionResponse{Version: &adminv1.Version{Info: v.GetInfo(), Files: bundle.Redact(v.GetFiles())}}, nil
 }
 
 // ListVersions returns the history, newest first.

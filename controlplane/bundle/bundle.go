@@ -7,6 +7,11 @@
 // bundle sorted by name, which the store hashes and the compiler compiles).
 // The schema itself lives in proto/flotilla/config/v1, so the CLI, the control
 // plane and the docs share one definition.
+//
+// TLS material: Load reads the PEM files a file names (relative to it) into
+// the bundle, Validate checks certificates and keys, and Redact is the one
+// way to show a bundle outside the store and the xDS stream: every private
+// key becomes `<private key sha256:…>`.
 package bundle
 
 import (
@@ -36,6 +41,9 @@ import (
 // skipped. A file named explicitly is read whatever its name. The path in each
 // ConfigFile is as the user named it (a directory's files are joined to it).
 // A file named twice (directly or through a directory) is read once.
+// PEM files named by tls blocks are read, relative to the directory of the
+// file naming them, into their pem fields; the path stays in file, for
+// error messages.
 func Load(paths ...string) ([]*adminv1.ConfigFile, error) {
 	var names []string
 	seen := make(map[string]bool)
@@ -88,6 +96,9 @@ func Load(paths ...string) ([]*adminv1.ConfigFile, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := resolvePEM(f); err != nil {
+			return nil, err
+		}
 		files = append(files, f)
 	}
 	return files, nil
@@ -108,7 +119,8 @@ func isConfigName(name string) bool {
 // stored in the ConfigFile as is. An empty file is an empty bundle.
 //
 // Shorthands: an endpoint written as a plain "ip:port" string becomes
-// {"address": "ip:port"}, and a duration may be written the Go way ("1h",
+// {"address": "ip:port"}, a certificate, key or CA (a PemSource) written as a
+// plain string becomes {"file": "path"} (Load reads the file), and a duration may be written the Go way ("1h",
 // "1m30s", "250ms") as well as protojson's seconds ("3600s").
 //
 // Errors are *FieldError values naming the file and, where it can be found,

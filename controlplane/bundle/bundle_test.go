@@ -311,6 +311,35 @@ func TestExamples(t *testing.T) {
 			t.Errorf("quickstart = %v, want %v", got, want)
 		}
 	})
+	t.Run("nginx-stream has UDP DNS, and lb, health_check and access_log on mysql", func(t *testing.T) {
+		files, err := Load(filepath.Join(root, "nginx-stream"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := Merge(files)
+		listeners := map[string]*configv1.Listener{}
+		for _, l := range m.GetListeners() {
+			listeners[l.GetName()] = l
+		}
+		clusters := map[string]*configv1.Cluster{}
+		for _, c := range m.GetClusters() {
+			clusters[c.GetName()] = c
+		}
+		dns, dnsTCP := listeners["dns"], listeners["dns-tcp"]
+		if dns.GetUdp().GetCluster() != "resolvers" || dns.GetAddress() != "[::]:53" || dns.GetTcp() != nil ||
+			dnsTCP.GetTcp().GetCluster() != "resolvers" || dnsTCP.GetAddress() != dns.GetAddress() {
+			t.Errorf("dns listeners = %v, %v", dns, dnsTCP)
+		}
+		if c := clusters["resolvers"]; c.GetLb() != LBRingHash || c.GetHealthCheck().GetTcp() == nil {
+			t.Errorf("resolvers = %v", c)
+		}
+		if l := listeners["mysql"]; l.GetAccessLog().GetPath() == "" || !strings.Contains(l.GetAccessLog().GetFormat(), "$upstream_addr") {
+			t.Errorf("mysql listener = %v", l)
+		}
+		if c := clusters["mysql"]; c.GetLb() != LBLeastRequest || c.GetHealthCheck().GetTcp() == nil {
+			t.Errorf("mysql cluster = %v", c)
+		}
+	})
 	t.Run("sni-routing has the ssl_preread seed", func(t *testing.T) {
 		files, err := Load(filepath.Join(root, "sni-routing"))
 		if err != nil {

@@ -25,8 +25,9 @@ import (
 // user never wrote.
 
 var (
-	durationName = (&durationpb.Duration{}).ProtoReflect().Descriptor().FullName()
-	endpointName = (&configv1.Endpoint{}).ProtoReflect().Descriptor().FullName()
+	durationName  = (&durationpb.Duration{}).ProtoReflect().Descriptor().FullName()
+	endpointName  = (&configv1.Endpoint{}).ProtoReflect().Descriptor().FullName()
+	pemSourceName = (&configv1.PemSource{}).ProtoReflect().Descriptor().FullName()
 )
 
 func decodeJSON(data []byte, v any) error {
@@ -89,6 +90,8 @@ func normalizeValue(fd protoreflect.FieldDescriptor, v any) any {
 		return durationJSON(s)
 	case fd.Message().FullName() == endpointName && isString:
 		return map[string]any{"address": s}
+	case fd.Message().FullName() == pemSourceName && isString:
+		return map[string]any{"file": s}
 	}
 	normalize(fd.Message(), v)
 	return v

@@ -60,7 +60,7 @@ listeners:
   - { name: b, address: ":2", tcp: { idle_timeout: 1m } }
   - { name: c, address: ":3", proxy_protocol: { trusted: ["10.0.0.0/8"] }, tcp: {} }
 `, want: []string{
-			`a.yaml: listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), sni or routes`,
+			`a.yaml: listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), udp, sni or routes`,
 			`a.yaml: listeners[1].tcp.cluster: required: the name of a cluster to proxy to`,
 			`a.yaml: listeners[2].tcp.cluster: required: the name of a cluster to proxy to`,
 		}},

@@ -82,6 +82,7 @@ func (es Errors) Error() string {
 func Validate(files []*adminv1.ConfigFile) error {
 	v := &validator{
 		clusters:  make(map[string]site),
+		defs:      make(map[string]*configv1.Cluster),
 		listeners: make(map[string]site),
 	}
 	// Clusters first, so that references resolve whatever the file order.
@@ -121,11 +122,13 @@ type placed struct {
 	ip     netip.Addr // invalid for an empty host
 	port   uint16
 	agents map[string]string
+	udp    bool // UDP and TCP listeners never clash with each other
 }
 
 type validator struct {
 	errs      Errors
 	clusters  map[string]site // name → first definition
+	defs      map[string]*configv1.Cluster
 	listeners map[string]site
 	placed    []placed
 }
@@ -159,7 +162,7 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 	} else if ip, port, err := ListenAddress(l.GetAddress()); err != nil {
 		v.add(at, "address", "%v", err)
 	} else {
-		v.placed = append(v.placed, placed{at: at, name: l.GetName(), addr: l.GetAddress(), ip: ip, port: port, agents: l.GetAgents()})
+		v.placed = append(v.placed, placed{at: at, name: l.GetName(), addr: l.GetAddress(), ip: ip, port: port, agents: l.GetAgents(), udp: l.GetUdp() != nil})
 	}
 
 	for _, key := range slices.Sorted(maps.Keys(l.GetAgents())) {
@@ -173,9 +176,13 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 	}
 
 	routed := len(l.GetSni()) > 0 || len(l.GetRoutes()) > 0
+	if l.GetUdp() != nil {
+		v.udp(at, l)
+		return
+	}
 	if tcp := l.GetTcp(); tcp == nil {
 		if !routed {
-			v.add(at, "tcp", "required: a listener needs tcp (a cluster to proxy to), sni or routes")
+			v.add(at, "tcp", "required: a listener needs tcp (a cluster to proxy to), udp, sni or routes")
 		}
 	} else {
 		if tcp.GetCluster() != "" || !routed {
@@ -187,16 +194,23 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 		}
 	}
 	v.routing(at, l)
+	v.accessLog(at, l.GetAccessLog())
+	v.tlsListener(at, l)
 }
 
 func (v *validator) cluster(at site, c *configv1.Cluster) {
 	v.name(at, "cluster", c.GetName(), v.clusters)
+	if _, ok := v.defs[c.GetName()]; !ok {
+		v.defs[c.GetName()] = c
+	}
 	v.duration(at, "connect_timeout", c.GetConnectTimeout(), false)
 	switch pp := c.GetProxyProtocol(); pp {
 	case "", ProxyProtocolV1, ProxyProtocolV2:
 	default:
 		v.add(at, "proxy_protocol", "%q is not a PROXY protocol version: use %q or %q (or leave it out to send none)", pp, ProxyProtocolV1, ProxyProtocolV2)
 	}
+	v.clusterPolicies(at, c)
+	v.tlsCluster(at, c)
 	if len(c.GetEndpoints()) == 0 {
 		v.add(at, "endpoints", "a cluster needs at least one endpoint")
 		return
@@ -232,8 +246,9 @@ func (v *validator) duration(at site, field string, d *durationpb.Duration, zero
 	}
 }
 
-// portClashes reports two listeners on the same port whose IPs overlap and
-// whose selectors can both match one agent: that agent could not bind both.
+// portClashes reports two listeners of the same protocol (TCP or UDP) on the
+// same port whose IPs overlap and whose selectors can both match one agent:
+// that agent could not bind both.
 func (v *validator) portClashes() {
 	byPort := make(map[uint16][]placed)
 	for _, p := range v.placed {
@@ -243,11 +258,15 @@ func (v *validator) portClashes() {
 		for j := range ps {
 			for i := range j {
 				a, b := ps[i], ps[j]
-				if !ipsOverlap(a.ip, b.ip) || !selectorsOverlap(a.agents, b.agents) {
+				if a.udp != b.udp || !ipsOverlap(a.ip, b.ip) || !selectorsOverlap(a.agents, b.agents) {
 					continue
 				}
-				v.add(b.at, "address", "port %d of %q clashes with listener %q (%s, address %q): an agent matching both selectors cannot listen on both",
-					b.port, b.addr, a.name, a.at, a.addr)
+				proto := ""
+				if b.udp {
+					proto = "UDP "
+				}
+				v.add(b.at, "address", "%sport %d of %q clashes with listener %q (%s, address %q): an agent matching both selectors cannot listen on both",
+					proto, b.port, b.addr, a.name, a.at, a.addr)
 			}
 		}
 	}

@@ -100,7 +100,7 @@ listeners:
 		}},
 		{name: "protocol block", files: []file{{"a.yaml", "listeners: [{name: a, address: ':1'}, {name: b, address: ':2', tcp: {}}]\n"}},
 			want: []string{
-				`a.yaml: listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), sni or routes`,
+				`a.yaml: listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), udp, sni or routes`,
 				`a.yaml: listeners[1].tcp.cluster: required: the name of a cluster to proxy to`,
 			}},
 		{name: "tcp limits", files: []file{{"a.yaml", `
@@ -241,7 +241,7 @@ func TestValidateProgrammatic(t *testing.T) {
 	want := []string{
 		`listeners[0].address: required: host:port, such as ":4242" (every address), "0.0.0.0:4242" or "127.0.0.1:4242"`,
 		`listeners[0].name: required`,
-		`listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), sni or routes`,
+		`listeners[0].tcp: required: a listener needs tcp (a cluster to proxy to), udp, sni or routes`,
 	}
 	if err == nil || !slices.Equal(strings.Split(err.Error(), "\n"), want) {
 		t.Errorf("errors:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))
@@ -277,6 +277,19 @@ listeners:
       - { match: { transport: raw }, cluster: fallback }
     tcp: { cluster: fallback }
 ` + backends,
+		`
+listeners:
+  - { name: dns, address: "[::]:53", udp: { cluster: web, idle_timeout: 10s }, access_log: { path: "-", format: '$remote_addr ${status}' } }
+  - { name: t, address: ":1", max_connections: 10, tcp: { cluster: web }, access_log: { path: /var/log/t.log } }
+` + backends + `
+  - name: policies
+    lb: ring_hash
+    max_connections: 10
+    health_check: { interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1, tcp: { send: "PING\r\n", expect: "+PONG" } }
+    outlier_detection: { consecutive_failures: 1, base_ejection_time: 1s, max_ejection_percent: 50, interval: 1s }
+    endpoints: ["192.0.2.1:1"]
+  - { name: http, health_check: { http: { path: /healthz, host: h, expected_statuses: [200] } }, endpoints: ["192.0.2.1:1"] }
+`,
 	} {
 		f.Add([]byte(s))
 	}

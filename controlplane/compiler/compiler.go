@@ -1,6 +1,6 @@
 // Package compiler compiles a config bundle — the schema people write — into
 // the Envoy xDS v3 resources one group of agents runs: Listeners (LDS),
-// Clusters (CDS) and ClusterLoadAssignments (EDS).
+// Clusters (CDS), ClusterLoadAssignments (EDS) and Secrets (SDS).
 //
 // It emits exactly the subset of Envoy's API the Flotilla agent implements
 // (and NACKs anything outside of). A plain listener has one filter chain
@@ -10,12 +10,25 @@
 // sni entry and per route with a filter_chain_match, and its default route as
 // default_filter_chain — or, behind the PROXY protocol, as a last chain
 // matching only the trusted peers, so that untrusted peers match no chain.
-// Clusters are EDS over ADS with round robin, wrapped in the
-// upstream_proxy_protocol transport socket when they send the PROXY
-// protocol; their endpoints are one locality of weighted endpoints. Defaults
-// are filled in here, so what the agent receives is explicit. The output is
-// valid for a real Envoy as well. Compile is a pure function of its inputs,
-// safe for concurrent use.
+// A UDP listener has no filter chains, only an udp_proxy listener filter.
+// A listener's max_connections becomes a connection_limit filter before the
+// tcp_proxy of every chain, its access_log a file access logger on every
+// tcp_proxy (or the udp_proxy), and a ring_hash or maglev cluster a
+// source_ip hash policy on whatever proxies to it. Clusters are EDS over ADS
+// with their lb_policy, health check, outlier detection and circuit
+// breakers, wrapped in the upstream_proxy_protocol transport socket when
+// they send the PROXY protocol; their endpoints are one locality of weighted
+// endpoints.
+//
+// TLS: a listener's tls becomes a DownstreamTlsContext transport socket on
+// every one of its filter chains (the default chain too), a cluster's tls an
+// UpstreamTlsContext (inside the upstream_proxy_protocol socket when the
+// cluster also sends the PROXY protocol). Certificates with their keys travel
+// as SDS Secrets over ADS, named by content (SecretName), and a group gets
+// exactly the secrets its listeners and clusters refer to; CA certificates
+// are public and travel inline. Defaults are filled in here, so what the agent receives is
+// explicit. The output is valid for a real Envoy as well. Compile is a pure
+// function of its inputs, safe for concurrent use.
 package compiler
 
 import (
@@ -32,9 +45,12 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamproxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -73,6 +89,9 @@ type Resources struct {
 	Clusters []*clusterv3.Cluster
 	// Endpoints are the EDS resources, one per cluster.
 	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Secrets are the SDS resources: the certificates with their keys that
+	// the group's listeners and clusters use, named by SecretName.
+	Secrets []*tlsv3.Secret
 }
 
 // Compile compiles a merged, validated bundle (bundle.Merge, bundle.Validate)
@@ -90,6 +109,7 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 	}
 
 	res := &Resources{}
+	sec := secrets{}
 	used := make(map[string]bool)
 	for _, l := range b.GetListeners() {
 		if !Selects(l.GetAgents(), labels) {
@@ -104,7 +124,7 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 				return nil, fmt.Errorf("listener %q: %s: unknown cluster %q", l.GetName(), ref.field, ref.name)
 			}
 		}
-		out, err := listener(l)
+		out, err := listener(l, clusters, sec)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.GetName(), err)
 		}
@@ -119,13 +139,14 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
-		out, err := cluster(c)
+		out, err := cluster(c, sec)
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
 		res.Clusters = append(res.Clusters, out)
 		res.Endpoints = append(res.Endpoints, cla)
 	}
+	res.Secrets = sec.sorted()
 	slices.SortFunc(res.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(res.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(res.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
@@ -161,13 +182,23 @@ func clusterRefs(l *configv1.Listener) ([]clusterRef, error) {
 	if c := l.GetTcp().GetCluster(); c != "" {
 		refs = append(refs, clusterRef{"tcp.cluster", c})
 	}
+	if l.GetUdp() != nil {
+		if len(refs) > 0 || l.GetTcp() != nil {
+			return nil, errors.New("udp with tcp, sni or routes: a listener is either TCP or UDP")
+		}
+		if c := l.GetUdp().GetCluster(); c != "" {
+			refs = append(refs, clusterRef{"udp.cluster", c})
+		}
+	}
 	if len(refs) == 0 {
-		return nil, errors.New("no tcp.cluster, sni or routes: nowhere to send connections")
+		return nil, errors.New("no tcp.cluster, udp.cluster, sni or routes: nowhere to send connections")
 	}
 	return refs, nil
 }
 
-func listener(l *configv1.Listener) (*listenerv3.Listener, error) {
+// listener compiles l; clusters holds every cluster l refers to. The
+// certificates of its tls go into sec.
+func listener(l *configv1.Listener, clusters map[string]*configv1.Cluster, sec secrets) (*listenerv3.Listener, error) {
 	ip, port, err := bundle.ListenAddress(l.GetAddress())
 	if err != nil {
 		return nil, err
@@ -184,25 +215,42 @@ func listener(l *configv1.Listener) (*listenerv3.Listener, error) {
 		Name:    l.GetName(),
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}},
 	}
+	if l.GetUdp() != nil {
+		sa.Protocol = corev3.SocketAddress_UDP
+		if err := udpListener(out, l, clusters[l.GetUdp().GetCluster()]); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	if !bundle.Routed(l) {
 		// A plain listener: one chain, no match, no listener filters, so
 		// server-first protocols are not made to wait.
-		chain, err := filterChain(l, "", l.GetTcp().GetCluster(), nil)
+		chain, err := filterChain(l, clusters, "", l.GetTcp().GetCluster(), nil)
 		if err != nil {
 			return nil, err
 		}
 		out.FilterChains = []*listenerv3.FilterChain{chain}
-		return out, nil
-	}
-	if err := routedListener(out, l); err != nil {
+	} else if err := routedListener(out, l, clusters); err != nil {
 		return nil, err
+	}
+	if t := l.GetTls(); t != nil {
+		ts, err := downstreamTLS(t, sec)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range out.GetFilterChains() {
+			c.TransportSocket = proto.CloneOf(ts)
+		}
+		if c := out.GetDefaultFilterChain(); c != nil {
+			c.TransportSocket = proto.CloneOf(ts)
+		}
 	}
 	return out, nil
 }
 
 // routedListener fills in the listener filters and filter chains of a
 // listener with sni, routes or proxy_protocol.
-func routedListener(out *listenerv3.Listener, l *configv1.Listener) error {
+func routedListener(out *listenerv3.Listener, l *configv1.Listener, clusters map[string]*configv1.Cluster) error {
 	var trusted []*corev3.CidrRange
 	if pp := l.GetProxyProtocol(); pp != nil {
 		var err error
@@ -219,7 +267,7 @@ func routedListener(out *listenerv3.Listener, l *configv1.Listener) error {
 		if err != nil {
 			return fmt.Errorf("sni[%d]: %w", i, err)
 		}
-		chain, err := filterChain(l, bundle.SNIChainName(i), r.GetCluster(), &listenerv3.FilterChainMatch{
+		chain, err := filterChain(l, clusters, bundle.SNIChainName(i), r.GetCluster(), &listenerv3.FilterChainMatch{
 			ServerNames:              names,
 			TransportProtocol:        bundle.TransportTLS,
 			DirectSourcePrefixRanges: trusted,
@@ -235,7 +283,7 @@ func routedListener(out *listenerv3.Listener, l *configv1.Listener) error {
 			return fmt.Errorf("routes[%d]: %w", i, err)
 		}
 		match.DirectSourcePrefixRanges = trusted
-		chain, err := filterChain(l, bundle.RouteName(r, i), r.GetCluster(), match)
+		chain, err := filterChain(l, clusters, bundle.RouteName(r, i), r.GetCluster(), match)
 		if err != nil {
 			return fmt.Errorf("routes[%d]: %w", i, err)
 		}
@@ -246,13 +294,13 @@ func routedListener(out *listenerv3.Listener, l *configv1.Listener) error {
 			// Envoy does not fall back to default_filter_chain across match
 			// levels, but a chain matching only the direct source keeps
 			// untrusted peers out: they match no chain and are closed.
-			chain, err := filterChain(l, bundle.DefaultChainName, c, &listenerv3.FilterChainMatch{DirectSourcePrefixRanges: trusted})
+			chain, err := filterChain(l, clusters, bundle.DefaultChainName, c, &listenerv3.FilterChainMatch{DirectSourcePrefixRanges: trusted})
 			if err != nil {
 				return err
 			}
 			chains = append(chains, chain)
 		} else {
-			chain, err := filterChain(l, bundle.DefaultChainName, c, nil)
+			chain, err := filterChain(l, clusters, bundle.DefaultChainName, c, nil)
 			if err != nil {
 				return err
 			}
@@ -353,8 +401,11 @@ func cidrRanges(in []string) ([]*corev3.CidrRange, error) {
 }
 
 // filterChain is a chain named name, matching match (nil: no match), whose
-// one filter is a tcp_proxy to cluster with the listener's tcp settings.
-func filterChain(l *configv1.Listener, name, cluster string, match *listenerv3.FilterChainMatch) (*listenerv3.FilterChain, error) {
+// last filter is a tcp_proxy to cluster with the listener's tcp settings,
+// access log, and a source_ip hash policy when the cluster hashes. A
+// listener with max_connections has a connection_limit filter first in
+// every chain, each with the listener's one limit.
+func filterChain(l *configv1.Listener, clusters map[string]*configv1.Cluster, name, cluster string, match *listenerv3.FilterChainMatch) (*listenerv3.FilterChain, error) {
 	tcp := l.GetTcp()
 	idle := durationpb.New(DefaultIdleTimeout)
 	if tcp.GetIdleTimeout() != nil {
@@ -364,23 +415,48 @@ func filterChain(l *configv1.Listener, name, cluster string, match *listenerv3.F
 	if n := tcp.GetConnectAttempts(); n != 0 {
 		attempts = n
 	}
-	proxy, err := anypb.New(&tcpproxyv3.TcpProxy{
+	logs, err := accessLogs(l.GetAccessLog())
+	if err != nil {
+		return nil, fmt.Errorf("access_log: %w", err)
+	}
+	tp := &tcpproxyv3.TcpProxy{
 		StatPrefix:         l.GetName(),
 		ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 		IdleTimeout:        idle,
 		MaxConnectAttempts: wrapperspb.UInt32(attempts),
-	})
+		AccessLog:          logs,
+	}
+	if bundle.HashesSource(clusters[cluster]) {
+		tp.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+	}
+	var filters []*listenerv3.Filter
+	if n := l.GetMaxConnections(); n > 0 {
+		limit, err := networkFilter(ConnectionLimit, &connlimitv3.ConnectionLimit{
+			StatPrefix:     l.GetName(),
+			MaxConnections: wrapperspb.UInt64(uint64(n)),
+		})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, limit)
+	}
+	proxy, err := networkFilter(wellknown.TCPProxy, tp)
 	if err != nil {
 		return nil, err
 	}
 	return &listenerv3.FilterChain{
 		Name:             name,
 		FilterChainMatch: match,
-		Filters: []*listenerv3.Filter{{
-			Name:       wellknown.TCPProxy,
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: proxy},
-		}},
+		Filters:          append(filters, proxy),
 	}, nil
+}
+
+func networkFilter(name string, config proto.Message) (*listenerv3.Filter, error) {
+	a, err := anypb.New(config)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: a}}, nil
 }
 
 func listenerFilter(name string, config proto.Message) (*listenerv3.ListenerFilter, error) {
@@ -391,7 +467,8 @@ func listenerFilter(name string, config proto.Message) (*listenerv3.ListenerFilt
 	return &listenerv3.ListenerFilter{Name: name, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: a}}, nil
 }
 
-func cluster(c *configv1.Cluster) (*clusterv3.Cluster, error) {
+// cluster compiles c; the certificate of its tls goes into sec.
+func cluster(c *configv1.Cluster, sec secrets) (*clusterv3.Cluster, error) {
 	timeout := durationpb.New(DefaultConnectTimeout)
 	if c.GetConnectTimeout() != nil {
 		timeout = proto.CloneOf(c.GetConnectTimeout())
@@ -406,10 +483,19 @@ func cluster(c *configv1.Cluster) (*clusterv3.Cluster, error) {
 			},
 		},
 		ConnectTimeout: timeout,
-		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
+	}
+	if err := clusterPolicies(out, c); err != nil {
+		return nil, err
+	}
+	if t := c.GetTls(); t != nil {
+		ts, err := upstreamTLS(t, sec)
+		if err != nil {
+			return nil, err
+		}
+		out.TransportSocket = ts
 	}
 	if pp := c.GetProxyProtocol(); pp != "" {
-		ts, err := upstreamProxyProtocol(pp)
+		ts, err := upstreamProxyProtocol(pp, out.TransportSocket)
 		if err != nil {
 			return nil, err
 		}
@@ -419,8 +505,9 @@ func cluster(c *configv1.Cluster) (*clusterv3.Cluster, error) {
 }
 
 // upstreamProxyProtocol is the transport socket that sends a PROXY header of
-// version ("v1" or "v2") over plain TCP.
-func upstreamProxyProtocol(version string) (*corev3.TransportSocket, error) {
+// version ("v1" or "v2") and then runs inner: TLS, or plain TCP (raw_buffer)
+// when inner is nil.
+func upstreamProxyProtocol(version string, inner *corev3.TransportSocket) (*corev3.TransportSocket, error) {
 	var v corev3.ProxyProtocolConfig_Version
 	switch version {
 	case bundle.ProxyProtocolV1:
@@ -430,16 +517,19 @@ func upstreamProxyProtocol(version string) (*corev3.TransportSocket, error) {
 	default:
 		return nil, fmt.Errorf("proxy_protocol %q is not v1 or v2", version)
 	}
-	raw, err := anypb.New(&rawbufferv3.RawBuffer{})
-	if err != nil {
-		return nil, err
-	}
-	pp, err := anypb.New(&upstreamproxyprotocolv3.ProxyProtocolUpstreamTransport{
-		Config: &corev3.ProxyProtocolConfig{Version: v},
-		TransportSocket: &corev3.TransportSocket{
+	if inner == nil {
+		raw, err := anypb.New(&rawbufferv3.RawBuffer{})
+		if err != nil {
+			return nil, err
+		}
+		inner = &corev3.TransportSocket{
 			Name:       wellknown.TransportSocketRawBuffer,
 			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw},
-		},
+		}
+	}
+	pp, err := anypb.New(&upstreamproxyprotocolv3.ProxyProtocolUpstreamTransport{
+		Config:          &corev3.ProxyProtocolConfig{Version: v},
+		TransportSocket: inner,
 	})
 	if err != nil {
 		return nil, err

@@ -14,11 +14,16 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	upstreamproxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -28,6 +33,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/flotilla-proxy/flotilla/agent/accesslog"
+	"github.com/flotilla-proxy/flotilla/agent/runtime"
 	"github.com/flotilla-proxy/flotilla/controlplane/bundle"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
@@ -54,6 +61,15 @@ var goldenCases = []goldenCase{
 	{"sni", []string{"testdata/sni.yaml"}, []map[string]string{{}}},
 	{"routes", []string{"testdata/routes.yaml"}, []map[string]string{{}}},
 	{"proxy-protocol", []string{"testdata/proxy-protocol.yaml"}, []map[string]string{{"dc": "ams"}}},
+	{"lb", []string{"testdata/lb.yaml"}, []map[string]string{{}}},
+	{"health", []string{"testdata/health.yaml"}, []map[string]string{{}}},
+	{"outlier", []string{"testdata/outlier.yaml"}, []map[string]string{{}}},
+	{"udp", []string{"testdata/udp.yaml"}, []map[string]string{{}}},
+	{"limits", []string{"testdata/limits.yaml"}, []map[string]string{{}}},
+	{"accesslog", []string{"testdata/accesslog.yaml"}, []map[string]string{{}}},
+	{"tls-termination", []string{"testdata/tls-termination.yaml"}, []map[string]string{{}, {"role": "edge"}}},
+	{"tls-origination", []string{"testdata/tls-origination.yaml"}, []map[string]string{{}}},
+	{"tls-example", []string{"../../examples/tls"}, []map[string]string{{}}},
 }
 
 // load reads, validates and merges a case's bundle.
@@ -79,6 +95,7 @@ func goldenJSON(t *testing.T, labels []map[string]string, res []*Resources) []by
 		Listeners []json.RawMessage `json:"listeners"`
 		Clusters  []json.RawMessage `json:"clusters"`
 		Endpoints []json.RawMessage `json:"endpoints"`
+		Secrets   []json.RawMessage `json:"secrets,omitempty"`
 	}
 	raw := func(m proto.Message) json.RawMessage {
 		b, err := protojson.Marshal(m)
@@ -103,6 +120,9 @@ func goldenJSON(t *testing.T, labels []map[string]string, res []*Resources) []by
 		for _, c := range r.Endpoints {
 			e.Endpoints = append(e.Endpoints, raw(c))
 		}
+		for _, s := range r.Secrets {
+			e.Secrets = append(e.Secrets, raw(s))
+		}
 		out = append(out, e)
 	}
 	compact, err := json.Marshal(out)
@@ -118,6 +138,9 @@ func goldenJSON(t *testing.T, labels []map[string]string, res []*Resources) []by
 }
 
 func TestGolden(t *testing.T) {
+	if *update {
+		writeTestCerts(t)
+	}
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
 			b := load(t, tc.inputs...)
@@ -152,7 +175,7 @@ func TestGolden(t *testing.T) {
 // by a case, and every golden file belongs to one. testdata/fuzz is the fuzz
 // corpus (FuzzCompile), which go test reads by itself.
 func TestGoldenCoversTestdata(t *testing.T) {
-	used := map[string]bool{filepath.Join("testdata", "fuzz"): true}
+	used := map[string]bool{filepath.Join("testdata", "fuzz"): true, certsDir: true}
 	for _, tc := range goldenCases {
 		used[filepath.Join("testdata", tc.name+".golden.json")] = true
 		for _, in := range tc.inputs {
@@ -233,6 +256,9 @@ func envoyValid(r *Resources) error {
 	}
 	for _, e := range r.Endpoints {
 		add(resourcev3.EndpointType, e.GetClusterName(), e)
+	}
+	for _, s := range r.Secrets {
+		add(resourcev3.SecretType, s.GetName(), s)
 	}
 	snap, err := cachev3.NewSnapshot("1", res)
 	if err != nil {
@@ -362,8 +388,8 @@ func TestCompileErrors(t *testing.T) {
 		want   string
 	}{
 		{"unknown cluster", func(b *configv1.Bundle) { b.Listeners[0].Tcp.Cluster = "pacs" }, `listener "l": tcp.cluster: unknown cluster "pacs"`},
-		{"no tcp", func(b *configv1.Bundle) { b.Listeners[0].Tcp = nil }, `listener "l": no tcp.cluster, sni or routes: nowhere to send connections`},
-		{"no tcp cluster", func(b *configv1.Bundle) { b.Listeners[0].Tcp.Cluster = "" }, `listener "l": no tcp.cluster, sni or routes: nowhere to send connections`},
+		{"no tcp", func(b *configv1.Bundle) { b.Listeners[0].Tcp = nil }, `listener "l": no tcp.cluster, udp.cluster, sni or routes: nowhere to send connections`},
+		{"no tcp cluster", func(b *configv1.Bundle) { b.Listeners[0].Tcp.Cluster = "" }, `listener "l": no tcp.cluster, udp.cluster, sni or routes: nowhere to send connections`},
 		{"bad listen address", func(b *configv1.Bundle) { b.Listeners[0].Address = "localhost:1" }, `listener "l": "localhost:1": host "localhost" is not an IP address (names are not resolved)`},
 		{"bad endpoint", func(b *configv1.Bundle) { b.Clusters[0].Endpoints[0].Address = "192.0.2.1" }, `cluster "c": endpoints[0]: "192.0.2.1" is not host:port (write IPv6 in brackets: "[2001:db8::1]:4242")`},
 		{"duplicate cluster", func(b *configv1.Bundle) { b.Clusters = append(b.Clusters, b.Clusters[0]) }, `cluster "c": defined twice`},
@@ -394,6 +420,46 @@ func TestCompileErrors(t *testing.T) {
 			b.Listeners[0].ProxyProtocol = &configv1.ProxyProtocolAccept{Trusted: []string{"10.0.0.0/8", ""}}
 		}, `listener "l": proxy_protocol.trusted: required: a CIDR such as "10.0.0.0/8" or an IP address`},
 		{"bad proxy protocol version", func(b *configv1.Bundle) { b.Clusters[0].ProxyProtocol = "v3" }, `cluster "c": proxy_protocol "v3" is not v1 or v2`},
+		{"udp and tcp", func(b *configv1.Bundle) { b.Listeners[0].Udp = &configv1.UdpProxy{Cluster: "c"} },
+			`listener "l": udp with tcp, sni or routes: a listener is either TCP or UDP`},
+		{"udp and sni", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Udp = &configv1.UdpProxy{Cluster: "c"}
+			b.Listeners[0].Sni = []*configv1.SniRoute{{Names: []string{"a.example"}, Cluster: "c"}}
+		}, `listener "l": udp with tcp, sni or routes: a listener is either TCP or UDP`},
+		{"udp without cluster", func(b *configv1.Bundle) { b.Listeners[0].Tcp, b.Listeners[0].Udp = nil, &configv1.UdpProxy{} },
+			`listener "l": no tcp.cluster, udp.cluster, sni or routes: nowhere to send connections`},
+		{"unknown udp cluster", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp, b.Listeners[0].Udp = nil, &configv1.UdpProxy{Cluster: "dns"}
+		},
+			`listener "l": udp.cluster: unknown cluster "dns"`},
+		{"udp to proxy protocol", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp, b.Listeners[0].Udp = nil, &configv1.UdpProxy{Cluster: "c"}
+			b.Clusters[0].ProxyProtocol = "v2"
+		}, `listener "l": udp.cluster: cluster "c" sends the PROXY protocol, which UDP cannot carry`},
+		{"udp proxy_protocol", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp, b.Listeners[0].Udp = nil, &configv1.UdpProxy{Cluster: "c"}
+			b.Listeners[0].ProxyProtocol = &configv1.ProxyProtocolAccept{Trusted: []string{"10.0.0.0/8"}}
+		}, `listener "l": sni, routes and proxy_protocol are only for tcp listeners`},
+		{"udp max_connections", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp, b.Listeners[0].Udp = nil, &configv1.UdpProxy{Cluster: "c"}
+			b.Listeners[0].MaxConnections = 1
+		}, `listener "l": max_connections is only for tcp listeners`},
+		{"bad lb", func(b *configv1.Bundle) { b.Clusters[0].Lb = "leastconn" }, `cluster "c": lb "leastconn" is not a load-balancing policy`},
+		{"empty health check", func(b *configv1.Bundle) { b.Clusters[0].HealthCheck = &configv1.HealthCheck{} },
+			`cluster "c": health_check: needs exactly one of tcp and http`},
+		{"expect without send", func(b *configv1.Bundle) {
+			b.Clusters[0].HealthCheck = &configv1.HealthCheck{Tcp: &configv1.TcpHealthCheck{Expect: "x"}}
+		}, `cluster "c": health_check: tcp.expect needs tcp.send`},
+		{"http without path", func(b *configv1.Bundle) {
+			b.Clusters[0].HealthCheck = &configv1.HealthCheck{Http: &configv1.HttpHealthCheck{}}
+		}, `cluster "c": health_check: http.path: required`},
+		{"bad status", func(b *configv1.Bundle) {
+			b.Clusters[0].HealthCheck = &configv1.HealthCheck{Http: &configv1.HttpHealthCheck{Path: "/", ExpectedStatuses: []uint32{600}}}
+		}, `cluster "c": health_check: http.expected_statuses: 600 is not an HTTP status`},
+		{"ejection percent", func(b *configv1.Bundle) {
+			b.Clusters[0].OutlierDetection = &configv1.OutlierDetection{MaxEjectionPercent: 101}
+		}, `cluster "c": outlier_detection.max_ejection_percent 101 is more than 100`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -600,6 +666,21 @@ func FuzzCompile(f *testing.F) {
 		}
 		f.Add(data)
 	}
+	// Corners of the cluster policies, UDP and access logs that the golden
+	// files do not hold: each valid or just off.
+	for _, s := range []string{
+		"listeners: [{name: u, address: ':53', udp: {cluster: c, idle_timeout: 1ms}, access_log: {path: '-', format: '${status}$status'}}]\nclusters: [{name: c, lb: maglev, max_connections: 1, endpoints: ['192.0.2.1:53']}]",
+		"listeners: [{name: u, address: ':53', udp: {cluster: c}, tcp: {cluster: c}}]\nclusters: [{name: c, endpoints: ['192.0.2.1:53']}]",
+		"listeners: [{name: u, address: ':53', udp: {cluster: c}}]\nclusters: [{name: c, proxy_protocol: v1, endpoints: ['192.0.2.1:53']}]",
+		"listeners: [{name: t, address: ':1', max_connections: 4294967295, routes: [{cluster: c}], access_log: {path: /x, format: '%'}}]\nclusters: [{name: c, endpoints: ['192.0.2.1:1']}]",
+		"listeners: [{name: t, address: ':1', tcp: {cluster: c}}]\nclusters: [{name: c, health_check: {interval: 1ns, timeout: 1ns, healthy_threshold: 4294967295, http: {path: /, host: h, expected_statuses: [100, 599]}}, outlier_detection: {max_ejection_percent: 100, consecutive_failures: 4294967295}, endpoints: ['192.0.2.1:1']}]",
+		"listeners: [{name: t, address: ':1', tcp: {cluster: c}}]\nclusters: [{name: c, health_check: {tcp: {send: \"\\0\", expect: \"\\xff\"}}, endpoints: ['192.0.2.1:1']}]",
+	} {
+		f.Add([]byte(s))
+	}
+	for _, s := range tlsFuzzSeeds(f) {
+		f.Add(s)
+	}
 	labelSets := []map[string]string{nil, {"dc": "ams", "role": "edge"}, {"dc": "fra", "role": "internal", "canary": "true"}}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := bundle.Parse("f.yaml", data)
@@ -649,6 +730,12 @@ func TestCompileRandomRouting(t *testing.T) {
 		if rng.IntN(4) == 0 {
 			l.PrereadTimeout = durationpb.New(time.Duration(rng.IntN(3)) * time.Second)
 		}
+		if rng.IntN(4) == 0 {
+			l.MaxConnections = uint32(rng.IntN(3))
+		}
+		if rng.IntN(4) == 0 {
+			l.AccessLog = &configv1.AccessLog{Path: []string{"-", "/var/log/a.log", "rel.log"}[rng.IntN(3)], Format: []string{"", "json", "$remote_addr $cluster", "$nope"}[rng.IntN(4)]}
+		}
 		for range rng.IntN(3) {
 			l.Sni = append(l.Sni, &configv1.SniRoute{Names: pick(names), Cluster: clusterNames[rng.IntN(len(clusterNames))]})
 		}
@@ -668,7 +755,7 @@ func TestCompileRandomRouting(t *testing.T) {
 		b := &configv1.Bundle{
 			Listeners: []*configv1.Listener{l},
 			Clusters: []*configv1.Cluster{
-				{Name: "c", Endpoints: []*configv1.Endpoint{{Address: "192.0.2.1:1"}}},
+				{Name: "c", Lb: bundle.LBPolicies[rng.IntN(len(bundle.LBPolicies))], Endpoints: []*configv1.Endpoint{{Address: "192.0.2.1:1"}}},
 				{Name: "pp", ProxyProtocol: []string{"v1", "v2"}[rng.IntN(2)], Endpoints: []*configv1.Endpoint{{Address: "192.0.2.2:1"}}},
 			},
 		}
@@ -696,4 +783,120 @@ func TestCompileRandomRouting(t *testing.T) {
 		t.Errorf("only %d of 3000 random bundles were valid: the generator needs better odds", valid)
 	}
 	t.Logf("%d valid bundles compiled", valid)
+}
+
+// TestAccessLogsParseOnTheAgent checks that every access log the compiler
+// emits is one the agent's parser (accesslog.ParseEnvoyFormat) accepts, and
+// that "json" carries a key per variable of the agent's JSON lines.
+func TestAccessLogsParseOnTheAgent(t *testing.T) {
+	r, err := Compile(load(t, "testdata/accesslog.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []*accesslogv3.AccessLog
+	for _, l := range r.Listeners {
+		for _, lf := range l.GetListenerFilters() {
+			udp := &udpproxyv3.UdpProxyConfig{}
+			if lf.GetTypedConfig().UnmarshalTo(udp) == nil {
+				logs = append(logs, udp.GetAccessLog()...)
+			}
+		}
+		chains := append(slices.Clone(l.GetFilterChains()), l.GetDefaultFilterChain())
+		for _, c := range chains {
+			for _, f := range c.GetFilters() {
+				tp := &tcpproxyv3.TcpProxy{}
+				if f.GetTypedConfig().UnmarshalTo(tp) == nil {
+					logs = append(logs, tp.GetAccessLog()...)
+				}
+			}
+		}
+	}
+	if len(logs) != 4 { // dns, edge's two chains, web
+		t.Fatalf("%d access logs, want 4", len(logs))
+	}
+	for i, al := range logs {
+		fl := &filev3.FileAccessLog{}
+		if err := al.GetTypedConfig().UnmarshalTo(fl); err != nil {
+			t.Fatal(err)
+		}
+		var js map[string]string
+		if st := fl.GetLogFormat().GetJsonFormat(); st != nil {
+			js = map[string]string{}
+			for k, v := range st.GetFields() {
+				js[k] = v.GetStringValue()
+			}
+			if _, ok := js["remote_addr"]; !ok || len(js) < 18 {
+				t.Errorf("log %d: json_format %v lacks variables", i, js)
+			}
+		}
+		text := fl.GetLogFormat().GetTextFormatSource().GetInlineString()
+		if js == nil && !strings.HasSuffix(text, "\n") {
+			t.Errorf("log %d: text format %q does not end a line", i, text)
+		}
+		if _, err := accesslog.ParseEnvoyFormat(text, js); err != nil {
+			t.Errorf("log %d (%s): the agent refuses it: %v", i, fl.GetPath(), err)
+		}
+	}
+}
+
+// TestDocsOperatorTable keeps the access-log variable table of
+// docs/config.md equal to the one table the compiler uses.
+func TestDocsOperatorTable(t *testing.T) {
+	data, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := 0
+	for line := range strings.SplitSeq(string(data), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 5 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`$") {
+			continue
+		}
+		rows++
+		v := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		op := strings.Trim(strings.TrimSpace(cells[3]), "`")
+		if want, ok := accesslog.EnvoyOperator(v); !ok || op != want {
+			t.Errorf("docs/config.md: %s is sent as %s, but the compiler sends %q (known: %v)", v, op, want, ok)
+		}
+	}
+	if rows < 19 {
+		t.Errorf("docs/config.md lists %d access-log variables, want every one (at least 19)", rows)
+	}
+}
+
+// TestAgentAccepts runs every golden case through the agent's own
+// validation and graph building (runtime.Build): whatever the compiler
+// emits, flotilla-agent must take without a NACK.
+func TestAgentAccepts(t *testing.T) {
+	for _, tc := range goldenCases {
+		for _, labels := range tc.labels {
+			t.Run(fmt.Sprintf("%s/%v", tc.name, labels), func(t *testing.T) {
+				r, err := Compile(load(t, tc.inputs...), labels)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rr := &runtime.Resources{
+					Listeners: map[string]*listenerv3.Listener{},
+					Clusters:  map[string]*clusterv3.Cluster{},
+					Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+				}
+				for _, l := range r.Listeners {
+					rr.Listeners[l.GetName()] = l
+				}
+				for _, c := range r.Clusters {
+					rr.Clusters[c.GetName()] = c
+				}
+				for _, e := range r.Endpoints {
+					rr.Endpoints[e.GetClusterName()] = e
+				}
+				rr.Secrets = map[string]*tlsv3.Secret{}
+				for _, s := range r.Secrets {
+					rr.Secrets[s.GetName()] = s
+				}
+				if _, err := runtime.Build(rr); err != nil {
+					t.Errorf("the agent refuses it: %v", err)
+				}
+			})
+		}
+	}
 }

@@ -30,7 +30,7 @@ import (
 )
 
 // TrackedTypes are the resource types reported per agent, in push order.
-var TrackedTypes = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
+var TrackedTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType}
 
 // ShortName returns the xDS short name of a type URL (CDS, EDS, LDS, RDS, SDS)
 // or the type URL itself.

@@ -140,10 +140,10 @@ func TestRelabelWhileOldStreamOpen(t *testing.T) {
 	nw.send(resource.ListenerType, "1", lds.GetNonce(), nil, "")
 	waitFor(t, "LDS acked", func() bool {
 		a := s.Agents(nil)
-		return len(a) == 1 && a[0].GetResources()[2].GetAcked() == "1"
+		return len(a) == 1 && resourceStatus(a[0], "LDS").GetAcked() == "1"
 	})
 	a := s.Agents(nil)[0]
-	t.Logf("labels=%v LDS=%v", a.GetLabels(), a.GetResources()[2])
+	t.Logf("labels=%v LDS=%v", a.GetLabels(), resourceStatus(a, "LDS"))
 	if a.GetLabels()["role"] != "edge" || len(s.Agents(map[string]string{"role": "edge"})) != 1 {
 		t.Fatalf("registry shows labels %v for an agent whose newest stream says role=edge", a.GetLabels())
 	}

@@ -6,7 +6,9 @@
 // agents. When a version is set, the bundle is compiled once per group and
 // each resource type gets a new version only if its content changed for that
 // group; an unchanged type is not pushed again. ADS responses go out in
-// make-before-break order (CDS, EDS, LDS), and a version an agent NACKed is
+// make-before-break order (CDS, EDS, LDS; go-control-plane sends SDS last,
+// and agents wait for the secrets a listener or cluster names as they wait
+// for EDS), and a version an agent NACKed is
 // never pushed to that agent again (see nackAwareCache).
 package xds
 
@@ -25,6 +27,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
@@ -109,7 +112,11 @@ type typeVersion struct {
 }
 
 // pushTypes are the types in a snapshot, in push order.
-var pushTypes = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
+// SDS is listed before LDS as in Envoy's make-before-break order; the
+// ordered ADS server of go-control-plane sends it after LDS all the same,
+// which is correct because agents wait for the secrets a listener or cluster
+// names, as they wait for EDS.
+var pushTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType}
 
 // New returns a Server with no configuration: agents that connect wait until
 // SetVersion is called.
@@ -136,6 +143,7 @@ func (s *Server) Register(g *grpc.Server) {
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+	secretservice.RegisterSecretDiscoveryServiceServer(g, s.xds)
 }
 
 // Agents returns the connected agents matching selector.
@@ -268,6 +276,7 @@ func (s *Server) build(key string, cfg *configState) error {
 		resource.ClusterType:  asResources(res.Clusters),
 		resource.EndpointType: asResources(res.Endpoints),
 		resource.ListenerType: asResources(res.Listeners),
+		resource.SecretType:   asResources(res.Secrets),
 	}
 	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
 	next := make(map[string]typeVersion, len(items))

@@ -280,6 +280,9 @@ func TestGroupsBySelector(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// The previous subtest's stream ends when its context is
+			// cancelled, which the server sees a moment later.
+			waitFor(t, "no agent connected", func() bool { return len(s.Agents(nil)) == 0 })
 			c := newADS(t, conn, node(tt.name, tt.labels))
 			c.send(resource.ListenerType, "", "", nil, "")
 			lds := c.next(resource.ListenerType, "1")

@@ -120,7 +120,25 @@ type Listener struct {
 	// any of SNI, ALPN, transport, client CIDRs, server address and server port,
 	// and proxies what it matches to a cluster. The most specific match wins, in
 	// Envoy's filter_chain_match order.
-	Routes        []*StreamRoute `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
+	Routes []*StreamRoute `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
+	// Udp proxies UDP datagrams to a cluster (nginx `listen 53 udp;` with
+	// `proxy_pass`, HAProxy has no UDP). A listener has exactly one of tcp and
+	// udp; sni, routes and proxy_protocol are for tcp only. UDP listeners share
+	// ports with TCP listeners freely.
+	Udp *UdpProxy `protobuf:"bytes,9,opt,name=udp,proto3" json:"udp,omitempty"`
+	// MaxConnections limits the open downstream connections of a TCP listener,
+	// counted across all its routes; over it, new connections are closed at
+	// once and counted (nginx `limit_conn` on the server, HAProxy `maxconn` on
+	// a frontend). 0 or absent: no limit.
+	MaxConnections uint32 `protobuf:"varint,10,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// AccessLog writes one line per connection (TCP) or session (UDP), like
+	// nginx `access_log` with a `log_format` in `stream {}`. Absent: no log.
+	AccessLog *AccessLog `protobuf:"bytes,11,opt,name=access_log,json=accessLog,proto3" json:"access_log,omitempty"`
+	// Tls terminates TLS on this listener (nginx stream `listen … ssl`,
+	// HAProxy `bind … ssl crt`): the agent completes the handshake and proxies
+	// the plaintext. With sni or routes, routing uses the SNI of the ClientHello.
+	// TCP listeners only. Absent: connections are proxied as they are.
+	Tls           *ListenerTls `protobuf:"bytes,12,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -211,6 +229,352 @@ func (x *Listener) GetRoutes() []*StreamRoute {
 	return nil
 }
 
+func (x *Listener) GetUdp() *UdpProxy {
+	if x != nil {
+		return x.Udp
+	}
+	return nil
+}
+
+func (x *Listener) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *Listener) GetAccessLog() *AccessLog {
+	if x != nil {
+		return x.AccessLog
+	}
+	return nil
+}
+
+func (x *Listener) GetTls() *ListenerTls {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+// ListenerTls is the TLS termination of a listener.
+type ListenerTls struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Certificates are the certificates the listener serves, each with its
+	// private key (nginx `ssl_certificate` / `ssl_certificate_key`). The agent
+	// picks one per connection by the client's SNI against each certificate's
+	// DNS names (exact, then "*." wildcard), the first one otherwise. At least
+	// one.
+	Certificates []*TlsCertificate `protobuf:"bytes,1,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	// ClientCa turns on mTLS: clients must present a certificate signed by one
+	// of these CA certificates (nginx `ssl_verify_client on` with
+	// `ssl_client_certificate`). Absent: no client certificates are asked for.
+	ClientCa *PemSource `protobuf:"bytes,2,opt,name=client_ca,json=clientCa,proto3" json:"client_ca,omitempty"`
+	// Alpn lists the ALPN protocols offered, in order of preference, such as
+	// "postgresql" or "h2" (nginx `ssl_alpn`). Empty: no ALPN.
+	Alpn []string `protobuf:"bytes,3,rep,name=alpn,proto3" json:"alpn,omitempty"`
+	// MinVersion is the lowest TLS version accepted: "1.2" (the default) or
+	// "1.3" (nginx `ssl_protocols`).
+	MinVersion    string `protobuf:"bytes,4,opt,name=min_version,json=minVersion,proto3" json:"min_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListenerTls) Reset() {
+	*x = ListenerTls{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListenerTls) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListenerTls) ProtoMessage() {}
+
+func (x *ListenerTls) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListenerTls.ProtoReflect.Descriptor instead.
+func (*ListenerTls) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListenerTls) GetCertificates() []*TlsCertificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *ListenerTls) GetClientCa() *PemSource {
+	if x != nil {
+		return x.ClientCa
+	}
+	return nil
+}
+
+func (x *ListenerTls) GetAlpn() []string {
+	if x != nil {
+		return x.Alpn
+	}
+	return nil
+}
+
+func (x *ListenerTls) GetMinVersion() string {
+	if x != nil {
+		return x.MinVersion
+	}
+	return ""
+}
+
+// TlsCertificate is a certificate chain with its private key.
+type TlsCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cert is the PEM certificate chain, leaf first.
+	Cert *PemSource `protobuf:"bytes,1,opt,name=cert,proto3" json:"cert,omitempty"`
+	// Key is the PEM private key of the leaf. It is stored with the config
+	// version and sent only to agents: every other output shows its hash.
+	Key           *PemSource `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TlsCertificate) Reset() {
+	*x = TlsCertificate{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TlsCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TlsCertificate) ProtoMessage() {}
+
+func (x *TlsCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TlsCertificate.ProtoReflect.Descriptor instead.
+func (*TlsCertificate) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TlsCertificate) GetCert() *PemSource {
+	if x != nil {
+		return x.Cert
+	}
+	return nil
+}
+
+func (x *TlsCertificate) GetKey() *PemSource {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// PemSource is PEM data. In YAML it is written as a plain string, the path of
+// a PEM file relative to the YAML file; flotctl reads the file when it loads
+// the config, so the stored version holds the PEM itself.
+type PemSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// File is the path the PEM was read from, kept for error messages only.
+	File string `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"`
+	// Pem is the PEM data.
+	Pem           string `protobuf:"bytes,2,opt,name=pem,proto3" json:"pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PemSource) Reset() {
+	*x = PemSource{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PemSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PemSource) ProtoMessage() {}
+
+func (x *PemSource) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PemSource.ProtoReflect.Descriptor instead.
+func (*PemSource) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PemSource) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *PemSource) GetPem() string {
+	if x != nil {
+		return x.Pem
+	}
+	return ""
+}
+
+// UdpProxy proxies UDP datagrams to one endpoint of a cluster per session: a
+// session is one client address and port; replies from the endpoint go back
+// to that client.
+type UdpProxy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster names the cluster to proxy to (nginx `proxy_pass`). It may not
+	// send the PROXY protocol.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// IdleTimeout ends a session with no datagram in either direction for
+	// this long (nginx `proxy_timeout`). Default 60s.
+	IdleTimeout   *durationpb.Duration `protobuf:"bytes,2,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UdpProxy) Reset() {
+	*x = UdpProxy{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UdpProxy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UdpProxy) ProtoMessage() {}
+
+func (x *UdpProxy) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UdpProxy.ProtoReflect.Descriptor instead.
+func (*UdpProxy) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UdpProxy) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *UdpProxy) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+// AccessLog says where and how a listener logs its connections.
+type AccessLog struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path is the file to append to, absolute, or "-" or "stdout" for the
+	// agent's standard output (nginx `access_log <path>`). Required.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Format is "json" (the default: one JSON object per line, keys named like
+	// the nginx variables) or an nginx-style `log_format` string with
+	// $variables: $remote_addr $remote_port $server_addr $server_port $protocol
+	// $status $bytes_sent $bytes_received $session_time $upstream_addr
+	// $upstream_bytes_sent $upstream_bytes_received $upstream_connect_time
+	// $ssl_preread_server_name $time_local $time_iso8601 $start_time $msec
+	// $listener $cluster $filter_chain. Write ${name} when a letter, digit or
+	// '_' follows. Each variable is sent to agents as an Envoy command
+	// operator and printed as Envoy would: durations in milliseconds, times
+	// at the start of the connection in UTC. A literal '%' is refused.
+	Format        string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessLog) Reset() {
+	*x = AccessLog{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessLog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessLog) ProtoMessage() {}
+
+func (x *AccessLog) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessLog.ProtoReflect.Descriptor instead.
+func (*AccessLog) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AccessLog) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *AccessLog) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
 // ProxyProtocolAccept says whom a listener accepts the PROXY protocol from.
 type ProxyProtocolAccept struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -225,7 +589,7 @@ type ProxyProtocolAccept struct {
 
 func (x *ProxyProtocolAccept) Reset() {
 	*x = ProxyProtocolAccept{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +601,7 @@ func (x *ProxyProtocolAccept) String() string {
 func (*ProxyProtocolAccept) ProtoMessage() {}
 
 func (x *ProxyProtocolAccept) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +614,7 @@ func (x *ProxyProtocolAccept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyProtocolAccept.ProtoReflect.Descriptor instead.
 func (*ProxyProtocolAccept) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProxyProtocolAccept) GetTrusted() []string {
@@ -275,7 +639,7 @@ type SniRoute struct {
 
 func (x *SniRoute) Reset() {
 	*x = SniRoute{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +651,7 @@ func (x *SniRoute) String() string {
 func (*SniRoute) ProtoMessage() {}
 
 func (x *SniRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +664,7 @@ func (x *SniRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SniRoute.ProtoReflect.Descriptor instead.
 func (*SniRoute) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SniRoute) GetNames() []string {
@@ -335,7 +699,7 @@ type StreamRoute struct {
 
 func (x *StreamRoute) Reset() {
 	*x = StreamRoute{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +711,7 @@ func (x *StreamRoute) String() string {
 func (*StreamRoute) ProtoMessage() {}
 
 func (x *StreamRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +724,7 @@ func (x *StreamRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRoute.ProtoReflect.Descriptor instead.
 func (*StreamRoute) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StreamRoute) GetName() string {
@@ -413,7 +777,7 @@ type StreamMatch struct {
 
 func (x *StreamMatch) Reset() {
 	*x = StreamMatch{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +789,7 @@ func (x *StreamMatch) String() string {
 func (*StreamMatch) ProtoMessage() {}
 
 func (x *StreamMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +802,7 @@ func (x *StreamMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMatch.ProtoReflect.Descriptor instead.
 func (*StreamMatch) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamMatch) GetSni() []string {
@@ -500,7 +864,7 @@ type TcpProxy struct {
 
 func (x *TcpProxy) Reset() {
 	*x = TcpProxy{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +876,7 @@ func (x *TcpProxy) String() string {
 func (*TcpProxy) ProtoMessage() {}
 
 func (x *TcpProxy) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +889,7 @@ func (x *TcpProxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpProxy.ProtoReflect.Descriptor instead.
 func (*TcpProxy) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TcpProxy) GetCluster() string {
@@ -565,13 +929,38 @@ type Cluster struct {
 	// carrying the client's address (nginx `proxy_protocol on`, HAProxy
 	// `server … send-proxy` / `send-proxy-v2`). Empty sends none.
 	ProxyProtocol string `protobuf:"bytes,4,opt,name=proxy_protocol,json=proxyProtocol,proto3" json:"proxy_protocol,omitempty"`
+	// Lb is how connections are spread over the endpoints: "round_robin" (the
+	// default, weighted; nginx's default, HAProxy `balance roundrobin`),
+	// "least_request" (the fewer active connections of two random endpoints;
+	// nginx `least_conn`, HAProxy `balance leastconn`), "ring_hash" or "maglev"
+	// (consistent hashing of the client's address; nginx
+	// `hash $remote_addr consistent`, HAProxy `balance source` with
+	// `hash-type consistent`) or "random" (nginx `random`).
+	Lb string `protobuf:"bytes,5,opt,name=lb,proto3" json:"lb,omitempty"`
+	// HealthCheck actively probes every endpoint; endpoints that fail are
+	// taken out of the rotation until they pass again (HAProxy `check`, nginx
+	// Plus `health_check`). Absent: no active checks.
+	HealthCheck *HealthCheck `protobuf:"bytes,6,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	// OutlierDetection ejects an endpoint after consecutive connection
+	// failures of real traffic, for a time that grows each time it is ejected
+	// (nginx `max_fails` / `fail_timeout`, HAProxy `observe layer4` with
+	// `on-error mark-down`). Absent: no passive checks.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,7,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	// MaxConnections bounds the open connections (UDP: sessions) to all of
+	// this cluster's endpoints together on one agent; over it, new connections
+	// are refused and counted (HAProxy `maxconn` on the servers, nginx
+	// `max_conns` per server). Default 1024.
+	MaxConnections uint32 `protobuf:"varint,8,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	// Tls originates TLS to the endpoints (nginx `proxy_ssl on`, HAProxy
+	// `server … ssl`). Absent: plain TCP.
+	Tls           *ClusterTls `protobuf:"bytes,9,opt,name=tls,proto3" json:"tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +972,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +985,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cluster) GetName() string {
@@ -627,6 +1016,439 @@ func (x *Cluster) GetProxyProtocol() string {
 	return ""
 }
 
+func (x *Cluster) GetLb() string {
+	if x != nil {
+		return x.Lb
+	}
+	return ""
+}
+
+func (x *Cluster) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+func (x *Cluster) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+func (x *Cluster) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *Cluster) GetTls() *ClusterTls {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+// ClusterTls is the TLS origination of a cluster. Exactly one of ca and
+// insecure_skip_verify is required.
+type ClusterTls struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sni is the server name sent to the endpoints (nginx `proxy_ssl_name`
+	// with `proxy_ssl_server_name on`). Not with pass_client_sni.
+	Sni string `protobuf:"bytes,1,opt,name=sni,proto3" json:"sni,omitempty"`
+	// PassClientSni sends the client's SNI (from the terminated handshake or
+	// the peeked ClientHello) instead of a fixed one (nginx
+	// `proxy_ssl_name $ssl_preread_server_name`). Not with sni.
+	PassClientSni bool `protobuf:"varint,2,opt,name=pass_client_sni,json=passClientSni,proto3" json:"pass_client_sni,omitempty"`
+	// Ca is the CA certificates the endpoints' certificates must chain to
+	// (nginx `proxy_ssl_trusted_certificate` with `proxy_ssl_verify on`).
+	Ca *PemSource `protobuf:"bytes,3,opt,name=ca,proto3" json:"ca,omitempty"`
+	// VerifyName is the DNS name the endpoints' certificates must carry
+	// (nginx `proxy_ssl_name` for verification). Default: sni, or with
+	// pass_client_sni the SNI sent.
+	VerifyName string `protobuf:"bytes,4,opt,name=verify_name,json=verifyName,proto3" json:"verify_name,omitempty"`
+	// InsecureSkipVerify does not verify the endpoints at all (nginx's
+	// default `proxy_ssl_verify off`): anyone on the path can read and change
+	// the traffic. Only without ca.
+	InsecureSkipVerify bool `protobuf:"varint,5,opt,name=insecure_skip_verify,json=insecureSkipVerify,proto3" json:"insecure_skip_verify,omitempty"`
+	// ClientCertificate is presented to the endpoints that ask for one: mTLS
+	// to the upstream (nginx `proxy_ssl_certificate` /
+	// `proxy_ssl_certificate_key`).
+	ClientCertificate *TlsCertificate `protobuf:"bytes,6,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ClusterTls) Reset() {
+	*x = ClusterTls{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTls) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTls) ProtoMessage() {}
+
+func (x *ClusterTls) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTls.ProtoReflect.Descriptor instead.
+func (*ClusterTls) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ClusterTls) GetSni() string {
+	if x != nil {
+		return x.Sni
+	}
+	return ""
+}
+
+func (x *ClusterTls) GetPassClientSni() bool {
+	if x != nil {
+		return x.PassClientSni
+	}
+	return false
+}
+
+func (x *ClusterTls) GetCa() *PemSource {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+func (x *ClusterTls) GetVerifyName() string {
+	if x != nil {
+		return x.VerifyName
+	}
+	return ""
+}
+
+func (x *ClusterTls) GetInsecureSkipVerify() bool {
+	if x != nil {
+		return x.InsecureSkipVerify
+	}
+	return false
+}
+
+func (x *ClusterTls) GetClientCertificate() *TlsCertificate {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return nil
+}
+
+// HealthCheck is an active health check of every endpoint of a cluster:
+// exactly one of tcp and http.
+type HealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Interval is the time between two checks of one endpoint (HAProxy
+	// `inter`, nginx Plus `interval`). Default 5s.
+	Interval *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Timeout bounds one check (HAProxy `timeout check`). Default 2s.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// HealthyThreshold is how many checks in a row must pass to put an
+	// unhealthy endpoint back (HAProxy `rise`, nginx Plus `passes`). Default 2.
+	HealthyThreshold uint32 `protobuf:"varint,3,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`
+	// UnhealthyThreshold is how many checks in a row must fail to take an
+	// endpoint out (HAProxy `fall`, nginx Plus `fails`). Default 3.
+	UnhealthyThreshold uint32 `protobuf:"varint,4,opt,name=unhealthy_threshold,json=unhealthyThreshold,proto3" json:"unhealthy_threshold,omitempty"`
+	// Tcp checks that a connection opens and, with send, that the reply
+	// starts with expect (HAProxy `tcp-check send` / `tcp-check expect`,
+	// nginx Plus `match` with `send` / `expect`).
+	Tcp *TcpHealthCheck `protobuf:"bytes,5,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	// Http sends an HTTP/1.1 GET and checks the status (HAProxy
+	// `option httpchk`, nginx Plus `health_check uri=`).
+	Http          *HttpHealthCheck `protobuf:"bytes,6,opt,name=http,proto3" json:"http,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HealthCheck) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHealthyThreshold() uint32 {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetUnhealthyThreshold() uint32 {
+	if x != nil {
+		return x.UnhealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetTcp() *TcpHealthCheck {
+	if x != nil {
+		return x.Tcp
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHttp() *HttpHealthCheck {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+// TcpHealthCheck is a TCP health check: connect only when empty.
+type TcpHealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Send is written to the endpoint after connecting, such as "PING\r\n".
+	Send string `protobuf:"bytes,1,opt,name=send,proto3" json:"send,omitempty"`
+	// Expect must be found in what the endpoint sends back, such as "+PONG".
+	// Only with send.
+	Expect        string `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TcpHealthCheck) Reset() {
+	*x = TcpHealthCheck{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TcpHealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TcpHealthCheck) ProtoMessage() {}
+
+func (x *TcpHealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TcpHealthCheck.ProtoReflect.Descriptor instead.
+func (*TcpHealthCheck) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TcpHealthCheck) GetSend() string {
+	if x != nil {
+		return x.Send
+	}
+	return ""
+}
+
+func (x *TcpHealthCheck) GetExpect() string {
+	if x != nil {
+		return x.Expect
+	}
+	return ""
+}
+
+// HttpHealthCheck is an HTTP health check.
+type HttpHealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path is the request path, starting with "/". Required.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Host is the Host header. Default: the cluster's name.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// ExpectedStatuses are the statuses that pass, 100 to 599. Default: any
+	// 2xx or 3xx.
+	ExpectedStatuses []uint32 `protobuf:"varint,3,rep,packed,name=expected_statuses,json=expectedStatuses,proto3" json:"expected_statuses,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *HttpHealthCheck) Reset() {
+	*x = HttpHealthCheck{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpHealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpHealthCheck) ProtoMessage() {}
+
+func (x *HttpHealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpHealthCheck.ProtoReflect.Descriptor instead.
+func (*HttpHealthCheck) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *HttpHealthCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HttpHealthCheck) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HttpHealthCheck) GetExpectedStatuses() []uint32 {
+	if x != nil {
+		return x.ExpectedStatuses
+	}
+	return nil
+}
+
+// OutlierDetection ejects endpoints whose real connections keep failing.
+type OutlierDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ConsecutiveFailures is how many connection failures in a row eject an
+	// endpoint (nginx `max_fails`, HAProxy `error-limit`). Default 5.
+	ConsecutiveFailures uint32 `protobuf:"varint,1,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// BaseEjectionTime is how long an endpoint is ejected the first time,
+	// multiplied by the number of times it has been ejected (nginx
+	// `fail_timeout`). Default 30s.
+	BaseEjectionTime *durationpb.Duration `protobuf:"bytes,2,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
+	// MaxEjectionPercent caps the share of a cluster's endpoints ejected at
+	// once, 0 to 100; one endpoint may always be ejected. Default 10.
+	MaxEjectionPercent uint32 `protobuf:"varint,3,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	// Interval is how often ejections are reviewed and ended. Default 10s.
+	Interval      *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTime() *durationpb.Duration {
+	if x != nil {
+		return x.BaseEjectionTime
+	}
+	return nil
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
 // Endpoint is one upstream server.
 type Endpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -640,7 +1462,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +1474,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +1487,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -689,7 +1511,7 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\x1fflotilla/config/v1/config.proto\x12\x12flotilla.config.v1\x1a\x1egoogle/protobuf/duration.proto\"}\n" +
 	"\x06Bundle\x12:\n" +
 	"\tlisteners\x18\x01 \x03(\v2\x1c.flotilla.config.v1.ListenerR\tlisteners\x127\n" +
-	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\"\xe2\x03\n" +
+	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\"\xac\x05\n" +
 	"\bListener\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12@\n" +
@@ -698,10 +1520,34 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\x0eproxy_protocol\x18\x05 \x01(\v2'.flotilla.config.v1.ProxyProtocolAcceptR\rproxyProtocol\x12B\n" +
 	"\x0fpreread_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0eprereadTimeout\x12.\n" +
 	"\x03sni\x18\a \x03(\v2\x1c.flotilla.config.v1.SniRouteR\x03sni\x127\n" +
-	"\x06routes\x18\b \x03(\v2\x1f.flotilla.config.v1.StreamRouteR\x06routes\x1a9\n" +
+	"\x06routes\x18\b \x03(\v2\x1f.flotilla.config.v1.StreamRouteR\x06routes\x12.\n" +
+	"\x03udp\x18\t \x01(\v2\x1c.flotilla.config.v1.UdpProxyR\x03udp\x12'\n" +
+	"\x0fmax_connections\x18\n" +
+	" \x01(\rR\x0emaxConnections\x12<\n" +
+	"\n" +
+	"access_log\x18\v \x01(\v2\x1d.flotilla.config.v1.AccessLogR\taccessLog\x121\n" +
+	"\x03tls\x18\f \x01(\v2\x1f.flotilla.config.v1.ListenerTlsR\x03tls\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"/\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc6\x01\n" +
+	"\vListenerTls\x12F\n" +
+	"\fcertificates\x18\x01 \x03(\v2\".flotilla.config.v1.TlsCertificateR\fcertificates\x12:\n" +
+	"\tclient_ca\x18\x02 \x01(\v2\x1d.flotilla.config.v1.PemSourceR\bclientCa\x12\x12\n" +
+	"\x04alpn\x18\x03 \x03(\tR\x04alpn\x12\x1f\n" +
+	"\vmin_version\x18\x04 \x01(\tR\n" +
+	"minVersion\"t\n" +
+	"\x0eTlsCertificate\x121\n" +
+	"\x04cert\x18\x01 \x01(\v2\x1d.flotilla.config.v1.PemSourceR\x04cert\x12/\n" +
+	"\x03key\x18\x02 \x01(\v2\x1d.flotilla.config.v1.PemSourceR\x03key\"1\n" +
+	"\tPemSource\x12\x12\n" +
+	"\x04file\x18\x01 \x01(\tR\x04file\x12\x10\n" +
+	"\x03pem\x18\x02 \x01(\tR\x03pem\"b\n" +
+	"\bUdpProxy\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
+	"\fidle_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\"7\n" +
+	"\tAccessLog\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\"/\n" +
 	"\x13ProxyProtocolAccept\x12\x18\n" +
 	"\atrusted\x18\x01 \x03(\tR\atrusted\":\n" +
 	"\bSniRoute\x12\x14\n" +
@@ -722,12 +1568,45 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\bTcpProxy\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
 	"\fidle_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
-	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xc4\x01\n" +
+	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xc6\x03\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1c.flotilla.config.v1.EndpointR\tendpoints\x12B\n" +
 	"\x0fconnect_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\x12%\n" +
-	"\x0eproxy_protocol\x18\x04 \x01(\tR\rproxyProtocol\"<\n" +
+	"\x0eproxy_protocol\x18\x04 \x01(\tR\rproxyProtocol\x12\x0e\n" +
+	"\x02lb\x18\x05 \x01(\tR\x02lb\x12B\n" +
+	"\fhealth_check\x18\x06 \x01(\v2\x1f.flotilla.config.v1.HealthCheckR\vhealthCheck\x12Q\n" +
+	"\x11outlier_detection\x18\a \x01(\v2$.flotilla.config.v1.OutlierDetectionR\x10outlierDetection\x12'\n" +
+	"\x0fmax_connections\x18\b \x01(\rR\x0emaxConnections\x120\n" +
+	"\x03tls\x18\t \x01(\v2\x1e.flotilla.config.v1.ClusterTlsR\x03tls\"\x9b\x02\n" +
+	"\n" +
+	"ClusterTls\x12\x10\n" +
+	"\x03sni\x18\x01 \x01(\tR\x03sni\x12&\n" +
+	"\x0fpass_client_sni\x18\x02 \x01(\bR\rpassClientSni\x12-\n" +
+	"\x02ca\x18\x03 \x01(\v2\x1d.flotilla.config.v1.PemSourceR\x02ca\x12\x1f\n" +
+	"\vverify_name\x18\x04 \x01(\tR\n" +
+	"verifyName\x120\n" +
+	"\x14insecure_skip_verify\x18\x05 \x01(\bR\x12insecureSkipVerify\x12Q\n" +
+	"\x12client_certificate\x18\x06 \x01(\v2\".flotilla.config.v1.TlsCertificateR\x11clientCertificate\"\xc6\x02\n" +
+	"\vHealthCheck\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
+	"\x11healthy_threshold\x18\x03 \x01(\rR\x10healthyThreshold\x12/\n" +
+	"\x13unhealthy_threshold\x18\x04 \x01(\rR\x12unhealthyThreshold\x124\n" +
+	"\x03tcp\x18\x05 \x01(\v2\".flotilla.config.v1.TcpHealthCheckR\x03tcp\x127\n" +
+	"\x04http\x18\x06 \x01(\v2#.flotilla.config.v1.HttpHealthCheckR\x04http\"<\n" +
+	"\x0eTcpHealthCheck\x12\x12\n" +
+	"\x04send\x18\x01 \x01(\tR\x04send\x12\x16\n" +
+	"\x06expect\x18\x02 \x01(\tR\x06expect\"f\n" +
+	"\x0fHttpHealthCheck\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12+\n" +
+	"\x11expected_statuses\x18\x03 \x03(\rR\x10expectedStatuses\"\xf7\x01\n" +
+	"\x10OutlierDetection\x121\n" +
+	"\x14consecutive_failures\x18\x01 \x01(\rR\x13consecutiveFailures\x12G\n" +
+	"\x12base_ejection_time\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x120\n" +
+	"\x14max_ejection_percent\x18\x03 \x01(\rR\x12maxEjectionPercent\x125\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\"<\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weightBFZDgithub.com/flotilla-proxy/flotilla/proto/flotilla/config/v1;configv1b\x06proto3"
@@ -744,38 +1623,67 @@ func file_flotilla_config_v1_config_proto_rawDescGZIP() []byte {
 	return file_flotilla_config_v1_config_proto_rawDescData
 }
 
-var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_flotilla_config_v1_config_proto_goTypes = []any{
 	(*Bundle)(nil),              // 0: flotilla.config.v1.Bundle
 	(*Listener)(nil),            // 1: flotilla.config.v1.Listener
-	(*ProxyProtocolAccept)(nil), // 2: flotilla.config.v1.ProxyProtocolAccept
-	(*SniRoute)(nil),            // 3: flotilla.config.v1.SniRoute
-	(*StreamRoute)(nil),         // 4: flotilla.config.v1.StreamRoute
-	(*StreamMatch)(nil),         // 5: flotilla.config.v1.StreamMatch
-	(*TcpProxy)(nil),            // 6: flotilla.config.v1.TcpProxy
-	(*Cluster)(nil),             // 7: flotilla.config.v1.Cluster
-	(*Endpoint)(nil),            // 8: flotilla.config.v1.Endpoint
-	nil,                         // 9: flotilla.config.v1.Listener.AgentsEntry
-	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(*ListenerTls)(nil),         // 2: flotilla.config.v1.ListenerTls
+	(*TlsCertificate)(nil),      // 3: flotilla.config.v1.TlsCertificate
+	(*PemSource)(nil),           // 4: flotilla.config.v1.PemSource
+	(*UdpProxy)(nil),            // 5: flotilla.config.v1.UdpProxy
+	(*AccessLog)(nil),           // 6: flotilla.config.v1.AccessLog
+	(*ProxyProtocolAccept)(nil), // 7: flotilla.config.v1.ProxyProtocolAccept
+	(*SniRoute)(nil),            // 8: flotilla.config.v1.SniRoute
+	(*StreamRoute)(nil),         // 9: flotilla.config.v1.StreamRoute
+	(*StreamMatch)(nil),         // 10: flotilla.config.v1.StreamMatch
+	(*TcpProxy)(nil),            // 11: flotilla.config.v1.TcpProxy
+	(*Cluster)(nil),             // 12: flotilla.config.v1.Cluster
+	(*ClusterTls)(nil),          // 13: flotilla.config.v1.ClusterTls
+	(*HealthCheck)(nil),         // 14: flotilla.config.v1.HealthCheck
+	(*TcpHealthCheck)(nil),      // 15: flotilla.config.v1.TcpHealthCheck
+	(*HttpHealthCheck)(nil),     // 16: flotilla.config.v1.HttpHealthCheck
+	(*OutlierDetection)(nil),    // 17: flotilla.config.v1.OutlierDetection
+	(*Endpoint)(nil),            // 18: flotilla.config.v1.Endpoint
+	nil,                         // 19: flotilla.config.v1.Listener.AgentsEntry
+	(*durationpb.Duration)(nil), // 20: google.protobuf.Duration
 }
 var file_flotilla_config_v1_config_proto_depIdxs = []int32{
 	1,  // 0: flotilla.config.v1.Bundle.listeners:type_name -> flotilla.config.v1.Listener
-	7,  // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
-	9,  // 2: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
-	6,  // 3: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
-	2,  // 4: flotilla.config.v1.Listener.proxy_protocol:type_name -> flotilla.config.v1.ProxyProtocolAccept
-	10, // 5: flotilla.config.v1.Listener.preread_timeout:type_name -> google.protobuf.Duration
-	3,  // 6: flotilla.config.v1.Listener.sni:type_name -> flotilla.config.v1.SniRoute
-	4,  // 7: flotilla.config.v1.Listener.routes:type_name -> flotilla.config.v1.StreamRoute
-	5,  // 8: flotilla.config.v1.StreamRoute.match:type_name -> flotilla.config.v1.StreamMatch
-	10, // 9: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
-	8,  // 10: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
-	10, // 11: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	12, // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
+	19, // 2: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
+	11, // 3: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
+	7,  // 4: flotilla.config.v1.Listener.proxy_protocol:type_name -> flotilla.config.v1.ProxyProtocolAccept
+	20, // 5: flotilla.config.v1.Listener.preread_timeout:type_name -> google.protobuf.Duration
+	8,  // 6: flotilla.config.v1.Listener.sni:type_name -> flotilla.config.v1.SniRoute
+	9,  // 7: flotilla.config.v1.Listener.routes:type_name -> flotilla.config.v1.StreamRoute
+	5,  // 8: flotilla.config.v1.Listener.udp:type_name -> flotilla.config.v1.UdpProxy
+	6,  // 9: flotilla.config.v1.Listener.access_log:type_name -> flotilla.config.v1.AccessLog
+	2,  // 10: flotilla.config.v1.Listener.tls:type_name -> flotilla.config.v1.ListenerTls
+	3,  // 11: flotilla.config.v1.ListenerTls.certificates:type_name -> flotilla.config.v1.TlsCertificate
+	4,  // 12: flotilla.config.v1.ListenerTls.client_ca:type_name -> flotilla.config.v1.PemSource
+	4,  // 13: flotilla.config.v1.TlsCertificate.cert:type_name -> flotilla.config.v1.PemSource
+	4,  // 14: flotilla.config.v1.TlsCertificate.key:type_name -> flotilla.config.v1.PemSource
+	20, // 15: flotilla.config.v1.UdpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	10, // 16: flotilla.config.v1.StreamRoute.match:type_name -> flotilla.config.v1.StreamMatch
+	20, // 17: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	18, // 18: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
+	20, // 19: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
+	14, // 20: flotilla.config.v1.Cluster.health_check:type_name -> flotilla.config.v1.HealthCheck
+	17, // 21: flotilla.config.v1.Cluster.outlier_detection:type_name -> flotilla.config.v1.OutlierDetection
+	13, // 22: flotilla.config.v1.Cluster.tls:type_name -> flotilla.config.v1.ClusterTls
+	4,  // 23: flotilla.config.v1.ClusterTls.ca:type_name -> flotilla.config.v1.PemSource
+	3,  // 24: flotilla.config.v1.ClusterTls.client_certificate:type_name -> flotilla.config.v1.TlsCertificate
+	20, // 25: flotilla.config.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	20, // 26: flotilla.config.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	15, // 27: flotilla.config.v1.HealthCheck.tcp:type_name -> flotilla.config.v1.TcpHealthCheck
+	16, // 28: flotilla.config.v1.HealthCheck.http:type_name -> flotilla.config.v1.HttpHealthCheck
+	20, // 29: flotilla.config.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	20, // 30: flotilla.config.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_config_v1_config_proto_init() }
@@ -789,7 +1697,7 @@ func file_flotilla_config_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_config_v1_config_proto_rawDesc), len(file_flotilla_config_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
