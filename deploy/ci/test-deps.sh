@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the end-to-end tests run beside the agent (nginx as a TLS
-# backend, openssl s_client as a client, sshd + ssh-keyscan as a server-first protocol) from Debian's packages, when they are missing.
+# backend, openssl s_client as a client, sshd + ssh-keyscan as a server-first protocol,
+# dnsmasq as a DNS server) from Debian's packages, when they are missing.
 # As root with apt-get it installs them; otherwise it says what is missing, and those
 # tests skip on a developer's machine (in CI, CI=true makes a missing peer a failure).
 set -euo pipefail
@@ -11,6 +12,7 @@ have nginx   || need+=(nginx-light)
 have openssl || need+=(openssl)
 have sshd    || need+=(openssh-server)      # a real server-first protocol (SSH banner)
 have ssh-keyscan || need+=(openssh-client)
+have dnsmasq || need+=(dnsmasq-base)        # a real DNS server behind the UDP proxy
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
