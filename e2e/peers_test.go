@@ -77,6 +77,17 @@ func newTestCA(t *testing.T) *testCA {
 // the paths of the certificate and its key.
 func (ca *testCA) issue(t *testing.T, dir, base string, names ...string) (certPath, keyPath string) {
 	t.Helper()
+	return ca.issueFor(t, dir, base, x509.ExtKeyUsageServerAuth, names...)
+}
+
+// issueClient writes a client certificate for mTLS.
+func (ca *testCA) issueClient(t *testing.T, dir, base string, names ...string) (certPath, keyPath string) {
+	t.Helper()
+	return ca.issueFor(t, dir, base, x509.ExtKeyUsageClientAuth, names...)
+}
+
+func (ca *testCA) issueFor(t *testing.T, dir, base string, usage x509.ExtKeyUsage, names ...string) (certPath, keyPath string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +99,7 @@ func (ca *testCA) issue(t *testing.T, dir, base string, names ...string) (certPa
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
