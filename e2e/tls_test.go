@@ -126,21 +126,26 @@ func opensslEcho(openssl string, args []string, want string) (string, error) {
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
-	defer func() {
+	// finish stops openssl and returns what it said on stderr: only safe to
+	// read once the process has been waited for.
+	finish := func() string {
 		stdin.Close()
 		cmd.Process.Kill()
 		cmd.Wait()
-	}()
+		return stderr.String()
+	}
 	if _, err := io.WriteString(stdin, "from openssl\n"); err != nil {
-		return stderr.String(), err
+		return finish(), err
 	}
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), want) {
-			return sc.Text(), nil
+			line := sc.Text()
+			finish()
+			return line, nil
 		}
 	}
-	return stderr.String(), fmt.Errorf("no %q from the server", want)
+	return finish(), fmt.Errorf("no %q from the server", want)
 }
 
 // TestTLSOriginationWithSNI: the agent accepts plain TCP and speaks TLS to a
