@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/flotilla-proxy/flotilla/agent/accesslog"
@@ -172,18 +173,30 @@ func (e *entry) closeAll(reason string) int {
 }
 
 // listenConfig is how l's socket is bound. IPv6 listeners get IPV6_V6ONLY set explicitly:
-// on for a plain "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack).
-func listenConfig(l *runtime.Listener) *net.ListenConfig {
-	var lc net.ListenConfig
+// on for a plain "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack). TCP
+// sockets get SO_REUSEPORT (see reusePortControl); UDP sockets do not, since the kernel
+// would spread one client's datagrams over the sockets sharing the port.
+func listenConfig(l *runtime.Listener, reusePort bool) *net.ListenConfig {
+	var v6only func(network, address string, c syscall.RawConn) error
 	if l.Addr().Addr().Is6() {
-		lc.Control = v6onlyControl(l.V6Only())
+		v6only = v6onlyControl(l.V6Only())
 	}
-	return &lc
+	return &net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		if v6only != nil {
+			if err := v6only(network, address, c); err != nil {
+				return err
+			}
+		}
+		if reusePort {
+			return reusePortControl(c)
+		}
+		return nil
+	}}
 }
 
 // listen binds a TCP listener's socket.
 func listen(l *runtime.Listener) (*net.TCPListener, error) {
-	ln, err := listenConfig(l).Listen(context.Background(), l.Network(), l.Addr().String())
+	ln, err := listenConfig(l, true).Listen(context.Background(), l.Network(), l.Addr().String())
 	if err != nil {
 		return nil, err
 	}

@@ -17,3 +17,6 @@ func v6onlyControl(v6only bool) func(network, address string, c syscall.RawConn)
 		return errors.New("dual-stack (ipv4_compat) listeners are only supported on Unix systems")
 	}
 }
+
+// reusePortControl is a no-op where SO_REUSEPORT is not available.
+func reusePortControl(syscall.RawConn) error { return nil }

@@ -25,3 +25,17 @@ func v6onlyControl(v6only bool) func(network, address string, c syscall.RawConn)
 		return serr
 	}
 }
+
+// reusePortControl sets SO_REUSEPORT before bind. It lets a listener move to an
+// overlapping address (127.0.0.1:443 → [::]:443) while its old socket still
+// drains, and a new agent process bind beside one that is draining. A socket
+// of another program without SO_REUSEPORT on the port still makes bind fail.
+func reusePortControl(c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}

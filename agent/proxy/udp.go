@@ -32,7 +32,7 @@ type udpEntry struct {
 
 // listenUDP binds a UDP listener's socket.
 func listenUDP(l *runtime.Listener) (*net.UDPConn, error) {
-	pc, err := listenConfig(l).ListenPacket(context.Background(), l.Network(), l.Addr().String())
+	pc, err := listenConfig(l, false).ListenPacket(context.Background(), l.Network(), l.Addr().String())
 	if err != nil {
 		return nil, err
 	}
