@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -315,37 +314,41 @@ type copyResult struct {
 // carries on; an error in either direction closes both connections. It returns the bytes
 // sent to (tx) and received from (rx) the upstream, and the first error.
 func (c *conn) pipe(up *net.TCPConn) (tx, rx int64, err error) {
-	toUp := make(chan copyResult, 1)
+	// Upstream → client runs in its own goroutine, client → upstream in this
+	// one: two goroutines per connection (with serve's), not three, which is
+	// most of what an idle proxied connection costs.
 	toDown := make(chan copyResult, 1)
-	go proxyCopy(toUp, up, c.down)
 	go proxyCopy(toDown, c.down, up)
-	for range 2 {
-		var r copyResult
-		select {
-		case r = <-toUp:
-			tx = r.n
-		case r = <-toDown:
-			rx = r.n
-		}
-		if r.err != nil && err == nil {
-			err = r.err
-			c.down.Close()
-			up.Close()
-		}
+	tx, err = copyHalf(up, c.down)
+	r := <-toDown
+	rx = r.n
+	if err == nil {
+		err = r.err
 	}
 	return tx, rx, err
 }
 
-// proxyCopy copies src to dst until src reaches EOF or fails, then reports on done. On EOF
-// it half-closes dst (passes the FIN on) so the other direction keeps flowing. dst and src
-// are the raw *net.TCPConn values so io.Copy uses splice(2) on Linux; the byte count comes
-// from io.Copy. It is a named function so that stack dumps show what each goroutine does.
+// proxyCopy runs copyHalf for one direction and reports on done. It is a named function so
+// that stack dumps show what each goroutine does.
 func proxyCopy(done chan<- copyResult, dst, src *net.TCPConn) {
-	n, err := io.Copy(dst, src)
+	n, err := copyHalf(dst, src)
+	done <- copyResult{n: n, err: err}
+}
+
+// copyHalf copies src to dst until src reaches EOF or fails. On EOF it half-closes dst
+// (passes the FIN on) so the other direction keeps flowing; on an error it closes both
+// connections, which ends the other direction too. dst and src are the raw *net.TCPConn
+// values so the copy uses splice(2) on Linux (copyIdleFree); the byte count comes from it.
+func copyHalf(dst, src *net.TCPConn) (int64, error) {
+	n, err := copyIdleFree(dst, src)
 	if err == nil {
 		err = dst.CloseWrite()
 	}
-	done <- copyResult{n: n, err: err}
+	if err != nil {
+		dst.Close()
+		src.Close()
+	}
+	return n, err
 }
 
 // watchIdle closes the connection once no byte has moved in either direction for timeout
