@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X github.com/flotilla-proxy/flotilla/agent.Version=$(VERSION)
 
 # Pinned code generators and linters, installed into .bin with `go install`.
 BUF_VERSION          := v1.73.0
@@ -79,7 +79,7 @@ fuzz-smoke:
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 	    echo "fuzz $$pkg $$t for $(FUZZTIME)"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 200x $$pkg; \
 	  done; done
 
 fuzz:
@@ -91,3 +91,9 @@ bench:
 
 clean:
 	rm -rf $(BIN) $(TOOLS) .run
+
+## bench-l4: the agent against nginx stream and HAProxy mode tcp on loopback, in one run
+## (installs nginx, HAProxy, iperf3 and wrk from Debian when missing); writes BENCHMARKS.md.
+.PHONY: bench-l4
+bench-l4: build
+	bash e2e/bench/bench-l4.sh
