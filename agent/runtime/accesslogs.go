@@ -3,6 +3,8 @@ package runtime
 import (
 	"fmt"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
@@ -42,7 +44,7 @@ func parseAccessLogs(als []*accesslogv3.AccessLog, path string) (*AccessLog, err
 	}
 	path += "[0]"
 	al := als[0]
-	if err := onlyFields(al, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(al, path, "name", "typed_config"); err != nil {
 		return nil, err
 	}
 	tc := al.GetTypedConfig()
@@ -54,7 +56,7 @@ func parseAccessLogs(als []*accesslogv3.AccessLog, path string) (*AccessLog, err
 	if err := tc.UnmarshalTo(fl); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := onlyFields(fl, path, "path", "log_format"); err != nil {
+	if err := fieldcheck.Only(fl, path, "path", "log_format"); err != nil {
 		return nil, err
 	}
 	if fl.GetPath() == "" {
@@ -65,7 +67,7 @@ func parseAccessLogs(als []*accesslogv3.AccessLog, path string) (*AccessLog, err
 		return nil, fmt.Errorf("%s.log_format is required (flotilla-agent has no default access log format)", path)
 	}
 	path += ".log_format"
-	if err := onlyFields(lf, path, "text_format_source", "json_format"); err != nil {
+	if err := fieldcheck.Only(lf, path, "text_format_source", "json_format"); err != nil {
 		return nil, err
 	}
 	var (
@@ -75,7 +77,7 @@ func parseAccessLogs(als []*accesslogv3.AccessLog, path string) (*AccessLog, err
 	switch {
 	case lf.GetTextFormatSource() != nil:
 		ds := lf.GetTextFormatSource()
-		if err := onlyFields(ds, path+".text_format_source", "inline_string"); err != nil {
+		if err := fieldcheck.Only(ds, path+".text_format_source", "inline_string"); err != nil {
 			return nil, err
 		}
 		if _, ok := ds.GetSpecifier().(*corev3.DataSource_InlineString); !ok {

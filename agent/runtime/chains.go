@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -67,7 +69,7 @@ var (
 // max_connections. delay and runtime_enabled are not supported: over the limit, the
 // connection is closed at once.
 func parseConnectionLimit(f *listenerv3.Filter, path string) (uint64, error) {
-	if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(f, path, "name", "typed_config"); err != nil {
 		return 0, err
 	}
 	tc := f.GetTypedConfig()
@@ -79,7 +81,7 @@ func parseConnectionLimit(f *listenerv3.Filter, path string) (uint64, error) {
 	if err := tc.UnmarshalTo(cl); err != nil {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := onlyFields(cl, path, "stat_prefix", "max_connections"); err != nil {
+	if err := fieldcheck.Only(cl, path, "stat_prefix", "max_connections"); err != nil {
 		return 0, err
 	}
 	n := cl.GetMaxConnections().GetValue()
@@ -103,13 +105,13 @@ func parseHashPolicy(hps []*typev3.HashPolicy, path string) (sourceIP bool, err 
 		return false, fmt.Errorf("%s: flotilla-agent supports one hash policy (source_ip), got %d", path, len(hps))
 	}
 	p := path + "[0]"
-	if err := onlyFields(hps[0], p, "source_ip"); err != nil {
+	if err := fieldcheck.Only(hps[0], p, "source_ip"); err != nil {
 		return false, err
 	}
 	if hps[0].GetSourceIp() == nil {
 		return false, fmt.Errorf("%s.source_ip is required", p)
 	}
-	if err := onlyFields(hps[0].GetSourceIp(), p+".source_ip"); err != nil {
+	if err := fieldcheck.Only(hps[0].GetSourceIp(), p+".source_ip"); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -149,7 +151,7 @@ type chainSpec struct {
 func parseListenerFilters(l *listenerv3.Listener, spec *listenerSpec) error {
 	for i, f := range l.GetListenerFilters() {
 		path := fmt.Sprintf("listener_filters[%d]", i)
-		if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+		if err := fieldcheck.Only(f, path, "name", "typed_config"); err != nil {
 			return err
 		}
 		tc := f.GetTypedConfig()
@@ -182,7 +184,7 @@ func parseListenerFilters(l *listenerv3.Listener, spec *listenerSpec) error {
 		}
 		// Only the defaults: the PROXY header is required (v1 and v2), the inspector reads
 		// SNI and ALPN with its default limits.
-		if err := onlyFields(cfg, path); err != nil {
+		if err := fieldcheck.Only(cfg, path); err != nil {
 			return err
 		}
 	}
@@ -232,7 +234,7 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 		if err != nil {
 			return err
 		}
-		if m := fc.GetFilterChainMatch(); m != nil && hasFields(m) {
+		if m := fc.GetFilterChainMatch(); m != nil && fieldcheck.Any(m) {
 			return errors.New("default_filter_chain.filter_chain_match: must be empty (the default chain takes what no chain matches)")
 		}
 		spec.defaultChain = cs
@@ -266,7 +268,7 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 // parseChain checks one filter chain, which runs a tcp_proxy, optionally preceded by a
 // connection_limit.
 func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
-	if err := onlyFields(fc, path, "filter_chain_match", "filters", "metadata", "name", "transport_socket"); err != nil {
+	if err := fieldcheck.Only(fc, path, "filter_chain_match", "filters", "metadata", "name", "transport_socket"); err != nil {
 		return chainSpec{}, err
 	}
 	tlsCtx, err := parseDownstreamSocket(fc.GetTransportSocket(), path+".transport_socket")
@@ -290,7 +292,7 @@ func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 		return chainSpec{}, err
 	}
 	path += ".typed_config"
-	if err := onlyFields(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts", "hash_policy", "access_log"); err != nil {
+	if err := fieldcheck.Only(tp, path, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts", "hash_policy", "access_log"); err != nil {
 		return chainSpec{}, err
 	}
 	al, err := parseAccessLogs(tp.GetAccessLog(), path+".access_log")
@@ -340,7 +342,7 @@ func parseChainMatch(m *listenerv3.FilterChainMatch, path string) (match.Conditi
 		return c, nil
 	}
 	// source_type (non-ANY), source_ports, address_suffix and suffix_len are refused here.
-	if err := onlyFields(m, path, "destination_port", "prefix_ranges", "server_names", "transport_protocol",
+	if err := fieldcheck.Only(m, path, "destination_port", "prefix_ranges", "server_names", "transport_protocol",
 		"application_protocols", "direct_source_prefix_ranges", "source_prefix_ranges"); err != nil {
 		return c, err
 	}
@@ -393,7 +395,7 @@ func parseCIDRs(rs []*corev3.CidrRange, path string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for i, r := range rs {
 		p := fmt.Sprintf("%s[%d]", path, i)
-		if err := onlyFields(r, p, "address_prefix", "prefix_len"); err != nil {
+		if err := fieldcheck.Only(r, p, "address_prefix", "prefix_len"); err != nil {
 			return nil, err
 		}
 		ip, err := netip.ParseAddr(r.GetAddressPrefix())
@@ -420,7 +422,7 @@ func parseCIDRs(rs []*corev3.CidrRange, path string) ([]netip.Prefix, error) {
 // for plain TCP). The TLS context is only decoded and checked for its fields here; its
 // certificates come from SDS and are checked by Build (tlsconf.NewClient).
 func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, *tlsv3.UpstreamTlsContext, error) {
-	if err := onlyFields(ts, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(ts, path, "name", "typed_config"); err != nil {
 		return 0, nil, err
 	}
 	tc := ts.GetTypedConfig()
@@ -434,7 +436,7 @@ func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, *tlsv3.
 		if err := tc.UnmarshalTo(rb); err != nil {
 			return 0, nil, fmt.Errorf("%s: %w", path, err)
 		}
-		return 0, nil, onlyFields(rb, path)
+		return 0, nil, fieldcheck.Only(rb, path)
 	case upstreamTLSTypeURL:
 		u := &tlsv3.UpstreamTlsContext{}
 		if err := tc.UnmarshalTo(u); err != nil {
@@ -452,10 +454,10 @@ func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, *tlsv3.
 	if err := tc.UnmarshalTo(pp); err != nil {
 		return 0, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := onlyFields(pp, path, "config", "transport_socket"); err != nil {
+	if err := fieldcheck.Only(pp, path, "config", "transport_socket"); err != nil {
 		return 0, nil, err
 	}
-	if err := onlyFields(pp.GetConfig(), path+".config", "version"); err != nil {
+	if err := fieldcheck.Only(pp.GetConfig(), path+".config", "version"); err != nil {
 		return 0, nil, err
 	}
 	version := 1 // V1 is the enum's zero value, as in Envoy
@@ -470,7 +472,7 @@ func parseTransportSocket(ts *corev3.TransportSocket, path string) (int, *tlsv3.
 	if inner == nil {
 		return 0, nil, fmt.Errorf("%s.transport_socket is required", path)
 	}
-	if err := onlyFields(inner, path+".transport_socket", "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(inner, path+".transport_socket", "name", "typed_config"); err != nil {
 		return 0, nil, err
 	}
 	if itc := inner.GetTypedConfig(); itc == nil || (itc.GetTypeUrl() != rawBufferTypeURL && itc.GetTypeUrl() != upstreamTLSTypeURL) {

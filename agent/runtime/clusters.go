@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -61,7 +63,7 @@ func parseLB(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 			return mismatch(path)
 		}
 		m := lc.LeastRequestLbConfig
-		if err := onlyFields(m, path, "choice_count"); err != nil {
+		if err := fieldcheck.Only(m, path, "choice_count"); err != nil {
 			return err
 		}
 		if m.ChoiceCount != nil && m.GetChoiceCount().GetValue() != 2 {
@@ -73,7 +75,7 @@ func parseLB(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 			return mismatch(path)
 		}
 		m := lc.RingHashLbConfig
-		if err := onlyFields(m, path, "minimum_ring_size", "maximum_ring_size", "hash_function"); err != nil {
+		if err := fieldcheck.Only(m, path, "minimum_ring_size", "maximum_ring_size", "hash_function"); err != nil {
 			return err
 		}
 		if m.GetHashFunction() != clusterv3.Cluster_RingHashLbConfig_XX_HASH {
@@ -96,7 +98,7 @@ func parseLB(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 		if cfg.Policy != upstream.Maglev {
 			return mismatch(path)
 		}
-		if err := onlyFields(lc.MaglevLbConfig, path, "table_size"); err != nil {
+		if err := fieldcheck.Only(lc.MaglevLbConfig, path, "table_size"); err != nil {
 			return err
 		}
 		if ts := lc.MaglevLbConfig.TableSize; ts != nil {
@@ -111,15 +113,15 @@ func parseLB(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 		if cfg.Policy != upstream.RoundRobin {
 			return mismatch(path)
 		}
-		if err := onlyFields(lc.RoundRobinLbConfig, path); err != nil {
+		if err := fieldcheck.Only(lc.RoundRobinLbConfig, path); err != nil {
 			return err
 		}
 	default:
-		return unsupported(string(c.ProtoReflect().WhichOneof(c.ProtoReflect().Descriptor().Oneofs().ByName("lb_config")).Name()))
+		return fieldcheck.Unsupported(string(c.ProtoReflect().WhichOneof(c.ProtoReflect().Descriptor().Oneofs().ByName("lb_config")).Name()))
 	}
 	if clb := c.GetCommonLbConfig(); clb != nil {
 		const path = "common_lb_config"
-		if err := onlyFields(clb, path, "healthy_panic_threshold"); err != nil {
+		if err := fieldcheck.Only(clb, path, "healthy_panic_threshold"); err != nil {
 			return err
 		}
 		if t := clb.GetHealthyPanicThreshold(); t != nil && t.GetValue() != upstream.PanicThreshold {
@@ -141,7 +143,7 @@ func parseHealthCheck(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 	}
 	hc := c.GetHealthChecks()[0]
 	const path = "health_checks[0]"
-	if err := onlyFields(hc, path, "timeout", "interval", "healthy_threshold", "unhealthy_threshold",
+	if err := fieldcheck.Only(hc, path, "timeout", "interval", "healthy_threshold", "unhealthy_threshold",
 		"tcp_health_check", "http_health_check", "reuse_connection"); err != nil {
 		return err
 	}
@@ -168,7 +170,7 @@ func parseHealthCheck(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 	case hc.GetTcpHealthCheck() != nil:
 		p := path + ".tcp_health_check"
 		t := hc.GetTcpHealthCheck()
-		if err := onlyFields(t, p, "send", "receive"); err != nil {
+		if err := fieldcheck.Only(t, p, "send", "receive"); err != nil {
 			return err
 		}
 		out.TCP = &upstream.TCPCheck{}
@@ -192,7 +194,7 @@ func parseHealthCheck(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 	case hc.GetHttpHealthCheck() != nil:
 		p := path + ".http_health_check"
 		h := hc.GetHttpHealthCheck()
-		if err := onlyFields(h, p, "host", "path", "expected_statuses", "codec_client_type", "method"); err != nil {
+		if err := fieldcheck.Only(h, p, "host", "path", "expected_statuses", "codec_client_type", "method"); err != nil {
 			return err
 		}
 		if h.GetCodecClientType() != typev3.CodecClientType_HTTP1 {
@@ -231,7 +233,7 @@ func parseHealthCheck(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 
 // payload decodes a health-check Payload: text is hex, as in Envoy.
 func payload(p *corev3.HealthCheck_Payload, path string) ([]byte, error) {
-	if err := onlyFields(p, path, "text", "binary"); err != nil {
+	if err := fieldcheck.Only(p, path, "text", "binary"); err != nil {
 		return nil, err
 	}
 	switch v := p.GetPayload().(type) {
@@ -295,13 +297,13 @@ func parseOutlier(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 			}
 			return true
 		}
-		bad = unsupported(path + "." + string(fd.Name()))
+		bad = fieldcheck.Unsupported(path + "." + string(fd.Name()))
 		return false
 	})
 	if bad != nil {
 		return bad
 	}
-	if err := onlyFields(od, path, append(mapKeys(outlierDefaults), "consecutive_5xx", "enforcing_consecutive_5xx",
+	if err := fieldcheck.Only(od, path, append(mapKeys(outlierDefaults), "consecutive_5xx", "enforcing_consecutive_5xx",
 		"base_ejection_time", "max_ejection_time", "max_ejection_percent", "interval")...); err != nil {
 		return err
 	}
@@ -356,7 +358,7 @@ func parseCircuitBreakers(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) err
 		return nil
 	}
 	const path = "circuit_breakers"
-	if err := onlyFields(cb, path, "thresholds"); err != nil {
+	if err := fieldcheck.Only(cb, path, "thresholds"); err != nil {
 		return err
 	}
 	if n := len(cb.GetThresholds()); n > 1 {
@@ -364,7 +366,7 @@ func parseCircuitBreakers(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) err
 	}
 	for i, t := range cb.GetThresholds() {
 		p := fmt.Sprintf("%s.thresholds[%d]", path, i)
-		if err := onlyFields(t, p, "priority", "max_connections"); err != nil {
+		if err := fieldcheck.Only(t, p, "priority", "max_connections"); err != nil {
 			return err
 		}
 		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {

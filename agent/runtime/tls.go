@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -35,7 +37,7 @@ func parseDownstreamSocket(ts *corev3.TransportSocket, path string) (*tlsv3.Down
 	if ts == nil {
 		return nil, nil
 	}
-	if err := onlyFields(ts, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(ts, path, "name", "typed_config"); err != nil {
 		return nil, err
 	}
 	tc := ts.GetTypedConfig()
@@ -49,7 +51,7 @@ func parseDownstreamSocket(ts *corev3.TransportSocket, path string) (*tlsv3.Down
 		if err := tc.UnmarshalTo(rb); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		return nil, onlyFields(rb, path)
+		return nil, fieldcheck.Only(rb, path)
 	case downstreamTLSTypeURL:
 	default:
 		return nil, fmt.Errorf("%s: transport socket type %q is not supported by flotilla-agent on a filter chain (only %s and %s)", path, tc.GetTypeUrl(), tlsconf.TransportSocketName, RawBufferName)

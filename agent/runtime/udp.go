@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 )
@@ -43,7 +45,7 @@ type udpSpec struct {
 // parseUDPListener checks a UDP listener: exactly one listener filter, the udp_proxy, and no
 // filter chains.
 func parseUDPListener(l *listenerv3.Listener, spec *listenerSpec) error {
-	if err := onlyFields(l, "", "name", "address", "stat_prefix", "metadata", "listener_filters"); err != nil {
+	if err := fieldcheck.Only(l, "", "name", "address", "stat_prefix", "metadata", "listener_filters"); err != nil {
 		return fmt.Errorf("%w (a UDP listener has a %s listener filter and no filter chains)", err, UDPProxyFilterName)
 	}
 	if n := len(l.GetListenerFilters()); n != 1 {
@@ -51,7 +53,7 @@ func parseUDPListener(l *listenerv3.Listener, spec *listenerSpec) error {
 	}
 	const path = "listener_filters[0]"
 	f := l.GetListenerFilters()[0]
-	if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(f, path, "name", "typed_config"); err != nil {
 		return err
 	}
 	tc := f.GetTypedConfig()
@@ -63,7 +65,7 @@ func parseUDPListener(l *listenerv3.Listener, spec *listenerSpec) error {
 		return fmt.Errorf("%s.typed_config: %w", path, err)
 	}
 	p := path + ".typed_config"
-	if err := onlyFields(cfg, p, "stat_prefix", "cluster", "idle_timeout", "hash_policies", "access_log"); err != nil {
+	if err := fieldcheck.Only(cfg, p, "stat_prefix", "cluster", "idle_timeout", "hash_policies", "access_log"); err != nil {
 		return err
 	}
 	if cfg.GetCluster() == "" {
@@ -80,7 +82,7 @@ func parseUDPListener(l *listenerv3.Listener, spec *listenerSpec) error {
 	switch hps := cfg.GetHashPolicies(); len(hps) {
 	case 0:
 	case 1:
-		if err := onlyFields(hps[0], p+".hash_policies[0]", "source_ip"); err != nil {
+		if err := fieldcheck.Only(hps[0], p+".hash_policies[0]", "source_ip"); err != nil {
 			return err
 		}
 		if !hps[0].GetSourceIp() {

@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
+
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -14,9 +15,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flotilla-proxy/flotilla/agent/match"
@@ -140,7 +139,7 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 	if l == nil {
 		return nil, errors.New("resource is empty")
 	}
-	if err := onlyFields(l, "", "name", "address", "stat_prefix", "filter_chains", "metadata",
+	if err := fieldcheck.Only(l, "", "name", "address", "stat_prefix", "filter_chains", "metadata",
 		"listener_filters", "listener_filters_timeout", "continue_on_listener_filters_timeout",
 		"default_filter_chain"); err != nil {
 		return nil, err
@@ -177,7 +176,7 @@ func parseListener(l *listenerv3.Listener) (*listenerSpec, error) {
 // parseTCPProxyFilter decodes the typed_config of a listener's network filter, which must be
 // a tcp_proxy.
 func parseTCPProxyFilter(f *listenerv3.Filter, path string) (*tcpproxyv3.TcpProxy, error) {
-	if err := onlyFields(f, path, "name", "typed_config"); err != nil {
+	if err := fieldcheck.Only(f, path, "name", "typed_config"); err != nil {
 		return nil, err
 	}
 	tc := f.GetTypedConfig()
@@ -222,7 +221,7 @@ func parseSocketAddress(a *corev3.Address, path string, listener bool) (addr net
 	if a == nil {
 		return addr, false, fmt.Errorf("%s is required", path)
 	}
-	if err := onlyFields(a, path, "socket_address"); err != nil {
+	if err := fieldcheck.Only(a, path, "socket_address"); err != nil {
 		return addr, false, err
 	}
 	sa := a.GetSocketAddress()
@@ -230,7 +229,7 @@ func parseSocketAddress(a *corev3.Address, path string, listener bool) (addr net
 		return addr, false, fmt.Errorf("%s.socket_address is required", path)
 	}
 	path += ".socket_address"
-	if err := onlyFields(sa, path, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
+	if err := fieldcheck.Only(sa, path, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
 		return addr, false, err
 	}
 	switch p := sa.GetProtocol(); p {
@@ -269,7 +268,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	if c == nil {
 		return nil, errors.New("resource is empty")
 	}
-	if err := onlyFields(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket",
+	if err := fieldcheck.Only(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket",
 		"health_checks", "outlier_detection", "circuit_breakers", "common_lb_config",
 		"least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config"); err != nil {
 		return nil, err
@@ -336,20 +335,20 @@ func checkEDSConfig(ecc *clusterv3.Cluster_EdsClusterConfig) error {
 	if ecc == nil {
 		return errors.New(path + " is required for a cluster of type EDS")
 	}
-	if err := onlyFields(ecc, path, "eds_config", "service_name"); err != nil {
+	if err := fieldcheck.Only(ecc, path, "eds_config", "service_name"); err != nil {
 		return err
 	}
 	cs := ecc.GetEdsConfig()
 	if cs == nil {
 		return errors.New(path + ".eds_config is required")
 	}
-	if err := onlyFields(cs, path+".eds_config", "ads", "resource_api_version"); err != nil {
+	if err := fieldcheck.Only(cs, path+".eds_config", "ads", "resource_api_version"); err != nil {
 		return err
 	}
 	if cs.GetAds() == nil {
 		return errors.New(path + ".eds_config.ads is required (flotilla-agent fetches endpoints over ADS only)")
 	}
-	if err := onlyFields(cs.GetAds(), path+".eds_config.ads"); err != nil {
+	if err := fieldcheck.Only(cs.GetAds(), path+".eds_config.ads"); err != nil {
 		return err
 	}
 	if v := cs.GetResourceApiVersion(); v != corev3.ApiVersion_AUTO && v != corev3.ApiVersion_V3 {
@@ -381,15 +380,15 @@ func parseLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, err
 // UNKNOWN or HEALTHY. Like Envoy, UNHEALTHY, DRAINING, TIMEOUT and DEGRADED endpoints are
 // left out.
 func parseEndpoints(cla *endpointv3.ClusterLoadAssignment, path string) ([]Endpoint, error) {
-	if err := onlyFields(cla, path, "cluster_name", "endpoints"); err != nil {
+	if err := fieldcheck.Only(cla, path, "cluster_name", "endpoints"); err != nil {
 		return nil, err
 	}
 	var eps []Endpoint
 	for i, lle := range cla.GetEndpoints() {
-		p := fmt.Sprintf("%s[%d]", join(path, "endpoints"), i)
+		p := fmt.Sprintf("%s[%d]", fieldcheck.Join(path, "endpoints"), i)
 		// Locality and locality weights only matter with zone-aware or locality-weighted
 		// load balancing, which a cluster cannot enable here; Envoy ignores them too.
-		if err := onlyFields(lle, p, "locality", "metadata", "lb_endpoints", "load_balancing_weight", "priority"); err != nil {
+		if err := fieldcheck.Only(lle, p, "locality", "metadata", "lb_endpoints", "load_balancing_weight", "priority"); err != nil {
 			return nil, err
 		}
 		if lle.GetPriority() != 0 {
@@ -397,14 +396,14 @@ func parseEndpoints(cla *endpointv3.ClusterLoadAssignment, path string) ([]Endpo
 		}
 		for j, lbe := range lle.GetLbEndpoints() {
 			q := fmt.Sprintf("%s.lb_endpoints[%d]", p, j)
-			if err := onlyFields(lbe, q, "endpoint", "health_status", "metadata", "load_balancing_weight"); err != nil {
+			if err := fieldcheck.Only(lbe, q, "endpoint", "health_status", "metadata", "load_balancing_weight"); err != nil {
 				return nil, err
 			}
 			ep := lbe.GetEndpoint()
 			if ep == nil {
 				return nil, fmt.Errorf("%s.endpoint is required", q)
 			}
-			if err := onlyFields(ep, q+".endpoint", "address"); err != nil {
+			if err := fieldcheck.Only(ep, q+".endpoint", "address"); err != nil {
 				return nil, err
 			}
 			addr, _, err := parseSocketAddress(ep.GetAddress(), q+".endpoint.address", false)
@@ -426,46 +425,6 @@ func parseEndpoints(cla *endpointv3.ClusterLoadAssignment, path string) ([]Endpo
 	return eps, nil
 }
 
-// onlyFields returns an error naming the first field set in m that is not in allowed, or
-// the first field m carries that this build does not even know (a field added to Envoy's
-// API later). Checking what is set against an allowlist, rather than checking for known
-// unsupported fields, means nothing that changes behaviour slips through unnoticed.
-func onlyFields(m proto.Message, path string, allowed ...protoreflect.Name) error {
-	rm := m.ProtoReflect()
-	// Range visits only the fields that are set, in no promised order: report the first
-	// offender in declaration order so errors are stable.
-	var bad protoreflect.FieldDescriptor
-	rm.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
-		if !slices.Contains(allowed, fd.Name()) && (bad == nil || fd.Index() < bad.Index()) {
-			bad = fd
-		}
-		return true
-	})
-	if bad != nil {
-		return unsupported(join(path, string(bad.Name())))
-	}
-	if u := rm.GetUnknown(); len(u) > 0 {
-		num, _, _ := protowire.ConsumeTag(u)
-		return fmt.Errorf("%s carries field number %d, which flotilla-agent does not know (an Envoy API newer than the agent?)", orSelf(path), num)
-	}
-	return nil
-}
-
-// hasFields reports whether any field of m is set.
-func hasFields(m proto.Message) bool {
-	has := false
-	m.ProtoReflect().Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool {
-		has = true
-		return false
-	})
-	return has || len(m.ProtoReflect().GetUnknown()) > 0
-}
-
-// unsupported is the error for a field outside the supported subset.
-func unsupported(path string) error {
-	return fmt.Errorf("%s is not supported by flotilla-agent", path)
-}
-
 // duration converts a non-negative protobuf Duration.
 func duration(d *durationpb.Duration, path string) (time.Duration, error) {
 	if err := d.CheckValid(); err != nil {
@@ -476,20 +435,4 @@ func duration(d *durationpb.Duration, path string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s: must not be negative, got %s", path, v)
 	}
 	return v, nil
-}
-
-// join appends a field name to a field path.
-func join(path, name string) string {
-	if path == "" {
-		return name
-	}
-	return path + "." + name
-}
-
-// orSelf names the top-level message in errors about the message itself.
-func orSelf(path string) string {
-	if path == "" {
-		return "resource"
-	}
-	return path
 }

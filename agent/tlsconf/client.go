@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
@@ -30,7 +32,7 @@ func NewClient(u *tlsv3.UpstreamTlsContext, s Secrets) (*Client, error) {
 	if u.GetAutoHostSni() {
 		return nil, errors.New("auto_host_sni is not supported by flotilla-agent: it takes the HTTP Host header; for TCP leave sni empty and the agent passes the client's SNI through")
 	}
-	if err := onlyFields(u, "", "common_tls_context", "sni", "auto_sni_san_validation", "allow_renegotiation", "max_session_keys"); err != nil {
+	if err := fieldcheck.Only(u, "", "common_tls_context", "sni", "auto_sni_san_validation", "allow_renegotiation", "max_session_keys"); err != nil {
 		return nil, err
 	}
 	if len(u.GetSni()) > 255 {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -32,7 +34,7 @@ func parseCommon(cc *tlsv3.CommonTlsContext, s Secrets, path string, upstream bo
 	if cc == nil {
 		return out, nil
 	}
-	if err := onlyFields(cc, path, "tls_params", "tls_certificates", "tls_certificate_sds_secret_configs",
+	if err := fieldcheck.Only(cc, path, "tls_params", "tls_certificates", "tls_certificate_sds_secret_configs",
 		"validation_context", "validation_context_sds_secret_config", "alpn_protocols"); err != nil {
 		return out, err
 	}

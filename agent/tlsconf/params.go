@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
@@ -68,7 +70,7 @@ func parseParams(tp *tlsv3.TlsParameters, path string, defaultMax uint16) (param
 	if tp == nil {
 		return p, nil
 	}
-	if err := onlyFields(tp, path, "tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves"); err != nil {
+	if err := fieldcheck.Only(tp, path, "tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves"); err != nil {
 		return p, err
 	}
 	var ok bool

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
@@ -61,7 +63,7 @@ func ValidateSecret(s *tlsv3.Secret) error {
 }
 
 func validateSecret(s *tlsv3.Secret) error {
-	if err := onlyFields(s, "", "name", "tls_certificate", "validation_context"); err != nil {
+	if err := fieldcheck.Only(s, "", "name", "tls_certificate", "validation_context"); err != nil {
 		return err
 	}
 	switch t := s.GetType().(type) {
@@ -131,7 +133,7 @@ func lookupSecret(sc *tlsv3.SdsSecretConfig, s Secrets, path string) (*tlsv3.Sec
 // checkSdsConfig accepts a named secret fetched over ADS (ads{} or self{}), the only way
 // the agent receives secrets.
 func checkSdsConfig(sc *tlsv3.SdsSecretConfig, path string) error {
-	if err := onlyFields(sc, path, "name", "sds_config"); err != nil {
+	if err := fieldcheck.Only(sc, path, "name", "sds_config"); err != nil {
 		return err
 	}
 	if sc.GetName() == "" {
@@ -142,7 +144,7 @@ func checkSdsConfig(sc *tlsv3.SdsSecretConfig, path string) error {
 		return fmt.Errorf("%s.sds_config is required: flotilla-agent has no static bootstrap secrets; use ads: {}", path)
 	}
 	p := path + ".sds_config"
-	if err := onlyFields(cs, p, "ads", "self", "initial_fetch_timeout", "resource_api_version"); err != nil {
+	if err := fieldcheck.Only(cs, p, "ads", "self", "initial_fetch_timeout", "resource_api_version"); err != nil {
 		return err
 	}
 	if cs.GetAds() == nil && cs.GetSelf() == nil {
@@ -157,7 +159,7 @@ func checkSdsConfig(sc *tlsv3.SdsSecretConfig, path string) error {
 // parseCertificate turns a TlsCertificate with inline PEM data into a tls.Certificate with
 // its Leaf parsed.
 func parseCertificate(tc *tlsv3.TlsCertificate, path string) (*tls.Certificate, error) {
-	if err := onlyFields(tc, path, "certificate_chain", "private_key", "ocsp_staple", "signed_certificate_timestamp"); err != nil {
+	if err := fieldcheck.Only(tc, path, "certificate_chain", "private_key", "ocsp_staple", "signed_certificate_timestamp"); err != nil {
 		return nil, err
 	}
 	chainPEM, err := dataSource(tc.GetCertificateChain(), path+".certificate_chain")
@@ -247,12 +249,12 @@ func dataSource(ds *corev3.DataSource, path string) ([]byte, error) {
 	}
 	switch s := ds.GetSpecifier().(type) {
 	case *corev3.DataSource_InlineBytes:
-		if err := onlyFields(ds, path, "inline_bytes"); err != nil {
+		if err := fieldcheck.Only(ds, path, "inline_bytes"); err != nil {
 			return nil, err
 		}
 		return s.InlineBytes, nil
 	case *corev3.DataSource_InlineString:
-		if err := onlyFields(ds, path, "inline_string"); err != nil {
+		if err := fieldcheck.Only(ds, path, "inline_string"); err != nil {
 			return nil, err
 		}
 		return []byte(s.InlineString), nil
@@ -261,7 +263,7 @@ func dataSource(ds *corev3.DataSource, path string) ([]byte, error) {
 	case *corev3.DataSource_EnvironmentVariable:
 		return nil, fmt.Errorf("%s.environment_variable is not supported by flotilla-agent: send inline_bytes or inline_string", path)
 	default:
-		if err := onlyFields(ds, path); err != nil {
+		if err := fieldcheck.Only(ds, path); err != nil {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%s: one of inline_bytes or inline_string is required", path)

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 )
 
@@ -24,7 +26,7 @@ func NewServer(ctx *tlsv3.DownstreamTlsContext, s Secrets) (*Server, error) {
 	if ctx == nil {
 		return nil, errors.New("downstream TLS context is nil")
 	}
-	if err := onlyFields(ctx, "", "common_tls_context", "require_client_certificate", "require_sni",
+	if err := fieldcheck.Only(ctx, "", "common_tls_context", "require_client_certificate", "require_sni",
 		"disable_stateless_session_resumption", "disable_stateful_session_resumption",
 		"full_scan_certs_on_sni_mismatch"); err != nil {
 		return nil, err

@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
@@ -34,7 +36,7 @@ func parseValidation(vc *tlsv3.CertificateValidationContext, path string, upstre
 	if vc.GetCrl() != nil {
 		return nil, fmt.Errorf("%s.crl is not supported by flotilla-agent yet (no revocation lists)", path)
 	}
-	if err := onlyFields(vc, path, "trusted_ca", "system_root_certs", "verify_certificate_spki",
+	if err := fieldcheck.Only(vc, path, "trusted_ca", "system_root_certs", "verify_certificate_spki",
 		"verify_certificate_hash", "match_typed_subject_alt_names", "match_subject_alt_names"); err != nil {
 		return nil, err
 	}
@@ -60,7 +62,7 @@ func parseValidation(vc *tlsv3.CertificateValidationContext, path string, upstre
 		if !upstream {
 			return nil, fmt.Errorf("%s.system_root_certs is not supported by flotilla-agent for client certificates; send trusted_ca", path)
 		}
-		if err := onlyFields(src, path+".system_root_certs"); err != nil {
+		if err := fieldcheck.Only(src, path+".system_root_certs"); err != nil {
 			return nil, err
 		}
 		v.system = true
@@ -81,7 +83,7 @@ func parseValidation(vc *tlsv3.CertificateValidationContext, path string, upstre
 	}
 	for i, m := range vc.GetMatchTypedSubjectAltNames() {
 		p := fmt.Sprintf("%s.match_typed_subject_alt_names[%d]", path, i)
-		if err := onlyFields(m, p, "san_type", "matcher"); err != nil {
+		if err := fieldcheck.Only(m, p, "san_type", "matcher"); err != nil {
 			return nil, err
 		}
 		switch m.GetSanType() {
@@ -264,7 +266,7 @@ func parseStringMatcher(m *matcherv3.StringMatcher, path string) (stringMatcher,
 	if m == nil {
 		return stringMatcher{}, fmt.Errorf("%s is required", path)
 	}
-	if err := onlyFields(m, path, "exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"); err != nil {
+	if err := fieldcheck.Only(m, path, "exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"); err != nil {
 		return stringMatcher{}, err
 	}
 	sm := stringMatcher{ignoreCase: m.GetIgnoreCase()}
@@ -279,7 +281,7 @@ func parseStringMatcher(m *matcherv3.StringMatcher, path string) (stringMatcher,
 		sm.kind, sm.value = matchContains, p.Contains
 	case *matcherv3.StringMatcher_SafeRegex:
 		rp := path + ".safe_regex"
-		if err := onlyFields(p.SafeRegex, rp, "regex"); err != nil {
+		if err := fieldcheck.Only(p.SafeRegex, rp, "regex"); err != nil {
 			return stringMatcher{}, err
 		}
 		if sm.ignoreCase {
