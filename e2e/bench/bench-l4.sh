@@ -192,6 +192,16 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 TW_REUSE=$(sysctl -n net.ipv4.tcp_tw_reuse 2>/dev/null || cat /proc/sys/net/ipv4/tcp_tw_reuse)
 log "load average: $LOAD_BEFORE (other work on this machine makes the numbers noisy)"
 log "net.ipv4.tcp_tw_reuse = $TW_REUSE"
+# Every short connection leaves a conntrack entry (TIME_WAIT kept 120 s by default); a full
+# table drops packets and every path looks broken. Say so up front rather than measure it.
+if [ -r /proc/sys/net/netfilter/nf_conntrack_count ]; then
+  CT_COUNT=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
+  CT_MAX=$(cat /proc/sys/net/netfilter/nf_conntrack_max)
+  log "conntrack: $CT_COUNT of $CT_MAX entries in use (TIME_WAIT kept $(cat /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait 2>/dev/null || echo '?') s)"
+  if [ "$CT_COUNT" -gt $((CT_MAX / 2)) ]; then
+    die "the conntrack table is over half full ($CT_COUNT of $CT_MAX): wait for it to drain (or raise net.netfilter.nf_conntrack_max), else short connections get dropped"
+  fi
+fi
 log "fairness: every proxy runs on CPU $PROXY_CPU only (taskset -c $PROXY_CPU, nginx worker_processes 1, haproxy nbthread 1, agent GOMAXPROCS=1); iperf3, wrk and the backends on CPU $LOAD_CPU"
 
 # ---------------------------------------------------------------------------------------
