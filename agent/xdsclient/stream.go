@@ -334,6 +334,11 @@ func (s *stream) commit() error {
 // for them is not answered until they arrive. A part whose apply fails stays
 // pending; the hold timeout settles it.
 func (s *stream) commitPart() (bool, error) {
+	// What the whole held set needs must survive the part's commit: a secret
+	// or endpoint set that only a held listener or cluster uses would
+	// otherwise be dropped from the running state and ACKed, and the control
+	// plane, whose version for it does not move, would never send it again.
+	held, _, _ := s.candidateOf(s.pending, nil)
 	part := maps.Clone(s.pending)
 	for _, drop := range []string{ListenerType, ClusterType, EndpointType} {
 		if part[drop] == nil {
@@ -343,7 +348,7 @@ func (s *stream) commitPart() (bool, error) {
 		if len(part) == 0 {
 			return false, nil
 		}
-		cand, versions, states := s.candidateOf(part)
+		cand, versions, states := s.candidateOf(part, held)
 		if cand.Missing() != nil {
 			continue
 		}
@@ -385,11 +390,13 @@ func (s *stream) nackPending(err error, deferRepeat bool) error {
 // version of each type in it, and the per-type state that becomes running if
 // it is applied.
 func (s *stream) candidate() (*runtime.Resources, map[string]string, map[string]*typeState) {
-	return s.candidateOf(s.pending)
+	return s.candidateOf(s.pending, nil)
 }
 
-// candidateOf is candidate with the given pending types.
-func (s *stream) candidateOf(pending map[string]*update) (*runtime.Resources, map[string]string, map[string]*typeState) {
+// candidateOf is candidate with the given pending types. Endpoint sets and
+// secrets that keep (if not nil) needs stay in the returned states, though not
+// in the returned set.
+func (s *stream) candidateOf(pending map[string]*update, keep *runtime.Resources) (*runtime.Resources, map[string]string, map[string]*typeState) {
 	set := &runtime.Resources{}
 	versions := make(map[string]string)
 	states := make(map[string]*typeState)
@@ -425,9 +432,20 @@ func (s *stream) candidateOf(pending map[string]*update) (*runtime.Resources, ma
 				kept[n] = m
 			}
 		}
+		running := kept
+		if keep != nil {
+			running = maps.Clone(kept)
+			for _, n := range neededNames(keep, t) {
+				if m, ok := st.items[n]; ok {
+					running[n] = m
+				}
+			}
+		}
 		if len(kept) != len(st.items) {
-			states[t] = &typeState{version: st.version, items: kept}
 			Put(set, t, kept)
+		}
+		if len(running) != len(st.items) {
+			states[t] = &typeState{version: st.version, items: running}
 		}
 	}
 	return set, versions, states
