@@ -183,7 +183,7 @@ func marshalDump(d ConfigDump) ([]byte, error) {
 			var err error
 			if sec, ok := m.(*tlsv3.Secret); ok {
 				b, err = redactSecret(sec)
-			} else {
+			} else if m, err = redactInlineKeys(m); err == nil {
 				b, err = resourceJSON.Marshal(m)
 			}
 			if err != nil {

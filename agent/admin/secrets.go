@@ -6,9 +6,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // A Secret never appears in /config_dump as it came over SDS: its private key must not leave
@@ -87,4 +93,71 @@ func certSummaries(b []byte, s string) []jsonCert {
 		}
 		out = append(out, jc)
 	}
+}
+
+// redactInlineKeys returns m, or a copy of it in which every private key of a
+// TlsCertificate — inline in a listener's or cluster's TLS context, possibly
+// inside Any typed configs — is replaced by its SHA-256. Flotilla's control
+// plane only sends keys as SDS secrets, but another xDS server may inline them.
+func redactInlineKeys(m proto.Message) (proto.Message, error) {
+	c := proto.Clone(m)
+	changed, err := redactMessage(c.ProtoReflect())
+	if err != nil || !changed {
+		return m, err
+	}
+	return c, nil
+}
+
+func redactMessage(rm protoreflect.Message) (bool, error) {
+	if tc, ok := rm.Interface().(*tlsv3.TlsCertificate); ok {
+		key := tc.GetPrivateKey()
+		if key == nil {
+			return false, nil
+		}
+		sum := sha256.Sum256([]byte(key.GetInlineString() + string(key.GetInlineBytes())))
+		tc.PrivateKey = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+			InlineString: fmt.Sprintf("<private key sha256:%x>", sum)}}
+		return true, nil
+	}
+	if a, ok := rm.Interface().(*anypb.Any); ok {
+		inner, err := a.UnmarshalNew()
+		if err != nil {
+			return false, nil // not a type this build knows: nothing of ours inside
+		}
+		changed, err := redactMessage(inner.ProtoReflect())
+		if err != nil || !changed {
+			return false, err
+		}
+		return true, a.MarshalFrom(inner)
+	}
+	changed := false
+	var err error
+	rm.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Message() == nil {
+			return true
+		}
+		visit := func(m protoreflect.Message) bool {
+			c, e := redactMessage(m)
+			changed = changed || c
+			err = e
+			return e == nil
+		}
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := range l.Len() {
+				if !visit(l.Get(i).Message()) {
+					return false
+				}
+			}
+		case fd.IsMap():
+			if fd.MapValue().Message() != nil {
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool { return visit(mv.Message()) })
+			}
+		default:
+			return visit(v.Message())
+		}
+		return err == nil
+	})
+	return changed, err
 }
