@@ -139,9 +139,19 @@ func TestTLSTermination(t *testing.T) {
 			tc.Close()
 		})
 	}
-	lines := logLines(t, logPath, len(tests))
-	for i, tt := range tests {
-		wantFields(t, lines[i], map[string]any{"status": 200.0, "ssl_preread_server_name": tt.sni, "listener": "tls"})
+	// A connection's line is written after its client saw EOF, so the next connection's
+	// line may come first: find each by its SNI.
+	bySNI := map[any]map[string]any{}
+	for _, line := range logLines(t, logPath, len(tests)) {
+		bySNI[line["ssl_preread_server_name"]] = line
+	}
+	for _, tt := range tests {
+		line, ok := bySNI[tt.sni]
+		if !ok {
+			t.Errorf("no access log line with ssl_preread_server_name %q", tt.sni)
+			continue
+		}
+		wantFields(t, line, map[string]any{"status": 200.0, "ssl_preread_server_name": tt.sni, "listener": "tls"})
 	}
 	if got := metric(t, reg, "flotilla_agent_ssl_handshake", "tls"); got != float64(len(tests)) {
 		t.Errorf("ssl_handshake = %v, want %d", got, len(tests))
@@ -205,9 +215,11 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	if !closedByPeer(c, 5*time.Second) {
 		t.Fatal("a silent client was not closed")
 	}
-	if got := metric(t, reg, "flotilla_agent_ssl_handshake_error", "tls"); got != 1 {
-		t.Errorf("ssl_handshake_error = %v, want 1", got)
-	}
+	// crypto/tls closes the socket at the deadline before HandshakeContext returns and the
+	// failure is counted: poll.
+	waitFor(t, 5*time.Second, "ssl_handshake_error = 1", func() bool {
+		return metric(t, reg, "flotilla_agent_ssl_handshake_error", "tls") == 1
+	})
 }
 
 // greeter writes a greeting and closes.
