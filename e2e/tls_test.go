@@ -171,8 +171,10 @@ func TestTLSOriginationWithSNI(t *testing.T) {
 	cp := startControlPlane(t)
 	ag := startAgent(t, cp, "a1", "dc=ams")
 	listen := freeAddr(t)
-	cfg := filepath.Join(dir, "origination.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+	// origination writes the config: plain TCP in, TLS to nginx verified with caPath.
+	origination := func(name, caPath string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(fmt.Sprintf(`
 listeners:
   - name: to-db
     address: %q
@@ -181,10 +183,12 @@ clusters:
   - name: db
     tls: { sni: db.internal, ca: %q }
     endpoints: [%q]
-`, listen, ca.pemPath, upstream)), 0o600); err != nil {
-		t.Fatal(err)
+`, listen, caPath, upstream)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
-	cp.apply(t, cfg, "TLS origination with SNI")
+	cp.apply(t, origination("origination.yaml", ca.pemPath), "TLS origination with SNI")
 	ag.waitReady(t)
 	waitFor(t, convergeTimeout, "plain HTTP through the agent to nginx over TLS", func() error {
 		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + listen + "/")
@@ -203,21 +207,7 @@ clusters:
 	})
 
 	// The same upstream checked against a CA that did not sign it: refused.
-	other := newTestCA(t)
-	bad := filepath.Join(dir, "bad-ca.yaml")
-	if err := os.WriteFile(bad, []byte(fmt.Sprintf(`
-listeners:
-  - name: to-db
-    address: %q
-    tcp: { cluster: db }
-clusters:
-  - name: db
-    tls: { sni: db.internal, ca: %q }
-    endpoints: [%q]
-`, listen, other.pemPath, upstream)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cp.apply(t, bad, "wrong CA")
+	cp.apply(t, origination("bad-ca.yaml", newTestCA(t).pemPath), "wrong CA")
 	waitFor(t, convergeTimeout, "the upstream refused for its certificate", func() error {
 		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + listen + "/")
 		if err == nil {
