@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,52 +49,18 @@ func selfSigned(t testing.TB, name string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// tlsBackend is a Go TLS echo server with its own certificate. With proxyProtocol it first
-// reads a PROXY protocol header, parsed with agent/proxyproto, and records it.
+// tlsBackend is a Go TLS echo server with its own self-signed certificate, named so tests
+// can tell by the certificate a client got which backend it reached (startTLSEcho).
 type tlsBackend struct {
-	*backend
+	*tlsBackendRec
 	name string
 	cert tls.Certificate
-
-	mu      sync.Mutex
-	headers []*proxyproto.Header
 }
 
 func startTLSBackend(t testing.TB, name string, proxyProtocol bool) *tlsBackend {
 	t.Helper()
-	tb := &tlsBackend{name: name, cert: selfSigned(t, name)}
-	cfg := &tls.Config{Certificates: []tls.Certificate{tb.cert}, NextProtos: []string{"h2", "http/1.1"}}
-	tb.backend = startBackend(t, func(c *net.TCPConn) {
-		var conn net.Conn = c
-		if proxyProtocol {
-			h, rest, err := readProxyHeader(c)
-			if err != nil {
-				return
-			}
-			tb.mu.Lock()
-			tb.headers = append(tb.headers, h)
-			tb.mu.Unlock()
-			conn = &prefixConn{Conn: c, pre: rest}
-		}
-		s := tls.Server(conn, cfg)
-		s.SetDeadline(time.Now().Add(5 * time.Second))
-		if s.Handshake() != nil {
-			return
-		}
-		s.SetDeadline(time.Time{})
-		io.Copy(s, s)
-	})
-	return tb
-}
-
-// header returns the i-th PROXY header the backend received, nil if none yet.
-func (tb *tlsBackend) header(i int) *proxyproto.Header {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	if i < len(tb.headers) {
-		return tb.headers[i]
-	}
-	return nil
+	cert := selfSigned(t, name)
+	return &tlsBackend{tlsBackendRec: startTLSEcho(t, cert, proxyProtocol, nil), name: name, cert: cert}
 }
 
 // readProxyHeader reads a PROXY protocol header from c and returns it with the bytes read

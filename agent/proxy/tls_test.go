@@ -330,6 +330,16 @@ type tlsBackendRec struct {
 	headers []*proxyproto.Header
 }
 
+// header returns the i-th PROXY header received, or nil.
+func (b *tlsBackendRec) header(i int) *proxyproto.Header {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if i < len(b.headers) {
+		return b.headers[i]
+	}
+	return nil
+}
+
 func (b *tlsBackendRec) sni(i int) (string, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -344,7 +354,7 @@ func (b *tlsBackendRec) sni(i int) (string, bool) {
 func startTLSEcho(t testing.TB, cert tls.Certificate, proxyProtocol bool, clientCA *x509.CertPool) *tlsBackendRec {
 	t.Helper()
 	tb := &tlsBackendRec{}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
 	if clientCA != nil {
 		cfg.ClientCAs, cfg.ClientAuth = clientCA, tls.RequireAndVerifyClientCert
 	}

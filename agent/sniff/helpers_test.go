@@ -19,18 +19,6 @@ import (
 
 var update = flag.Bool("update", false, "record testdata/*.bin from real TLS clients")
 
-// waitFor polls cond until it is true or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // readHelloRecords reads TLS records from r until they hold one whole
 // handshake message, and returns the raw bytes read. It frames records on
 // its own so recordings do not depend on the parser under test.

@@ -21,11 +21,10 @@ func testNode(id string) *corev3.Node {
 
 // event is one thing that happens on stream 1 of node "a".
 type event struct {
-	respond      string // send a response of this version with the next nonce
-	ack, nack    string // answer the latest nonce with an ACK of this version / a NACK message
-	staleAnswer  bool   // answer an older nonce instead
-	reconnect    bool   // close stream 1 and open stream 2
-	desiredAfter string
+	respond     string // send a response of this version with the next nonce
+	ack, nack   string // answer the latest nonce with an ACK of this version / a NACK message
+	staleAnswer bool   // answer an older nonce instead
+	reconnect   bool   // close stream 1 and open stream 2
 }
 
 func TestStatus(t *testing.T) {

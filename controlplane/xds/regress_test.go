@@ -9,7 +9,6 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
@@ -33,27 +32,10 @@ func TestDeltaNACKThenPartialChange(t *testing.T) {
 	if err := s.SetVersion(1, twoListeners(7001, 7002)); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := node("d1", nil)
-	send := func(nonce, nack string) {
-		req := &discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.ListenerType, ResponseNonce: nonce}
-		if nack != "" {
-			req.ErrorDetail = &statuspb.Status{Code: 3, Message: nack}
-		}
-		if err := st.Send(req); err != nil {
-			t.Fatal(err)
-		}
-	}
+	d := newDelta(t, conn, node("d1", nil))
+	send := func(nonce, nack string) { d.send(resource.ListenerType, nonce, nack) }
 	recv := func() (*discoveryv3.DeltaDiscoveryResponse, []string) {
-		r, err := st.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := d.recv(resource.ListenerType)
 		var names []string
 		for _, x := range r.GetResources() {
 			names = append(names, x.GetName())

@@ -302,32 +302,8 @@ func TestDeltaNACKHold(t *testing.T) {
 	if err := s.SetVersion(1, files(7001, nil, "127.0.0.1:9001")); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := node("d1", nil)
-	send := func(typeURL, nonce, nack string) {
-		req := &discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: typeURL, ResponseNonce: nonce}
-		if nack != "" {
-			req.ErrorDetail = &statuspb.Status{Code: 3, Message: nack}
-		}
-		if err := st.Send(req); err != nil {
-			t.Fatal(err)
-		}
-	}
-	recv := func(typeURL string) *discoveryv3.DeltaDiscoveryResponse {
-		r, err := st.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.GetTypeUrl() != typeURL {
-			t.Fatalf("got %s, want %s", shortType(r.GetTypeUrl()), shortType(typeURL))
-		}
-		return r
-	}
+	d := newDelta(t, conn, node("d1", nil))
+	send, recv := d.send, d.recv
 	send(resource.ListenerType, "", "")
 	r := recv(resource.ListenerType)
 	send(resource.ListenerType, r.GetNonce(), "")
@@ -346,6 +322,49 @@ func TestDeltaNACKHold(t *testing.T) {
 	// answer to this new subscription.
 	send(resource.EndpointType, "", "")
 	recv(resource.EndpointType)
+}
+
+// deltaClient is a minimal delta ADS client driven step by step.
+type deltaClient struct {
+	t      *testing.T
+	node   *corev3.Node
+	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+}
+
+func newDelta(t *testing.T, conn *grpc.ClientConn, n *corev3.Node) *deltaClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &deltaClient{t: t, node: n, stream: st}
+}
+
+// send answers nonce for typeURL: an ACK, or a NACK when nack is set.
+func (d *deltaClient) send(typeURL, nonce, nack string) {
+	d.t.Helper()
+	req := &discoveryv3.DeltaDiscoveryRequest{Node: d.node, TypeUrl: typeURL, ResponseNonce: nonce}
+	if nack != "" {
+		req.ErrorDetail = &statuspb.Status{Code: 3, Message: nack}
+	}
+	if err := d.stream.Send(req); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// recv returns the next response, which must be of typeURL.
+func (d *deltaClient) recv(typeURL string) *discoveryv3.DeltaDiscoveryResponse {
+	d.t.Helper()
+	r, err := d.stream.Recv()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if r.GetTypeUrl() != typeURL {
+		d.t.Fatalf("got %s, want %s", shortType(r.GetTypeUrl()), shortType(typeURL))
+	}
+	return r
 }
 
 func BenchmarkSetVersion1000Listeners(b *testing.B) {
