@@ -22,6 +22,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-proxy/flotilla/agent/httproute"
 	"github.com/flotilla-proxy/flotilla/agent/match"
 	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 )
@@ -125,8 +126,13 @@ type FilterChain struct {
 	Name string
 	// Match is the chain's filter_chain_match (zero for a listener's default chain).
 	Match match.Conditions
-	// TCP is the chain's tcp_proxy.
+	// TCP is the chain's tcp_proxy. On an HTTP chain (HTTP not nil) only TCP.AccessLog of
+	// connection-level failures and TCP.Cluster == nil apply.
 	TCP TCPProxy
+	// HTTP, when not nil, is the chain's http_connection_manager: the chain serves HTTP
+	// (after TLS termination when TLS is set) and routes each request with the
+	// RouteConfiguration named HTTP.RouteConfigName (Graph.RouteTable).
+	HTTP *httproute.Manager
 	// TLS, when not nil, terminates TLS on the chain's connections (transport_socket
 	// envoy.transport_sockets.tls): the proxy completes a handshake with it after choosing
 	// the chain and proxies the plaintext. nil means the bytes pass as they are.

@@ -10,6 +10,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/flotilla-proxy/flotilla/agent/httproute"
 	"github.com/flotilla-proxy/flotilla/agent/match"
 	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 	"github.com/flotilla-proxy/flotilla/agent/upstream"
@@ -29,8 +30,13 @@ type Graph struct {
 	listenerByName map[string]*Listener
 	clusters       []*Cluster // sorted by name
 	clusterByName  map[string]*Cluster
+	routes         map[string]*httproute.Table // RDS RouteConfigurations by name
 	src            Resources
 }
+
+// RouteTable returns the compiled RouteConfiguration with that name (the RDS resource an
+// HTTP chain's manager names), or nil.
+func (g *Graph) RouteTable(name string) *httproute.Table { return g.routes[name] }
 
 // Listeners returns the listeners sorted by name.
 func (g *Graph) Listeners() []*Listener { return slices.Clone(g.listeners) }
