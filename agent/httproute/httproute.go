@@ -112,6 +112,8 @@ type Table struct {
 	VirtualHosts []*VirtualHost
 	// Header mutations of the whole table, applied after the virtual host's and route's.
 	Headers HeaderMutations
+
+	index *domainIndex // built by Index; nil means Select scans
 }
 
 // VirtualHost is one virtual_hosts entry.
