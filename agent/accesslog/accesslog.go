@@ -1,5 +1,6 @@
-// Package accesslog writes one line per proxied TCP connection or UDP session, with the fields
-// nginx stream users rely on, as JSON lines or an nginx-style format string.
+// Package accesslog writes one line per proxied TCP connection or UDP session, or per HTTP
+// request, with the fields nginx stream and http users rely on, as JSON lines or an
+// nginx-style format string.
 //
 // A Format is parsed once from configuration. A Logger encodes each Entry in the caller's
 // goroutine into a pooled buffer and hands it to one writer goroutine through a bounded queue;
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"sync"
@@ -19,8 +21,11 @@ import (
 	"time"
 )
 
-// Entry is what is known about one connection or UDP session when it ends. The nginx variable
-// each field is printed as is in its comment; see Format.
+// Entry is what is known about one connection, UDP session or HTTP request when it ends. The
+// nginx variable each field is printed as is in its comment; see Format. For an HTTP request,
+// Protocol is "HTTP/1.0", "HTTP/1.1" or "HTTP/2", Status the response status, BytesSent and
+// BytesReceived the response and request body bytes, Client the client address (after the
+// PROXY protocol and trusted X-Forwarded-For hops), and Upstream the last endpoint tried.
 type Entry struct {
 	Start    time.Time      // connection accepted or first datagram received ($start_time)
 	Duration time.Duration  // from Start to the end ($session_time)
@@ -41,6 +46,22 @@ type Entry struct {
 	Listener              string         // listener name ($listener)
 	Cluster               string         // cluster name ($cluster)
 	FilterChain           string         // filter chain name ($filter_chain)
+
+	// HTTP requests only; empty for L4.
+	Method     string // request method ($request_method, %REQ(:METHOD)%); set means "an HTTP request"
+	RequestURI string // path and query as the client sent them ($request_uri, %REQ(:PATH)%)
+	Host       string // the request's authority ($host, %REQ(:AUTHORITY)%)
+	Scheme     string // "http" or "https" (%REQ(:SCHEME)%)
+	Route      string // the route's name ($route, %ROUTE_NAME%)
+	// UpstreamResponseTime is the time from the start of the request to the upstream's
+	// response headers ($upstream_response_time, %RESPONSE_DURATION%).
+	UpstreamResponseTime time.Duration
+	// RequestHeader is the request's header as the client sent it ($http_<name>,
+	// %REQ(NAME)%) and ResponseHeader the response's as the client got it
+	// ($sent_http_<name>, %RESP(NAME)%). The Entry does not own them: Log reads them
+	// before it returns.
+	RequestHeader  http.Header
+	ResponseHeader http.Header
 }
 
 // Status codes of nginx's stream module, for Entry.Status.

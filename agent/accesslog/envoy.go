@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +50,17 @@ const (
 	opListener
 	opCluster
 	opFilterChain
+	opResponseDuration
+	opRouteName
+	opReq  // %REQ(NAME?ALT):N%: envoySeg.hdr, alt, maxLen
+	opResp // %RESP(NAME?ALT):N%
+)
+
+// Operators of the HTTP variables that are not a single table entry.
+const (
+	opStrMethod     = "%REQ(:METHOD)%"
+	opStrRequestURI = "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+	opStrAuthority  = "%REQ(:AUTHORITY)%"
 )
 
 // envoyTable maps the variables of Flotilla's (nginx-style) formats to Envoy command operators
@@ -81,16 +93,38 @@ var envoyTable = []struct {
 	{"listener", "%DYNAMIC_METADATA(flotilla:listener)%", opListener},
 	{"cluster", "%UPSTREAM_CLUSTER%", opCluster},
 	{"filter_chain", "%FILTER_CHAIN_NAME%", opFilterChain},
+	{"request_time", "%DURATION%", opDuration},
+	{"body_bytes_sent", "%BYTES_SENT%", opBytesSent},
+	{"server_protocol", "%PROTOCOL%", opProtocol},
+	{"upstream_response_time", "%RESPONSE_DURATION%", opResponseDuration},
+	{"route", "%ROUTE_NAME%", opRouteName},
+	// Header operators: parsed by scanOperator, listed here for the translation only.
+	{"request_method", opStrMethod, opReq},
+	{"request_uri", opStrRequestURI, opReq},
+	{"host", opStrAuthority, opReq},
+	{"request", opStrMethod + " " + opStrRequestURI + " %PROTOCOL%", opReq},
+	{"http_referer", "%REQ(REFERER)%", opReq},
+	{"http_user_agent", "%REQ(USER-AGENT)%", opReq},
+	{"http_x_forwarded_for", "%REQ(X-FORWARDED-FOR)%", opReq},
 }
 
 // EnvoyOperator returns the Envoy command operator (with its "%"s) an nginx-style variable
-// (with or without its "$") translates to, and whether there is one.
+// (with or without its "$") translates to, and whether there is one. $request translates to
+// three operators with spaces between them; $http_<name> and $sent_http_<name> to
+// %REQ(NAME)% and %RESP(NAME)%.
 func EnvoyOperator(nginxVar string) (string, bool) {
 	name := strings.TrimPrefix(nginxVar, "$")
 	for _, r := range envoyTable {
 		if r.variable != "" && r.variable == name {
 			return r.operator, true
 		}
+	}
+	if seg, ok := lookupVariable(name); ok && seg.hdr != "" {
+		op := "REQ"
+		if seg.v == varRespHeader {
+			op = "RESP"
+		}
+		return "%" + op + "(" + strings.ToUpper(seg.hdr) + ")%", true
 	}
 	return "", false
 }
@@ -113,13 +147,24 @@ func NginxVar(envoyOperator string) (string, bool) {
 // ending in a newline. A literal '%' cannot be expressed and is an error, like an unknown
 // variable.
 func ToEnvoy(format string) (text string, json map[string]string, err error) {
+	return toEnvoy(format, jsonFields)
+}
+
+// ToEnvoyHTTP is ToEnvoy for the access log of an HTTP listener: "json" also carries the
+// keys of HTTP requests (request_method, request_uri, host, http_referer, http_user_agent,
+// http_x_forwarded_for, upstream_response_time, route).
+func ToEnvoyHTTP(format string) (text string, json map[string]string, err error) {
+	return toEnvoy(format, append(jsonFields[:len(jsonFields):len(jsonFields)], jsonHTTPFields...))
+}
+
+func toEnvoy(format string, fields []variable) (text string, json map[string]string, err error) {
 	f, err := ParseFormat(format)
 	if err != nil {
 		return "", nil, err
 	}
 	if f.json {
-		json = make(map[string]string, len(jsonFields))
-		for _, v := range jsonFields {
+		json = make(map[string]string, len(fields))
+		for _, v := range fields {
 			op, ok := EnvoyOperator(variableNames[v])
 			if !ok {
 				return "", nil, fmt.Errorf("access log format: $%s has no Envoy command operator", variableNames[v])
@@ -137,9 +182,13 @@ func ToEnvoy(format string) (text string, json map[string]string, err error) {
 			b.WriteString(s.lit)
 			continue
 		}
-		op, ok := EnvoyOperator(variableNames[s.v])
+		name := variableNames[s.v]
+		if s.hdr != "" {
+			name += strings.ToLower(strings.ReplaceAll(s.hdr, "-", "_"))
+		}
+		op, ok := EnvoyOperator(name)
 		if !ok {
-			return "", nil, fmt.Errorf("access log format: $%s has no Envoy command operator", variableNames[s.v])
+			return "", nil, fmt.Errorf("access log format: $%s has no Envoy command operator", name)
 		}
 		b.WriteString(op)
 	}
@@ -157,6 +206,10 @@ type envoyFormat struct {
 type envoySeg struct {
 	lit string
 	op  envoyOp
+	// opReq and opResp: the header (canonical, or a lower-case pseudo-header such as
+	// ":path"), the alternative when it is absent, and the most bytes printed (0: all).
+	hdr, alt string
+	maxLen   int
 }
 
 // envoyField is one key of a json_format: a single operator prints as a typed JSON value,
@@ -222,14 +275,14 @@ func parseEnvoyText(s string) ([]envoySeg, error) {
 			i++
 			continue
 		}
-		op, n, err := scanOperator(s[i:])
+		seg, n, err := scanOperator(s[i:])
 		if err != nil {
 			return nil, err
 		}
 		if lit < i {
 			segs = append(segs, envoySeg{lit: s[lit:i]})
 		}
-		segs = append(segs, envoySeg{op: op})
+		segs = append(segs, seg)
 		i += n
 		lit = i
 	}
@@ -239,9 +292,9 @@ func parseEnvoyText(s string) ([]envoySeg, error) {
 	return segs, nil
 }
 
-// scanOperator reads the operator at the start of s ("%NAME%" or "%NAME(args)%") and returns
-// it with its length.
-func scanOperator(s string) (envoyOp, int, error) {
+// scanOperator reads the operator at the start of s ("%NAME%", "%NAME(args)%" or, for REQ
+// and RESP, "%NAME(args):N%") and returns it with its length.
+func scanOperator(s string) (envoySeg, int, error) {
 	// The operator's end: the next '%' after the name, or after the closing ')' of its
 	// arguments (which may contain '%', as START_TIME's do).
 	j := 1
@@ -249,59 +302,162 @@ func scanOperator(s string) (envoyOp, int, error) {
 		j++
 	}
 	if j == 1 {
-		return 0, 0, fmt.Errorf("access log format: '%%' not followed by a command operator in %q", s)
+		return envoySeg{}, 0, fmt.Errorf("access log format: '%%' not followed by a command operator in %q", s)
+	}
+	if name := s[1:j]; (name == "REQ" || name == "RESP") && j < len(s) && s[j] == '(' {
+		return scanHeaderOperator(s, name, j)
 	}
 	if j < len(s) && s[j] == '(' {
 		k := strings.Index(s[j:], ")%")
 		if k < 0 {
-			return 0, 0, fmt.Errorf("access log format: unterminated command operator %s", s)
+			return envoySeg{}, 0, fmt.Errorf("access log format: unterminated command operator %s", s)
 		}
 		j += k + 1
 	}
 	if j >= len(s) || s[j] != '%' {
 		end := min(j, len(s))
-		return 0, 0, fmt.Errorf("access log format: unterminated command operator %s", s[:end])
+		return envoySeg{}, 0, fmt.Errorf("access log format: unterminated command operator %s", s[:end])
 	}
 	token := s[:j+1]
 	for _, r := range envoyTable {
-		if r.operator == token {
-			return r.op, len(token), nil
+		if r.operator == token && r.op != opReq {
+			return envoySeg{op: r.op}, len(token), nil
 		}
 	}
-	return 0, 0, fmt.Errorf("access log format: command operator %s is not supported by flotilla-agent", token)
+	return envoySeg{}, 0, fmt.Errorf("access log format: command operator %s is not supported by flotilla-agent", token)
+}
+
+// scanHeaderOperator reads %REQ(NAME?ALT):N% or %RESP(...)% from s, whose '(' is at s[j].
+func scanHeaderOperator(s, name string, j int) (envoySeg, int, error) {
+	k := strings.IndexByte(s[j:], ')')
+	if k < 0 {
+		return envoySeg{}, 0, fmt.Errorf("access log format: unterminated command operator %s", s)
+	}
+	args := s[j+1 : j+k]
+	end := j + k + 1
+	seg := envoySeg{op: opReq}
+	if name == "RESP" {
+		seg.op = opResp
+	}
+	if end < len(s) && s[end] == ':' {
+		n := end + 1
+		for n < len(s) && '0' <= s[n] && s[n] <= '9' {
+			n++
+		}
+		l, err := strconv.Atoi(s[end+1 : n])
+		if err != nil || l <= 0 {
+			return envoySeg{}, 0, fmt.Errorf("access log format: bad length in command operator %s", s[:min(n+1, len(s))])
+		}
+		seg.maxLen, end = l, n
+	}
+	if end >= len(s) || s[end] != '%' {
+		return envoySeg{}, 0, fmt.Errorf("access log format: unterminated command operator %s", s[:min(end, len(s))])
+	}
+	hdr, alt, _ := strings.Cut(args, "?")
+	if seg.hdr = headerName(hdr); seg.hdr == "" || strings.Contains(alt, "?") {
+		return envoySeg{}, 0, fmt.Errorf("access log format: bad header name in command operator %s", s[:end+1])
+	}
+	if alt != "" {
+		if seg.alt = headerName(alt); seg.alt == "" {
+			return envoySeg{}, 0, fmt.Errorf("access log format: bad header name in command operator %s", s[:end+1])
+		}
+	}
+	return seg, end + 1, nil
+}
+
+// headerName returns a header name of a REQ or RESP operator as Entry looks it up:
+// pseudo-headers in lower case, others canonical; "" if it is not a valid name.
+func headerName(h string) string {
+	if h == "" {
+		return ""
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c == '-' || c == '_' || c == '.' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == ':' && i == 0) {
+			return ""
+		}
+	}
+	if h[0] == ':' {
+		return strings.ToLower(h)
+	}
+	return http.CanonicalHeaderKey(h)
+}
+
+// headerValue returns what a REQ or RESP segment prints for e, "" when absent.
+func (s *envoySeg) headerValue(e *Entry) string {
+	v := entryHeader(e, s.op, s.hdr)
+	if v == "" && s.alt != "" {
+		v = entryHeader(e, s.op, s.alt)
+	}
+	if s.maxLen > 0 && len(v) > s.maxLen {
+		v = v[:s.maxLen]
+	}
+	return v
+}
+
+// entryHeader looks up one header of e; the request's pseudo-headers come from its fields.
+func entryHeader(e *Entry, op envoyOp, name string) string {
+	if op == opResp {
+		return e.ResponseHeader.Get(name)
+	}
+	switch name {
+	case ":method":
+		return e.Method
+	case ":path":
+		return e.RequestURI
+	case ":authority", "Host":
+		return e.Host
+	case ":scheme":
+		return e.Scheme
+	}
+	if name[0] == ':' {
+		return ""
+	}
+	return e.RequestHeader.Get(name)
 }
 
 // append writes the line for e.
 func (f *envoyFormat) append(b []byte, e *Entry) []byte {
 	if f.fields == nil {
-		for _, s := range f.text {
-			if s.lit != "" {
-				b = append(b, s.lit...)
-				continue
-			}
-			b = appendEnvoyText(b, e, s.op)
+		for i := range f.text {
+			b = appendEnvoySeg(b, e, &f.text[i])
 		}
 		return b
 	}
 	for _, fl := range f.fields {
 		b = append(b, fl.key...)
 		if len(fl.segs) == 1 && fl.segs[0].lit == "" {
+			if s := &fl.segs[0]; s.op == opReq || s.op == opResp {
+				if v := s.headerValue(e); v != "" {
+					b = appendJSONString(b, v)
+				} else {
+					b = append(b, "null"...)
+				}
+				continue
+			}
 			b = appendEnvoyJSON(b, e, fl.segs[0].op)
 			continue
 		}
 		// A string made of several parts: render as text, then quote.
 		start := len(b)
-		for _, s := range fl.segs {
-			if s.lit != "" {
-				b = append(b, s.lit...)
-			} else {
-				b = appendEnvoyText(b, e, s.op)
-			}
+		for i := range fl.segs {
+			b = appendEnvoySeg(b, e, &fl.segs[i])
 		}
 		part := string(b[start:])
 		b = appendJSONString(b[:start], part)
 	}
 	return append(b, '}')
+}
+
+// appendEnvoySeg appends one segment of a text line.
+func appendEnvoySeg(b []byte, e *Entry, s *envoySeg) []byte {
+	switch {
+	case s.lit != "":
+		return append(b, s.lit...)
+	case s.op == opReq || s.op == opResp:
+		return appendTextString(b, s.headerValue(e))
+	}
+	return appendEnvoyText(b, e, s.op)
 }
 
 // envoyStartTime is what %START_TIME% prints: UTC with milliseconds.
@@ -348,6 +504,8 @@ func sameAsVariable(op envoyOp) (variable, bool) {
 		return varCluster, true
 	case opFilterChain:
 		return varFilterChain, true
+	case opRouteName:
+		return varRoute, true
 	}
 	return 0, false
 }
@@ -370,6 +528,11 @@ func appendEnvoyText(b []byte, e *Entry, op envoyOp) []byte {
 		return appendEnvoyTime(b, e.Start, op)
 	case opDuration:
 		return strconv.AppendInt(b, max(e.Duration.Milliseconds(), 0), 10)
+	case opResponseDuration:
+		if !e.Upstream.IsValid() || e.UpstreamResponseTime <= 0 {
+			return append(b, '-')
+		}
+		return strconv.AppendInt(b, e.UpstreamResponseTime.Milliseconds(), 10)
 	case opUpstreamConnect:
 		if !e.Upstream.IsValid() {
 			return append(b, '-')
@@ -390,9 +553,9 @@ func appendEnvoyJSON(b []byte, e *Entry, op envoyOp) []byte {
 	}
 	switch op {
 	case opRemotePort, opLocalPort, opResponseCode, opBytesSent, opBytesReceived, opDuration,
-		opUpstreamBytesSent, opUpstreamBytesReceived, opUpstreamConnect:
+		opUpstreamBytesSent, opUpstreamBytesReceived, opUpstreamConnect, opResponseDuration:
 		return b
-	case opProtocol, opSNI, opListener, opCluster, opFilterChain:
+	case opProtocol, opSNI, opListener, opCluster, opFilterChain, opRouteName:
 		// The text form is escaped for text lines; JSON escapes the raw value.
 		v, _ := sameAsVariable(op)
 		return appendJSONString(b[:start], stringVar(e, v))

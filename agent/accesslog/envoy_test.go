@@ -180,7 +180,9 @@ func TestParseEnvoyFormatErrors(t *testing.T) {
 		json map[string]string
 		want string
 	}{
-		{"unknown operator", "%REQ(:PATH)% %STATUS%", nil, "access log format: command operator %REQ(:PATH)% is not supported by flotilla-agent"},
+		{"unknown operator", "%REQ(:PATH)% %STATUS%", nil, "access log format: command operator %STATUS% is not supported by flotilla-agent"},
+		{"bad header", "%REQ(a b)%", nil, "access log format: bad header name in command operator %REQ(a b)%"},
+		{"bad length", "%REQ(A):x%", nil, "access log format: bad length in command operator %REQ(A):x"},
 		{"other start time format", "%START_TIME(%s)%", nil, "access log format: command operator %START_TIME(%s)% is not supported by flotilla-agent"},
 		{"unterminated", "%BYTES_SENT", nil, "access log format: unterminated command operator %BYTES_SENT"},
 		{"lone percent", "100 % done", nil, `access log format: '%' not followed by a command operator in "% done"`},

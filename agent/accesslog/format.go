@@ -2,8 +2,10 @@ package accesslog
 
 import (
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -37,6 +39,21 @@ const (
 	varTimeLocal
 	varTimeISO8601
 	varMsec
+	// HTTP requests.
+	varRequestMethod
+	varRequestURI
+	varServerProtocol
+	varRequest
+	varBodyBytesSent
+	varHTTPReferer
+	varHTTPUserAgent
+	varHTTPXForwardedFor
+	varHost
+	varRequestTime
+	varUpstreamResponseTime
+	varRoute
+	varReqHeader  // $http_<name>: segment.hdr names the header
+	varRespHeader // $sent_http_<name>: segment.hdr names the header
 	numVariables
 )
 
@@ -65,6 +82,32 @@ var variableNames = [numVariables]string{
 	varTimeLocal:             "time_local",
 	varTimeISO8601:           "time_iso8601",
 	varMsec:                  "msec",
+	varRequestMethod:         "request_method",
+	varRequestURI:            "request_uri",
+	varServerProtocol:        "server_protocol",
+	varRequest:               "request",
+	varBodyBytesSent:         "body_bytes_sent",
+	varHTTPReferer:           "http_referer",
+	varHTTPUserAgent:         "http_user_agent",
+	varHTTPXForwardedFor:     "http_x_forwarded_for",
+	varHost:                  "host",
+	varRequestTime:           "request_time",
+	varUpstreamResponseTime:  "upstream_response_time",
+	varRoute:                 "route",
+	varReqHeader:             "http_",
+	varRespHeader:            "sent_http_",
+}
+
+// CombinedFormat is what the format name "combined" stands for: nginx's combined log format
+// followed by the upstream address, the upstream response time and the request time.
+const CombinedFormat = `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent ` +
+	`"$http_referer" "$http_user_agent" $upstream_addr $upstream_response_time $request_time`
+
+// jsonHTTPFields are the fields a JSON line of an HTTP request (Entry.Method set) carries
+// after jsonFields, in order.
+var jsonHTTPFields = []variable{
+	varRequestMethod, varRequestURI, varHost, varHTTPReferer, varHTTPUserAgent,
+	varHTTPXForwardedFor, varUpstreamResponseTime, varRoute,
 }
 
 // jsonFields are the fields of a JSON line, in order.
@@ -85,13 +128,18 @@ var jsonKeys = func() [numVariables]string {
 		}
 		keys[v] = sep + strconv.Quote(variableNames[v]) + ":"
 	}
+	for _, v := range jsonHTTPFields {
+		keys[v] = "," + strconv.Quote(variableNames[v]) + ":"
+	}
 	return keys
 }()
 
 var variablesByName = func() map[string]variable {
 	m := make(map[string]variable, numVariables)
 	for v, name := range variableNames {
-		m[name] = variable(v)
+		if variable(v) != varReqHeader && variable(v) != varRespHeader {
+			m[name] = variable(v)
+		}
 	}
 	return m
 }()
@@ -107,6 +155,7 @@ const (
 type segment struct {
 	lit string
 	v   variable
+	hdr string // the header of varReqHeader and varRespHeader, canonical
 }
 
 // Format is a parsed log line format. It is immutable and safe for concurrent use.
@@ -116,6 +165,11 @@ type segment struct {
 // $bytes_received, $session_time, $upstream_addr, $upstream_bytes_sent,
 // $upstream_bytes_received, $upstream_connect_time, $ssl_preread_server_name, $time_local,
 // $time_iso8601, $msec — and Flotilla's $listener, $cluster, $filter_chain and $start_time.
+// HTTP requests add nginx's http variables $request_method, $request_uri, $server_protocol,
+// $request ("$request_method $request_uri $server_protocol"), $body_bytes_sent, $host,
+// $request_time (the same as $session_time), $upstream_response_time (to the upstream's
+// response headers), $http_<name> (any request header, e.g. $http_user_agent,
+// $http_x_forwarded_for), $sent_http_<name> (any response header), and Flotilla's $route.
 // ${name} may be used where a name is followed by a letter, digit or underscore. Times are
 // printed in Entry.Start's location; like nginx, $time_local, $time_iso8601 and $msec are the
 // time the session ended (Start+Duration), $start_time is when it began. Durations are seconds
@@ -128,7 +182,11 @@ type segment struct {
 // bytes_received, session_time, upstream_addr, upstream_bytes_sent, upstream_bytes_received,
 // upstream_connect_time, ssl_preread_server_name, listener, cluster, filter_chain, in that order.
 // Numbers are JSON numbers (durations in seconds), absent strings and addresses are "" and absent
-// numbers 0, so every line has the same keys and types.
+// numbers 0, so every line has the same keys and types. Lines of HTTP requests (Entry.Method
+// set) add request_method, request_uri, host, http_referer, http_user_agent,
+// http_x_forwarded_for, upstream_response_time and route at the end.
+//
+// "combined" is CombinedFormat.
 type Format struct {
 	src   string
 	json  bool
@@ -143,6 +201,9 @@ func ParseFormat(s string) (*Format, error) {
 	if s == "json" {
 		f.json = true
 		return f, nil
+	}
+	if s == "combined" {
+		s = CombinedFormat
 	}
 	if s == "" {
 		return nil, fmt.Errorf("access log format: empty (use %q or a format string)", "json")
@@ -160,17 +221,31 @@ func ParseFormat(s string) (*Format, error) {
 		if err != nil {
 			return nil, err
 		}
-		v, ok := variablesByName[name]
+		seg, ok := lookupVariable(name)
 		if !ok {
 			return nil, fmt.Errorf("access log format: unknown variable $%s at offset %d", name, i)
 		}
-		f.segs = append(f.segs, segment{v: v})
+		f.segs = append(f.segs, seg)
 		i, lit = end, end
 	}
 	if lit < len(s) {
 		f.segs = append(f.segs, segment{lit: s[lit:]})
 	}
 	return f, nil
+}
+
+// lookupVariable resolves a variable name, including the header variables $http_<name> and
+// $sent_http_<name>.
+func lookupVariable(name string) (segment, bool) {
+	if v, ok := variablesByName[name]; ok {
+		return segment{v: v}, true
+	}
+	for _, v := range []variable{varRespHeader, varReqHeader} {
+		if h, ok := strings.CutPrefix(name, variableNames[v]); ok && h != "" {
+			return segment{v: v, hdr: http.CanonicalHeaderKey(strings.ReplaceAll(h, "_", "-"))}, true
+		}
+	}
+	return segment{}, false
 }
 
 // scanVariable reads the variable name after the '$' at s[i], as $name or ${name}, and returns
@@ -216,16 +291,41 @@ func (f *Format) Append(b []byte, e *Entry) []byte {
 			b = append(b, jsonKeys[v]...)
 			b = appendJSON(b, e, v)
 		}
+		if e.Method != "" {
+			for _, v := range jsonHTTPFields {
+				b = append(b, jsonKeys[v]...)
+				b = appendJSON(b, e, v)
+			}
+		}
 		return append(b, '}')
 	}
 	for _, s := range f.segs {
-		if s.lit != "" {
+		switch {
+		case s.lit != "":
 			b = append(b, s.lit...)
-			continue
+		case s.hdr != "":
+			b = appendTextString(b, headerVar(e, s.v, s.hdr))
+		default:
+			b = appendText(b, e, s.v)
 		}
-		b = appendText(b, e, s.v)
 	}
 	return b
+}
+
+// headerVar returns a header of e for varReqHeader or varRespHeader.
+func headerVar(e *Entry, v variable, name string) string {
+	if v == varRespHeader {
+		return e.ResponseHeader.Get(name)
+	}
+	return e.RequestHeader.Get(name)
+}
+
+// appendTextString appends s escaped, or "-" when it is empty.
+func appendTextString(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, '-')
+	}
+	return appendEscaped(b, s)
 }
 
 // appendText appends variable v of e as a format string prints it.
@@ -246,12 +346,24 @@ func appendText(b []byte, e *Entry, v variable) []byte {
 			return append(b, '-')
 		}
 		return appendSeconds(b, e.UpstreamConnectTime)
-	case varProtocol, varSNI, varListener, varCluster, varFilterChain:
-		s := stringVar(e, v)
-		if s == "" {
+	case varProtocol, varSNI, varListener, varCluster, varFilterChain, varRequestMethod,
+		varRequestURI, varServerProtocol, varHTTPReferer, varHTTPUserAgent, varHTTPXForwardedFor,
+		varHost, varRoute:
+		return appendTextString(b, stringVar(e, v))
+	case varRequest:
+		if e.Method == "" {
 			return append(b, '-')
 		}
-		return appendEscaped(b, s)
+		b = appendEscaped(b, e.Method)
+		b = append(b, ' ')
+		b = appendEscaped(b, e.RequestURI)
+		b = append(b, ' ')
+		return appendEscaped(b, e.Protocol)
+	case varUpstreamResponseTime:
+		if !e.Upstream.IsValid() {
+			return append(b, '-')
+		}
+		return appendSeconds(b, e.UpstreamResponseTime)
 	case varTimeLocal:
 		return endTime(e).AppendFormat(b, layoutTimeLocal)
 	case varTimeISO8601:
@@ -280,8 +392,12 @@ func appendJSON(b []byte, e *Entry, v variable) []byte {
 		return strconv.AppendUint(b, uint64(e.Client.Port()), 10)
 	case varServerPort:
 		return strconv.AppendUint(b, uint64(e.Server.Port()), 10)
-	case varProtocol, varSNI, varListener, varCluster, varFilterChain:
+	case varProtocol, varSNI, varListener, varCluster, varFilterChain, varRequestMethod,
+		varRequestURI, varServerProtocol, varHTTPReferer, varHTTPUserAgent, varHTTPXForwardedFor,
+		varHost, varRoute:
 		return appendJSONString(b, stringVar(e, v))
+	case varRequest:
+		return appendJSONString(b, e.Method+" "+e.RequestURI+" "+e.Protocol)
 	case varStartTime:
 		b = append(b, '"')
 		return append(e.Start.AppendFormat(b, layoutStartTime), '"')
@@ -294,7 +410,7 @@ func appendNumber(b []byte, e *Entry, v variable) []byte {
 	switch v {
 	case varStatus:
 		return strconv.AppendInt(b, int64(e.Status), 10)
-	case varBytesSent:
+	case varBytesSent, varBodyBytesSent:
 		return strconv.AppendInt(b, e.BytesSent, 10)
 	case varBytesReceived:
 		return strconv.AppendInt(b, e.BytesReceived, 10)
@@ -302,10 +418,12 @@ func appendNumber(b []byte, e *Entry, v variable) []byte {
 		return strconv.AppendInt(b, e.UpstreamBytesSent, 10)
 	case varUpstreamBytesReceived:
 		return strconv.AppendInt(b, e.UpstreamBytesReceived, 10)
-	case varSessionTime:
+	case varSessionTime, varRequestTime:
 		return appendSeconds(b, e.Duration)
 	case varUpstreamConnectTime:
 		return appendSeconds(b, e.UpstreamConnectTime)
+	case varUpstreamResponseTime:
+		return appendSeconds(b, e.UpstreamResponseTime)
 	}
 	panic(fmt.Sprintf("accesslog: variable %d has no printer", v))
 }
@@ -322,6 +440,22 @@ func stringVar(e *Entry, v variable) string {
 		return e.Cluster
 	case varFilterChain:
 		return e.FilterChain
+	case varRequestMethod:
+		return e.Method
+	case varRequestURI:
+		return e.RequestURI
+	case varServerProtocol:
+		return e.Protocol
+	case varHTTPReferer:
+		return e.RequestHeader.Get("Referer")
+	case varHTTPUserAgent:
+		return e.RequestHeader.Get("User-Agent")
+	case varHTTPXForwardedFor:
+		return e.RequestHeader.Get("X-Forwarded-For")
+	case varHost:
+		return e.Host
+	case varRoute:
+		return e.Route
 	}
 	return ""
 }
