@@ -97,3 +97,10 @@ clean:
 .PHONY: bench-l4
 bench-l4: build
 	bash e2e/bench/bench-l4.sh
+
+## bench-http: the agent against nginx http{} (upstream keep-alive) and HAProxy mode http on
+## loopback, wrk keep-alive c=100 against a Go backend (installs nginx, HAProxy, wrk and curl
+## from Debian when missing); writes its section of BENCHMARKS.md.
+.PHONY: bench-http
+bench-http: build
+	bash e2e/bench/bench-http.sh
