@@ -32,7 +32,12 @@ type Bundle struct {
 	// Listeners accept connections on agents.
 	Listeners []*Listener `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
 	// Clusters are named groups of upstream endpoints that listeners send traffic to.
-	Clusters      []*Cluster `protobuf:"bytes,2,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Clusters []*Cluster `protobuf:"bytes,2,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// GrpcServices let gRPC applications join the fleet without a proxy
+	// (proxyless gRPC): a client that dials "xds:///<name>" with grpc-go's (or
+	// any gRPC's) xDS resolver pointed at the control plane gets the endpoints
+	// of the service's cluster and balances over them itself.
+	GrpcServices  []*GrpcService `protobuf:"bytes,3,rep,name=grpc_services,json=grpcServices,proto3" json:"grpc_services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -77,6 +82,86 @@ func (x *Bundle) GetListeners() []*Listener {
 func (x *Bundle) GetClusters() []*Cluster {
 	if x != nil {
 		return x.Clusters
+	}
+	return nil
+}
+
+func (x *Bundle) GetGrpcServices() []*GrpcService {
+	if x != nil {
+		return x.GrpcServices
+	}
+	return nil
+}
+
+// GrpcService is a service proxyless gRPC clients dial as "xds:///<name>".
+// The control plane serves these clients an LDS api_listener named <name>,
+// an RDS route configuration "grpc:<name>" sending every call to cluster,
+// and the cluster with its endpoints (CDS, EDS). Only gRPC clients get them;
+// agents never do.
+type GrpcService struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is the target clients dial (xds:///<name>), unique in the bundle.
+	// It may contain '.', '-' and ':' like a host name with a port
+	// ("greeter", "greeter.shop:50051").
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Cluster names the cluster of backends. Its lb (round_robin, ring_hash,
+	// …) is the one the client uses; protocol and TLS settings are not used.
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Agents is a label selector on the clients' node labels (node metadata
+	// "labels", as for agents): only clients whose labels include every
+	// key=value here see this service. Empty means every client.
+	Agents        map[string]string `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GrpcService) Reset() {
+	*x = GrpcService{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GrpcService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GrpcService) ProtoMessage() {}
+
+func (x *GrpcService) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GrpcService.ProtoReflect.Descriptor instead.
+func (*GrpcService) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GrpcService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GrpcService) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *GrpcService) GetAgents() map[string]string {
+	if x != nil {
+		return x.Agents
 	}
 	return nil
 }
@@ -137,15 +222,23 @@ type Listener struct {
 	// Tls terminates TLS on this listener (nginx stream `listen … ssl`,
 	// HAProxy `bind … ssl crt`): the agent completes the handshake and proxies
 	// the plaintext. With sni or routes, routing uses the SNI of the ClientHello.
-	// TCP listeners only. Absent: connections are proxied as they are.
-	Tls           *ListenerTls `protobuf:"bytes,12,opt,name=tls,proto3" json:"tls,omitempty"`
+	// TCP and HTTP listeners. Absent: connections are proxied as they are.
+	// On an HTTP listener it makes an HTTPS listener (nginx `listen 443 ssl
+	// http2`), and alpn defaults to [h2, http/1.1].
+	Tls *ListenerTls `protobuf:"bytes,12,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Http makes this an HTTP listener (nginx `http { server { listen …; } }`):
+	// requests are routed by host and path to clusters. A listener has exactly
+	// one of tcp, udp and http; sni and routes (stream routes) are for tcp only.
+	// tls, proxy_protocol, max_connections and access_log work as for tcp
+	// (the access log has one line per request).
+	Http          *HttpListener `protobuf:"bytes,13,opt,name=http,proto3" json:"http,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Listener) Reset() {
 	*x = Listener{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[1]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +250,7 @@ func (x *Listener) String() string {
 func (*Listener) ProtoMessage() {}
 
 func (x *Listener) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[1]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +263,7 @@ func (x *Listener) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Listener.ProtoReflect.Descriptor instead.
 func (*Listener) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Listener) GetName() string {
@@ -257,6 +350,1096 @@ func (x *Listener) GetTls() *ListenerTls {
 	return nil
 }
 
+func (x *Listener) GetHttp() *HttpListener {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+// HttpListener is an HTTP reverse proxy on a listener (nginx `http {}` with
+// `server` and `location` blocks, HAProxy `mode http`). The agent sets
+// X-Forwarded-For (appending the client's address), X-Forwarded-Proto and,
+// by default, X-Real-IP on every proxied request.
+type HttpListener struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Routes is a shorthand for one virtual host matching every domain ("*"):
+	// use it when the listener serves one site. Not with virtual_hosts.
+	Routes []*HttpRoute `protobuf:"bytes,1,rep,name=routes,proto3" json:"routes,omitempty"`
+	// VirtualHosts are the sites served, chosen by the request's Host
+	// (nginx `server_name`): an exact domain beats the longest "*.suffix"
+	// wildcard, which beats the longest "prefix*" wildcard, which beats "*".
+	// A request matching no virtual host gets 404.
+	VirtualHosts []*VirtualHost `protobuf:"bytes,2,rep,name=virtual_hosts,json=virtualHosts,proto3" json:"virtual_hosts,omitempty"`
+	// XffTrustedHops is how many proxies in front of this one are trusted to
+	// append to X-Forwarded-For: the client address is taken that many entries
+	// from the right of it (nginx `set_real_ip_from` with
+	// `real_ip_header X-Forwarded-For` and `real_ip_recursive on`, HAProxy
+	// `option forwardfor` behind a trusted LB). Default 0: the client is the
+	// peer of the connection (or the PROXY header's source).
+	XffTrustedHops uint32 `protobuf:"varint,3,opt,name=xff_trusted_hops,json=xffTrustedHops,proto3" json:"xff_trusted_hops,omitempty"`
+	// RealIpHeader sets X-Real-IP to the client's address on every request
+	// (nginx `proxy_set_header X-Real-IP $remote_addr`). Default true.
+	RealIpHeader *bool `protobuf:"varint,4,opt,name=real_ip_header,json=realIpHeader,proto3,oneof" json:"real_ip_header,omitempty"`
+	// IdleTimeout closes a client connection with no request in flight for
+	// this long (nginx `keepalive_timeout`, HAProxy `timeout http-keep-alive`).
+	// Default 1h; "0s" disables it.
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// RequestHeadersTimeout bounds the time a client takes to send a
+	// request's headers, against slowloris (nginx `client_header_timeout`,
+	// HAProxy `timeout http-request`). Default 10s; "0s" disables it.
+	RequestHeadersTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=request_headers_timeout,json=requestHeadersTimeout,proto3" json:"request_headers_timeout,omitempty"`
+	// RequestTimeout bounds the time a client takes to send a whole request,
+	// body included (nginx `client_body_timeout` is per read). Default: none.
+	RequestTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
+	// StreamIdleTimeout ends a request with no bytes in either direction for
+	// this long (nginx `proxy_read_timeout` / `proxy_send_timeout`, HAProxy
+	// `timeout server`); a route's idle_timeout overrides it. Default 5m;
+	// "0s" disables it.
+	StreamIdleTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=stream_idle_timeout,json=streamIdleTimeout,proto3" json:"stream_idle_timeout,omitempty"`
+	// MaxRequestHeadersKb bounds the size of a request's headers in KiB, 1 to
+	// 8192; larger requests get 431 (nginx `large_client_header_buffers`).
+	// Default 60.
+	MaxRequestHeadersKb uint32 `protobuf:"varint,9,opt,name=max_request_headers_kb,json=maxRequestHeadersKb,proto3" json:"max_request_headers_kb,omitempty"`
+	// MaxRequestBody bounds a request's body, such as "10MiB", "512KiB", "1GB"
+	// or a number of bytes; larger requests get 413 (nginx
+	// `client_max_body_size`). Default: no limit.
+	MaxRequestBody string `protobuf:"bytes,10,opt,name=max_request_body,json=maxRequestBody,proto3" json:"max_request_body,omitempty"`
+	// H2c accepts HTTP/2 in clear text from clients that know the listener
+	// speaks it (prior knowledge, as gRPC clients do). Default true; false
+	// serves only HTTP/1.1 without TLS. With tls, ALPN decides.
+	H2C *bool `protobuf:"varint,11,opt,name=h2c,proto3,oneof" json:"h2c,omitempty"`
+	// Compression gzips responses of the given types (nginx `gzip on` with
+	// `gzip_types`). Absent: responses are passed as they are.
+	Compression *Compression `protobuf:"bytes,12,opt,name=compression,proto3" json:"compression,omitempty"`
+	// ServerName is the Server header of every response (nginx
+	// `server_tokens`). Default "flotilla".
+	ServerName    string `protobuf:"bytes,13,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HttpListener) Reset() {
+	*x = HttpListener{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpListener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpListener) ProtoMessage() {}
+
+func (x *HttpListener) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpListener.ProtoReflect.Descriptor instead.
+func (*HttpListener) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HttpListener) GetRoutes() []*HttpRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *HttpListener) GetVirtualHosts() []*VirtualHost {
+	if x != nil {
+		return x.VirtualHosts
+	}
+	return nil
+}
+
+func (x *HttpListener) GetXffTrustedHops() uint32 {
+	if x != nil {
+		return x.XffTrustedHops
+	}
+	return 0
+}
+
+func (x *HttpListener) GetRealIpHeader() bool {
+	if x != nil && x.RealIpHeader != nil {
+		return *x.RealIpHeader
+	}
+	return false
+}
+
+func (x *HttpListener) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+func (x *HttpListener) GetRequestHeadersTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RequestHeadersTimeout
+	}
+	return nil
+}
+
+func (x *HttpListener) GetRequestTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RequestTimeout
+	}
+	return nil
+}
+
+func (x *HttpListener) GetStreamIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.StreamIdleTimeout
+	}
+	return nil
+}
+
+func (x *HttpListener) GetMaxRequestHeadersKb() uint32 {
+	if x != nil {
+		return x.MaxRequestHeadersKb
+	}
+	return 0
+}
+
+func (x *HttpListener) GetMaxRequestBody() string {
+	if x != nil {
+		return x.MaxRequestBody
+	}
+	return ""
+}
+
+func (x *HttpListener) GetH2C() bool {
+	if x != nil && x.H2C != nil {
+		return *x.H2C
+	}
+	return false
+}
+
+func (x *HttpListener) GetCompression() *Compression {
+	if x != nil {
+		return x.Compression
+	}
+	return nil
+}
+
+func (x *HttpListener) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+// Compression is gzip compression of responses.
+type Compression struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ContentTypes are the media types compressed, such as "text/html" or
+	// "application/json" (nginx `gzip_types`). Default: text/html, text/plain,
+	// text/css, application/javascript, application/json, application/xml and
+	// image/svg+xml.
+	ContentTypes []string `protobuf:"bytes,1,rep,name=content_types,json=contentTypes,proto3" json:"content_types,omitempty"`
+	// MinLength is the smallest response, in bytes, that is compressed (nginx
+	// `gzip_min_length`). Default 30.
+	MinLength uint32 `protobuf:"varint,2,opt,name=min_length,json=minLength,proto3" json:"min_length,omitempty"`
+	// Level is the gzip level, 1 (fastest) to 9 (smallest) (nginx
+	// `gzip_comp_level`). Default: zlib's default, 6.
+	Level         uint32 `protobuf:"varint,3,opt,name=level,proto3" json:"level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compression) Reset() {
+	*x = Compression{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compression) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compression) ProtoMessage() {}
+
+func (x *Compression) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compression.ProtoReflect.Descriptor instead.
+func (*Compression) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Compression) GetContentTypes() []string {
+	if x != nil {
+		return x.ContentTypes
+	}
+	return nil
+}
+
+func (x *Compression) GetMinLength() uint32 {
+	if x != nil {
+		return x.MinLength
+	}
+	return 0
+}
+
+func (x *Compression) GetLevel() uint32 {
+	if x != nil {
+		return x.Level
+	}
+	return 0
+}
+
+// VirtualHost is one site of an HTTP listener (nginx `server` with
+// `server_name`, HAProxy `acl … hdr(host)` with `use_backend`).
+type VirtualHost struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is unique in the listener; it names the virtual host in stats.
+	// Default "vhost-<index>".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Domains are the Host values served: exact ("api.example.com"),
+	// "*.example.com" (any subdomain), "api.*" (a prefix) or "*" (any host).
+	// A domain may carry a port ("api.example.com:8080"). Compared
+	// case-insensitively; a domain may appear in one virtual host of a
+	// listener only. Required.
+	Domains []string `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
+	// HttpsRedirect answers every plain-HTTP request with a 301 to the same
+	// URL over https (nginx `return 301 https://$host$request_uri`).
+	HttpsRedirect bool `protobuf:"varint,3,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
+	// Routes are tried in order; the first that matches takes the request. A
+	// request matching none gets 404.
+	Routes []*HttpRoute `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`
+	// RequestHeaders changes the headers of every request to this site before
+	// it is proxied.
+	RequestHeaders *HeaderOps `protobuf:"bytes,5,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	// ResponseHeaders changes the headers of every response from this site,
+	// such as adding Strict-Transport-Security (nginx `add_header`).
+	ResponseHeaders *HeaderOps `protobuf:"bytes,6,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *VirtualHost) Reset() {
+	*x = VirtualHost{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VirtualHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VirtualHost) ProtoMessage() {}
+
+func (x *VirtualHost) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VirtualHost.ProtoReflect.Descriptor instead.
+func (*VirtualHost) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *VirtualHost) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VirtualHost) GetDomains() []string {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetHttpsRedirect() bool {
+	if x != nil {
+		return x.HttpsRedirect
+	}
+	return false
+}
+
+func (x *VirtualHost) GetRoutes() []*HttpRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetRequestHeaders() *HeaderOps {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *VirtualHost) GetResponseHeaders() *HeaderOps {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+// HeaderOps adds and removes HTTP headers.
+type HeaderOps struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Add sets each header to its value, replacing any value it had (nginx
+	// `proxy_set_header` for requests, `add_header … always` for responses).
+	// A value may use Envoy operators such as
+	// %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%; a literal '%' is written "%%".
+	Add map[string]string `protobuf:"bytes,1,rep,name=add,proto3" json:"add,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Remove deletes these headers (nginx `proxy_set_header X ""`,
+	// `proxy_hide_header`).
+	Remove        []string `protobuf:"bytes,2,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderOps) Reset() {
+	*x = HeaderOps{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderOps) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderOps) ProtoMessage() {}
+
+func (x *HeaderOps) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderOps.ProtoReflect.Descriptor instead.
+func (*HeaderOps) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HeaderOps) GetAdd() map[string]string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderOps) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// HttpRoute is one route of a virtual host (nginx `location`): a match and
+// exactly one action: cluster, weighted_clusters, redirect or
+// direct_response.
+type HttpRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is unique in the virtual host; it names the route in stats and
+	// access logs ($route). Default "route-<index>".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Match says which requests take this route. Absent: every request
+	// (prefix "/").
+	Match *RouteMatch `protobuf:"bytes,2,opt,name=match,proto3" json:"match,omitempty"`
+	// Cluster proxies matching requests to this cluster (nginx `proxy_pass`).
+	Cluster string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// WeightedClusters splits matching requests between clusters by weight
+	// (canary releases; nginx `split_clients`).
+	WeightedClusters []*WeightedCluster `protobuf:"bytes,4,rep,name=weighted_clusters,json=weightedClusters,proto3" json:"weighted_clusters,omitempty"`
+	// PrefixRewrite replaces the matched prefix (or the whole path matched by
+	// path) before proxying, such as "/" for `location /api/ { proxy_pass
+	// http://backend/; }`. Not with regex.
+	PrefixRewrite string `protobuf:"bytes,5,opt,name=prefix_rewrite,json=prefixRewrite,proto3" json:"prefix_rewrite,omitempty"`
+	// HostRewrite sets the Host header sent upstream (nginx
+	// `proxy_set_header Host …`). Not with auto_host_rewrite.
+	HostRewrite string `protobuf:"bytes,6,opt,name=host_rewrite,json=hostRewrite,proto3" json:"host_rewrite,omitempty"`
+	// AutoHostRewrite sets the Host header sent upstream to the address of
+	// the chosen endpoint (nginx `proxy_set_header Host $proxy_host`).
+	AutoHostRewrite bool `protobuf:"varint,7,opt,name=auto_host_rewrite,json=autoHostRewrite,proto3" json:"auto_host_rewrite,omitempty"`
+	// Websocket lets requests on this route upgrade to WebSocket (nginx
+	// `proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection
+	// "upgrade"`). Only for routes that proxy.
+	Websocket bool `protobuf:"varint,8,opt,name=websocket,proto3" json:"websocket,omitempty"`
+	// Timeout bounds the wait for the upstream's response headers after the
+	// request was sent (nginx `proxy_read_timeout` for the first byte, HAProxy
+	// `timeout server`); the client gets 504. Default 15s; "0s" disables it
+	// (streams, long polls).
+	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// IdleTimeout ends a request on this route with no bytes in either
+	// direction for this long, such as "1h" for WebSockets (nginx
+	// `proxy_read_timeout`). Default: the listener's stream_idle_timeout.
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// Retries retries failed requests on another endpoint (nginx
+	// `proxy_next_upstream`, HAProxy `retry-on`). Absent: no retries.
+	Retries *RetryPolicy `protobuf:"bytes,11,opt,name=retries,proto3" json:"retries,omitempty"`
+	// Redirect answers matching requests with a redirect (nginx `return 301
+	// …`).
+	Redirect *Redirect `protobuf:"bytes,12,opt,name=redirect,proto3" json:"redirect,omitempty"`
+	// DirectResponse answers matching requests itself (nginx `return 200
+	// "ok"`).
+	DirectResponse *DirectResponse `protobuf:"bytes,13,opt,name=direct_response,json=directResponse,proto3" json:"direct_response,omitempty"`
+	// RequestHeaders changes the headers of requests on this route before
+	// they are proxied (after the virtual host's).
+	RequestHeaders *HeaderOps `protobuf:"bytes,14,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	// ResponseHeaders changes the headers of responses on this route.
+	ResponseHeaders *HeaderOps `protobuf:"bytes,15,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HttpRoute) Reset() {
+	*x = HttpRoute{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpRoute) ProtoMessage() {}
+
+func (x *HttpRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpRoute.ProtoReflect.Descriptor instead.
+func (*HttpRoute) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HttpRoute) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HttpRoute) GetMatch() *RouteMatch {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *HttpRoute) GetWeightedClusters() []*WeightedCluster {
+	if x != nil {
+		return x.WeightedClusters
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetPrefixRewrite() string {
+	if x != nil {
+		return x.PrefixRewrite
+	}
+	return ""
+}
+
+func (x *HttpRoute) GetHostRewrite() string {
+	if x != nil {
+		return x.HostRewrite
+	}
+	return ""
+}
+
+func (x *HttpRoute) GetAutoHostRewrite() bool {
+	if x != nil {
+		return x.AutoHostRewrite
+	}
+	return false
+}
+
+func (x *HttpRoute) GetWebsocket() bool {
+	if x != nil {
+		return x.Websocket
+	}
+	return false
+}
+
+func (x *HttpRoute) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetRetries() *RetryPolicy {
+	if x != nil {
+		return x.Retries
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetRedirect() *Redirect {
+	if x != nil {
+		return x.Redirect
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetDirectResponse() *DirectResponse {
+	if x != nil {
+		return x.DirectResponse
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetRequestHeaders() *HeaderOps {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *HttpRoute) GetResponseHeaders() *HeaderOps {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+// RouteMatch is what an HTTP route matches on: at most one of prefix, path
+// and regex (default prefix "/"), and every method and header condition
+// given.
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prefix matches paths starting with it (nginx `location /api`).
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Path matches this exact path, without the query (nginx `location =
+	// /exact`).
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Regex matches paths (without the query) that it matches whole, in RE2
+	// syntax (nginx `location ~ …`, anchored at both ends).
+	Regex string `protobuf:"bytes,3,opt,name=regex,proto3" json:"regex,omitempty"`
+	// Methods are the request methods matched, such as GET and POST (nginx
+	// `limit_except`). Empty: any method.
+	Methods []string `protobuf:"bytes,4,rep,name=methods,proto3" json:"methods,omitempty"`
+	// Headers are conditions on request headers, all of which must hold.
+	Headers []*HeaderMatch `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	// Grpc matches only gRPC requests (content-type application/grpc…).
+	Grpc          bool `protobuf:"varint,6,opt,name=grpc,proto3" json:"grpc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RouteMatch) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetRegex() string {
+	if x != nil {
+		return x.Regex
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetHeaders() []*HeaderMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetGrpc() bool {
+	if x != nil {
+		return x.Grpc
+	}
+	return false
+}
+
+// HeaderMatch is a condition on one request header: exactly one of exact,
+// prefix, suffix, contains, regex and present.
+type HeaderMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is the header's name, case-insensitive. Required.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Exact matches a value equal to this.
+	Exact string `protobuf:"bytes,2,opt,name=exact,proto3" json:"exact,omitempty"`
+	// Prefix matches a value starting with this.
+	Prefix string `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Suffix matches a value ending with this.
+	Suffix string `protobuf:"bytes,4,opt,name=suffix,proto3" json:"suffix,omitempty"`
+	// Contains matches a value containing this.
+	Contains string `protobuf:"bytes,5,opt,name=contains,proto3" json:"contains,omitempty"`
+	// Regex matches a value it matches whole (RE2 syntax).
+	Regex string `protobuf:"bytes,6,opt,name=regex,proto3" json:"regex,omitempty"`
+	// Present true matches requests that have the header, false requests
+	// that do not.
+	Present       *bool `protobuf:"varint,7,opt,name=present,proto3,oneof" json:"present,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderMatch) Reset() {
+	*x = HeaderMatch{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderMatch) ProtoMessage() {}
+
+func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
+func (*HeaderMatch) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeaderMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetExact() string {
+	if x != nil {
+		return x.Exact
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetSuffix() string {
+	if x != nil {
+		return x.Suffix
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetContains() string {
+	if x != nil {
+		return x.Contains
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetRegex() string {
+	if x != nil {
+		return x.Regex
+	}
+	return ""
+}
+
+func (x *HeaderMatch) GetPresent() bool {
+	if x != nil && x.Present != nil {
+		return *x.Present
+	}
+	return false
+}
+
+// WeightedCluster is one cluster of a traffic split.
+type WeightedCluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster names the cluster.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Weight is its share of the requests, relative to the others; at least 1.
+	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WeightedCluster) Reset() {
+	*x = WeightedCluster{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WeightedCluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WeightedCluster) ProtoMessage() {}
+
+func (x *WeightedCluster) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WeightedCluster.ProtoReflect.Descriptor instead.
+func (*WeightedCluster) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WeightedCluster) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *WeightedCluster) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// Redirect answers with an HTTP redirect; every field left out keeps the
+// request's value.
+type Redirect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Scheme is "http" or "https".
+	Scheme string `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	// Host replaces the host.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// Port replaces the port, 1 to 65535.
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// Path replaces the whole path. Not with prefix_rewrite.
+	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// PrefixRewrite replaces the matched prefix of the path. Not with path.
+	PrefixRewrite string `protobuf:"bytes,5,opt,name=prefix_rewrite,json=prefixRewrite,proto3" json:"prefix_rewrite,omitempty"`
+	// StripQuery drops the query string.
+	StripQuery bool `protobuf:"varint,6,opt,name=strip_query,json=stripQuery,proto3" json:"strip_query,omitempty"`
+	// Code is the status: 301 (the default), 302, 303, 307 or 308.
+	Code          uint32 `protobuf:"varint,7,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redirect) Reset() {
+	*x = Redirect{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redirect) ProtoMessage() {}
+
+func (x *Redirect) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
+func (*Redirect) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Redirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *Redirect) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Redirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Redirect) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Redirect) GetPrefixRewrite() string {
+	if x != nil {
+		return x.PrefixRewrite
+	}
+	return ""
+}
+
+func (x *Redirect) GetStripQuery() bool {
+	if x != nil {
+		return x.StripQuery
+	}
+	return false
+}
+
+func (x *Redirect) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+// DirectResponse answers with a fixed status and body.
+type DirectResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Status is the HTTP status, 200 to 599. Required.
+	Status uint32 `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
+	// Body is the response body, at most 4 KiB. Default empty.
+	Body          string `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectResponse) Reset() {
+	*x = DirectResponse{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectResponse) ProtoMessage() {}
+
+func (x *DirectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectResponse.ProtoReflect.Descriptor instead.
+func (*DirectResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DirectResponse) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *DirectResponse) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+// RetryPolicy retries failed requests (on another endpoint when the
+// cluster's lb allows it).
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// On lists what is retried: "connect-failure" (no connection), "reset"
+	// (the connection broke before the response headers), "5xx" (any 5xx
+	// response, and the above), "gateway-error" (502, 503, 504). Default:
+	// connect-failure and reset (nginx's default `proxy_next_upstream error`).
+	On []string `protobuf:"bytes,1,rep,name=on,proto3" json:"on,omitempty"`
+	// Attempts is how many retries follow the first try (nginx
+	// `proxy_next_upstream_tries` minus one). Default 1, at most 10.
+	Attempts uint32 `protobuf:"varint,2,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// PerTryTimeout bounds each try (nginx `proxy_next_upstream_timeout` is
+	// for all of them). Default: only the route's timeout.
+	PerTryTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=per_try_timeout,json=perTryTimeout,proto3" json:"per_try_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RetryPolicy) GetOn() []string {
+	if x != nil {
+		return x.On
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetPerTryTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PerTryTimeout
+	}
+	return nil
+}
+
 // ListenerTls is the TLS termination of a listener.
 type ListenerTls struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -282,7 +1465,7 @@ type ListenerTls struct {
 
 func (x *ListenerTls) Reset() {
 	*x = ListenerTls{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +1477,7 @@ func (x *ListenerTls) String() string {
 func (*ListenerTls) ProtoMessage() {}
 
 func (x *ListenerTls) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[2]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +1490,7 @@ func (x *ListenerTls) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListenerTls.ProtoReflect.Descriptor instead.
 func (*ListenerTls) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListenerTls) GetCertificates() []*TlsCertificate {
@@ -352,7 +1535,7 @@ type TlsCertificate struct {
 
 func (x *TlsCertificate) Reset() {
 	*x = TlsCertificate{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +1547,7 @@ func (x *TlsCertificate) String() string {
 func (*TlsCertificate) ProtoMessage() {}
 
 func (x *TlsCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[3]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +1560,7 @@ func (x *TlsCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TlsCertificate.ProtoReflect.Descriptor instead.
 func (*TlsCertificate) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TlsCertificate) GetCert() *PemSource {
@@ -409,7 +1592,7 @@ type PemSource struct {
 
 func (x *PemSource) Reset() {
 	*x = PemSource{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +1604,7 @@ func (x *PemSource) String() string {
 func (*PemSource) ProtoMessage() {}
 
 func (x *PemSource) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[4]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +1617,7 @@ func (x *PemSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PemSource.ProtoReflect.Descriptor instead.
 func (*PemSource) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PemSource) GetFile() string {
@@ -468,7 +1651,7 @@ type UdpProxy struct {
 
 func (x *UdpProxy) Reset() {
 	*x = UdpProxy{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +1663,7 @@ func (x *UdpProxy) String() string {
 func (*UdpProxy) ProtoMessage() {}
 
 func (x *UdpProxy) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[5]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +1676,7 @@ func (x *UdpProxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UdpProxy.ProtoReflect.Descriptor instead.
 func (*UdpProxy) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UdpProxy) GetCluster() string {
@@ -533,7 +1716,7 @@ type AccessLog struct {
 
 func (x *AccessLog) Reset() {
 	*x = AccessLog{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +1728,7 @@ func (x *AccessLog) String() string {
 func (*AccessLog) ProtoMessage() {}
 
 func (x *AccessLog) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[6]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +1741,7 @@ func (x *AccessLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessLog.ProtoReflect.Descriptor instead.
 func (*AccessLog) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AccessLog) GetPath() string {
@@ -589,7 +1772,7 @@ type ProxyProtocolAccept struct {
 
 func (x *ProxyProtocolAccept) Reset() {
 	*x = ProxyProtocolAccept{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +1784,7 @@ func (x *ProxyProtocolAccept) String() string {
 func (*ProxyProtocolAccept) ProtoMessage() {}
 
 func (x *ProxyProtocolAccept) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[7]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +1797,7 @@ func (x *ProxyProtocolAccept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyProtocolAccept.ProtoReflect.Descriptor instead.
 func (*ProxyProtocolAccept) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProxyProtocolAccept) GetTrusted() []string {
@@ -639,7 +1822,7 @@ type SniRoute struct {
 
 func (x *SniRoute) Reset() {
 	*x = SniRoute{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +1834,7 @@ func (x *SniRoute) String() string {
 func (*SniRoute) ProtoMessage() {}
 
 func (x *SniRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[8]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +1847,7 @@ func (x *SniRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SniRoute.ProtoReflect.Descriptor instead.
 func (*SniRoute) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SniRoute) GetNames() []string {
@@ -699,7 +1882,7 @@ type StreamRoute struct {
 
 func (x *StreamRoute) Reset() {
 	*x = StreamRoute{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +1894,7 @@ func (x *StreamRoute) String() string {
 func (*StreamRoute) ProtoMessage() {}
 
 func (x *StreamRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[9]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +1907,7 @@ func (x *StreamRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRoute.ProtoReflect.Descriptor instead.
 func (*StreamRoute) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StreamRoute) GetName() string {
@@ -777,7 +1960,7 @@ type StreamMatch struct {
 
 func (x *StreamMatch) Reset() {
 	*x = StreamMatch{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +1972,7 @@ func (x *StreamMatch) String() string {
 func (*StreamMatch) ProtoMessage() {}
 
 func (x *StreamMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[10]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +1985,7 @@ func (x *StreamMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMatch.ProtoReflect.Descriptor instead.
 func (*StreamMatch) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StreamMatch) GetSni() []string {
@@ -864,7 +2047,7 @@ type TcpProxy struct {
 
 func (x *TcpProxy) Reset() {
 	*x = TcpProxy{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +2059,7 @@ func (x *TcpProxy) String() string {
 func (*TcpProxy) ProtoMessage() {}
 
 func (x *TcpProxy) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[11]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +2072,7 @@ func (x *TcpProxy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpProxy.ProtoReflect.Descriptor instead.
 func (*TcpProxy) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TcpProxy) GetCluster() string {
@@ -953,14 +2136,27 @@ type Cluster struct {
 	MaxConnections uint32 `protobuf:"varint,8,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
 	// Tls originates TLS to the endpoints (nginx `proxy_ssl on`, HAProxy
 	// `server … ssl`). Absent: plain TCP.
-	Tls           *ClusterTls `protobuf:"bytes,9,opt,name=tls,proto3" json:"tls,omitempty"`
+	Tls *ClusterTls `protobuf:"bytes,9,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Protocol is how HTTP listeners speak to the endpoints: "http1" (the
+	// default, HTTP/1.1 with keep-alive; nginx `proxy_http_version 1.1`) or
+	// "http2" (HTTP/2, in clear text unless tls is set; nginx `grpc_pass`,
+	// needed for gRPC). TCP and UDP listeners ignore it.
+	Protocol string `protobuf:"bytes,10,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// HttpIdleTimeout closes an idle kept-alive upstream connection after
+	// this long (nginx `keepalive_timeout` in `upstream`). Default 1h; "0s"
+	// keeps them open.
+	HttpIdleTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=http_idle_timeout,json=httpIdleTimeout,proto3" json:"http_idle_timeout,omitempty"`
+	// RetryBudget caps the retries HTTP routes send to this cluster, so that
+	// retries cannot multiply the load on a failing backend. Default: 20% of
+	// the active requests, at least 3.
+	RetryBudget   *RetryBudget `protobuf:"bytes,12,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +2168,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[12]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +2181,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Cluster) GetName() string {
@@ -1051,6 +2247,83 @@ func (x *Cluster) GetTls() *ClusterTls {
 	return nil
 }
 
+func (x *Cluster) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Cluster) GetHttpIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.HttpIdleTimeout
+	}
+	return nil
+}
+
+func (x *Cluster) GetRetryBudget() *RetryBudget {
+	if x != nil {
+		return x.RetryBudget
+	}
+	return nil
+}
+
+// RetryBudget bounds the retries in flight to a cluster.
+type RetryBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Percent is the share of the active requests that may be retries, 1 to
+	// 100. Default 20.
+	Percent uint32 `protobuf:"varint,1,opt,name=percent,proto3" json:"percent,omitempty"`
+	// MinConcurrency retries are always allowed, whatever the share. Default 3.
+	MinConcurrency uint32 `protobuf:"varint,2,opt,name=min_concurrency,json=minConcurrency,proto3" json:"min_concurrency,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RetryBudget) Reset() {
+	*x = RetryBudget{}
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBudget) ProtoMessage() {}
+
+func (x *RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
+func (*RetryBudget) Descriptor() ([]byte, []int) {
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RetryBudget) GetPercent() uint32 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetMinConcurrency() uint32 {
+	if x != nil {
+		return x.MinConcurrency
+	}
+	return 0
+}
+
 // ClusterTls is the TLS origination of a cluster. Exactly one of ca and
 // insecure_skip_verify is required.
 type ClusterTls struct {
@@ -1083,7 +2356,7 @@ type ClusterTls struct {
 
 func (x *ClusterTls) Reset() {
 	*x = ClusterTls{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +2368,7 @@ func (x *ClusterTls) String() string {
 func (*ClusterTls) ProtoMessage() {}
 
 func (x *ClusterTls) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[13]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +2381,7 @@ func (x *ClusterTls) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterTls.ProtoReflect.Descriptor instead.
 func (*ClusterTls) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ClusterTls) GetSni() string {
@@ -1181,7 +2454,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +2466,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[14]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +2479,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HealthCheck) GetInterval() *durationpb.Duration {
@@ -1265,7 +2538,7 @@ type TcpHealthCheck struct {
 
 func (x *TcpHealthCheck) Reset() {
 	*x = TcpHealthCheck{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +2550,7 @@ func (x *TcpHealthCheck) String() string {
 func (*TcpHealthCheck) ProtoMessage() {}
 
 func (x *TcpHealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[15]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +2563,7 @@ func (x *TcpHealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpHealthCheck.ProtoReflect.Descriptor instead.
 func (*TcpHealthCheck) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TcpHealthCheck) GetSend() string {
@@ -1323,7 +2596,7 @@ type HttpHealthCheck struct {
 
 func (x *HttpHealthCheck) Reset() {
 	*x = HttpHealthCheck{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +2608,7 @@ func (x *HttpHealthCheck) String() string {
 func (*HttpHealthCheck) ProtoMessage() {}
 
 func (x *HttpHealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[16]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +2621,7 @@ func (x *HttpHealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpHealthCheck.ProtoReflect.Descriptor instead.
 func (*HttpHealthCheck) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HttpHealthCheck) GetPath() string {
@@ -1393,7 +2666,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +2678,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[17]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +2691,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *OutlierDetection) GetConsecutiveFailures() uint32 {
@@ -1462,7 +2735,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +2747,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_config_v1_config_proto_msgTypes[18]
+	mi := &file_flotilla_config_v1_config_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +2760,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_config_v1_config_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -1508,10 +2781,18 @@ var File_flotilla_config_v1_config_proto protoreflect.FileDescriptor
 
 const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflotilla/config/v1/config.proto\x12\x12flotilla.config.v1\x1a\x1egoogle/protobuf/duration.proto\"}\n" +
+	"\x1fflotilla/config/v1/config.proto\x12\x12flotilla.config.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc3\x01\n" +
 	"\x06Bundle\x12:\n" +
 	"\tlisteners\x18\x01 \x03(\v2\x1c.flotilla.config.v1.ListenerR\tlisteners\x127\n" +
-	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\"\xac\x05\n" +
+	"\bclusters\x18\x02 \x03(\v2\x1b.flotilla.config.v1.ClusterR\bclusters\x12D\n" +
+	"\rgrpc_services\x18\x03 \x03(\v2\x1f.flotilla.config.v1.GrpcServiceR\fgrpcServices\"\xbb\x01\n" +
+	"\vGrpcService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12C\n" +
+	"\x06agents\x18\x03 \x03(\v2+.flotilla.config.v1.GrpcService.AgentsEntryR\x06agents\x1a9\n" +
+	"\vAgentsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe2\x05\n" +
 	"\bListener\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12@\n" +
@@ -1526,10 +2807,101 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	" \x01(\rR\x0emaxConnections\x12<\n" +
 	"\n" +
 	"access_log\x18\v \x01(\v2\x1d.flotilla.config.v1.AccessLogR\taccessLog\x121\n" +
-	"\x03tls\x18\f \x01(\v2\x1f.flotilla.config.v1.ListenerTlsR\x03tls\x1a9\n" +
+	"\x03tls\x18\f \x01(\v2\x1f.flotilla.config.v1.ListenerTlsR\x03tls\x124\n" +
+	"\x04http\x18\r \x01(\v2 .flotilla.config.v1.HttpListenerR\x04http\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc6\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf5\x05\n" +
+	"\fHttpListener\x125\n" +
+	"\x06routes\x18\x01 \x03(\v2\x1d.flotilla.config.v1.HttpRouteR\x06routes\x12D\n" +
+	"\rvirtual_hosts\x18\x02 \x03(\v2\x1f.flotilla.config.v1.VirtualHostR\fvirtualHosts\x12(\n" +
+	"\x10xff_trusted_hops\x18\x03 \x01(\rR\x0exffTrustedHops\x12)\n" +
+	"\x0ereal_ip_header\x18\x04 \x01(\bH\x00R\frealIpHeader\x88\x01\x01\x12<\n" +
+	"\fidle_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12Q\n" +
+	"\x17request_headers_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x15requestHeadersTimeout\x12B\n" +
+	"\x0frequest_timeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12I\n" +
+	"\x13stream_idle_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x11streamIdleTimeout\x123\n" +
+	"\x16max_request_headers_kb\x18\t \x01(\rR\x13maxRequestHeadersKb\x12(\n" +
+	"\x10max_request_body\x18\n" +
+	" \x01(\tR\x0emaxRequestBody\x12\x15\n" +
+	"\x03h2c\x18\v \x01(\bH\x01R\x03h2c\x88\x01\x01\x12A\n" +
+	"\vcompression\x18\f \x01(\v2\x1f.flotilla.config.v1.CompressionR\vcompression\x12\x1f\n" +
+	"\vserver_name\x18\r \x01(\tR\n" +
+	"serverNameB\x11\n" +
+	"\x0f_real_ip_headerB\x06\n" +
+	"\x04_h2c\"g\n" +
+	"\vCompression\x12#\n" +
+	"\rcontent_types\x18\x01 \x03(\tR\fcontentTypes\x12\x1d\n" +
+	"\n" +
+	"min_length\x18\x02 \x01(\rR\tminLength\x12\x14\n" +
+	"\x05level\x18\x03 \x01(\rR\x05level\"\xab\x02\n" +
+	"\vVirtualHost\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\adomains\x18\x02 \x03(\tR\adomains\x12%\n" +
+	"\x0ehttps_redirect\x18\x03 \x01(\bR\rhttpsRedirect\x125\n" +
+	"\x06routes\x18\x04 \x03(\v2\x1d.flotilla.config.v1.HttpRouteR\x06routes\x12F\n" +
+	"\x0frequest_headers\x18\x05 \x01(\v2\x1d.flotilla.config.v1.HeaderOpsR\x0erequestHeaders\x12H\n" +
+	"\x10response_headers\x18\x06 \x01(\v2\x1d.flotilla.config.v1.HeaderOpsR\x0fresponseHeaders\"\x95\x01\n" +
+	"\tHeaderOps\x128\n" +
+	"\x03add\x18\x01 \x03(\v2&.flotilla.config.v1.HeaderOps.AddEntryR\x03add\x12\x16\n" +
+	"\x06remove\x18\x02 \x03(\tR\x06remove\x1a6\n" +
+	"\bAddEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9c\x06\n" +
+	"\tHttpRoute\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
+	"\x05match\x18\x02 \x01(\v2\x1e.flotilla.config.v1.RouteMatchR\x05match\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12P\n" +
+	"\x11weighted_clusters\x18\x04 \x03(\v2#.flotilla.config.v1.WeightedClusterR\x10weightedClusters\x12%\n" +
+	"\x0eprefix_rewrite\x18\x05 \x01(\tR\rprefixRewrite\x12!\n" +
+	"\fhost_rewrite\x18\x06 \x01(\tR\vhostRewrite\x12*\n" +
+	"\x11auto_host_rewrite\x18\a \x01(\bR\x0fautoHostRewrite\x12\x1c\n" +
+	"\twebsocket\x18\b \x01(\bR\twebsocket\x123\n" +
+	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
+	"\fidle_timeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x129\n" +
+	"\aretries\x18\v \x01(\v2\x1f.flotilla.config.v1.RetryPolicyR\aretries\x128\n" +
+	"\bredirect\x18\f \x01(\v2\x1c.flotilla.config.v1.RedirectR\bredirect\x12K\n" +
+	"\x0fdirect_response\x18\r \x01(\v2\".flotilla.config.v1.DirectResponseR\x0edirectResponse\x12F\n" +
+	"\x0frequest_headers\x18\x0e \x01(\v2\x1d.flotilla.config.v1.HeaderOpsR\x0erequestHeaders\x12H\n" +
+	"\x10response_headers\x18\x0f \x01(\v2\x1d.flotilla.config.v1.HeaderOpsR\x0fresponseHeaders\"\xb7\x01\n" +
+	"\n" +
+	"RouteMatch\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05regex\x18\x03 \x01(\tR\x05regex\x12\x18\n" +
+	"\amethods\x18\x04 \x03(\tR\amethods\x129\n" +
+	"\aheaders\x18\x05 \x03(\v2\x1f.flotilla.config.v1.HeaderMatchR\aheaders\x12\x12\n" +
+	"\x04grpc\x18\x06 \x01(\bR\x04grpc\"\xc4\x01\n" +
+	"\vHeaderMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05exact\x18\x02 \x01(\tR\x05exact\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\tR\x06prefix\x12\x16\n" +
+	"\x06suffix\x18\x04 \x01(\tR\x06suffix\x12\x1a\n" +
+	"\bcontains\x18\x05 \x01(\tR\bcontains\x12\x14\n" +
+	"\x05regex\x18\x06 \x01(\tR\x05regex\x12\x1d\n" +
+	"\apresent\x18\a \x01(\bH\x00R\apresent\x88\x01\x01B\n" +
+	"\n" +
+	"\b_present\"C\n" +
+	"\x0fWeightedCluster\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xba\x01\n" +
+	"\bRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12%\n" +
+	"\x0eprefix_rewrite\x18\x05 \x01(\tR\rprefixRewrite\x12\x1f\n" +
+	"\vstrip_query\x18\x06 \x01(\bR\n" +
+	"stripQuery\x12\x12\n" +
+	"\x04code\x18\a \x01(\rR\x04code\"<\n" +
+	"\x0eDirectResponse\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\rR\x06status\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\tR\x04body\"|\n" +
+	"\vRetryPolicy\x12\x0e\n" +
+	"\x02on\x18\x01 \x03(\tR\x02on\x12\x1a\n" +
+	"\battempts\x18\x02 \x01(\rR\battempts\x12A\n" +
+	"\x0fper_try_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rperTryTimeout\"\xc6\x01\n" +
 	"\vListenerTls\x12F\n" +
 	"\fcertificates\x18\x01 \x03(\v2\".flotilla.config.v1.TlsCertificateR\fcertificates\x12:\n" +
 	"\tclient_ca\x18\x02 \x01(\v2\x1d.flotilla.config.v1.PemSourceR\bclientCa\x12\x12\n" +
@@ -1568,7 +2940,7 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\bTcpProxy\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
 	"\fidle_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
-	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xc6\x03\n" +
+	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xed\x04\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1c.flotilla.config.v1.EndpointR\tendpoints\x12B\n" +
@@ -1578,7 +2950,14 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\fhealth_check\x18\x06 \x01(\v2\x1f.flotilla.config.v1.HealthCheckR\vhealthCheck\x12Q\n" +
 	"\x11outlier_detection\x18\a \x01(\v2$.flotilla.config.v1.OutlierDetectionR\x10outlierDetection\x12'\n" +
 	"\x0fmax_connections\x18\b \x01(\rR\x0emaxConnections\x120\n" +
-	"\x03tls\x18\t \x01(\v2\x1e.flotilla.config.v1.ClusterTlsR\x03tls\"\x9b\x02\n" +
+	"\x03tls\x18\t \x01(\v2\x1e.flotilla.config.v1.ClusterTlsR\x03tls\x12\x1a\n" +
+	"\bprotocol\x18\n" +
+	" \x01(\tR\bprotocol\x12E\n" +
+	"\x11http_idle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x0fhttpIdleTimeout\x12B\n" +
+	"\fretry_budget\x18\f \x01(\v2\x1f.flotilla.config.v1.RetryBudgetR\vretryBudget\"P\n" +
+	"\vRetryBudget\x12\x18\n" +
+	"\apercent\x18\x01 \x01(\rR\apercent\x12'\n" +
+	"\x0fmin_concurrency\x18\x02 \x01(\rR\x0eminConcurrency\"\x9b\x02\n" +
 	"\n" +
 	"ClusterTls\x12\x10\n" +
 	"\x03sni\x18\x01 \x01(\tR\x03sni\x12&\n" +
@@ -1623,67 +3002,109 @@ func file_flotilla_config_v1_config_proto_rawDescGZIP() []byte {
 	return file_flotilla_config_v1_config_proto_rawDescData
 }
 
-var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_flotilla_config_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_flotilla_config_v1_config_proto_goTypes = []any{
 	(*Bundle)(nil),              // 0: flotilla.config.v1.Bundle
-	(*Listener)(nil),            // 1: flotilla.config.v1.Listener
-	(*ListenerTls)(nil),         // 2: flotilla.config.v1.ListenerTls
-	(*TlsCertificate)(nil),      // 3: flotilla.config.v1.TlsCertificate
-	(*PemSource)(nil),           // 4: flotilla.config.v1.PemSource
-	(*UdpProxy)(nil),            // 5: flotilla.config.v1.UdpProxy
-	(*AccessLog)(nil),           // 6: flotilla.config.v1.AccessLog
-	(*ProxyProtocolAccept)(nil), // 7: flotilla.config.v1.ProxyProtocolAccept
-	(*SniRoute)(nil),            // 8: flotilla.config.v1.SniRoute
-	(*StreamRoute)(nil),         // 9: flotilla.config.v1.StreamRoute
-	(*StreamMatch)(nil),         // 10: flotilla.config.v1.StreamMatch
-	(*TcpProxy)(nil),            // 11: flotilla.config.v1.TcpProxy
-	(*Cluster)(nil),             // 12: flotilla.config.v1.Cluster
-	(*ClusterTls)(nil),          // 13: flotilla.config.v1.ClusterTls
-	(*HealthCheck)(nil),         // 14: flotilla.config.v1.HealthCheck
-	(*TcpHealthCheck)(nil),      // 15: flotilla.config.v1.TcpHealthCheck
-	(*HttpHealthCheck)(nil),     // 16: flotilla.config.v1.HttpHealthCheck
-	(*OutlierDetection)(nil),    // 17: flotilla.config.v1.OutlierDetection
-	(*Endpoint)(nil),            // 18: flotilla.config.v1.Endpoint
-	nil,                         // 19: flotilla.config.v1.Listener.AgentsEntry
-	(*durationpb.Duration)(nil), // 20: google.protobuf.Duration
+	(*GrpcService)(nil),         // 1: flotilla.config.v1.GrpcService
+	(*Listener)(nil),            // 2: flotilla.config.v1.Listener
+	(*HttpListener)(nil),        // 3: flotilla.config.v1.HttpListener
+	(*Compression)(nil),         // 4: flotilla.config.v1.Compression
+	(*VirtualHost)(nil),         // 5: flotilla.config.v1.VirtualHost
+	(*HeaderOps)(nil),           // 6: flotilla.config.v1.HeaderOps
+	(*HttpRoute)(nil),           // 7: flotilla.config.v1.HttpRoute
+	(*RouteMatch)(nil),          // 8: flotilla.config.v1.RouteMatch
+	(*HeaderMatch)(nil),         // 9: flotilla.config.v1.HeaderMatch
+	(*WeightedCluster)(nil),     // 10: flotilla.config.v1.WeightedCluster
+	(*Redirect)(nil),            // 11: flotilla.config.v1.Redirect
+	(*DirectResponse)(nil),      // 12: flotilla.config.v1.DirectResponse
+	(*RetryPolicy)(nil),         // 13: flotilla.config.v1.RetryPolicy
+	(*ListenerTls)(nil),         // 14: flotilla.config.v1.ListenerTls
+	(*TlsCertificate)(nil),      // 15: flotilla.config.v1.TlsCertificate
+	(*PemSource)(nil),           // 16: flotilla.config.v1.PemSource
+	(*UdpProxy)(nil),            // 17: flotilla.config.v1.UdpProxy
+	(*AccessLog)(nil),           // 18: flotilla.config.v1.AccessLog
+	(*ProxyProtocolAccept)(nil), // 19: flotilla.config.v1.ProxyProtocolAccept
+	(*SniRoute)(nil),            // 20: flotilla.config.v1.SniRoute
+	(*StreamRoute)(nil),         // 21: flotilla.config.v1.StreamRoute
+	(*StreamMatch)(nil),         // 22: flotilla.config.v1.StreamMatch
+	(*TcpProxy)(nil),            // 23: flotilla.config.v1.TcpProxy
+	(*Cluster)(nil),             // 24: flotilla.config.v1.Cluster
+	(*RetryBudget)(nil),         // 25: flotilla.config.v1.RetryBudget
+	(*ClusterTls)(nil),          // 26: flotilla.config.v1.ClusterTls
+	(*HealthCheck)(nil),         // 27: flotilla.config.v1.HealthCheck
+	(*TcpHealthCheck)(nil),      // 28: flotilla.config.v1.TcpHealthCheck
+	(*HttpHealthCheck)(nil),     // 29: flotilla.config.v1.HttpHealthCheck
+	(*OutlierDetection)(nil),    // 30: flotilla.config.v1.OutlierDetection
+	(*Endpoint)(nil),            // 31: flotilla.config.v1.Endpoint
+	nil,                         // 32: flotilla.config.v1.GrpcService.AgentsEntry
+	nil,                         // 33: flotilla.config.v1.Listener.AgentsEntry
+	nil,                         // 34: flotilla.config.v1.HeaderOps.AddEntry
+	(*durationpb.Duration)(nil), // 35: google.protobuf.Duration
 }
 var file_flotilla_config_v1_config_proto_depIdxs = []int32{
-	1,  // 0: flotilla.config.v1.Bundle.listeners:type_name -> flotilla.config.v1.Listener
-	12, // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
-	19, // 2: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
-	11, // 3: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
-	7,  // 4: flotilla.config.v1.Listener.proxy_protocol:type_name -> flotilla.config.v1.ProxyProtocolAccept
-	20, // 5: flotilla.config.v1.Listener.preread_timeout:type_name -> google.protobuf.Duration
-	8,  // 6: flotilla.config.v1.Listener.sni:type_name -> flotilla.config.v1.SniRoute
-	9,  // 7: flotilla.config.v1.Listener.routes:type_name -> flotilla.config.v1.StreamRoute
-	5,  // 8: flotilla.config.v1.Listener.udp:type_name -> flotilla.config.v1.UdpProxy
-	6,  // 9: flotilla.config.v1.Listener.access_log:type_name -> flotilla.config.v1.AccessLog
-	2,  // 10: flotilla.config.v1.Listener.tls:type_name -> flotilla.config.v1.ListenerTls
-	3,  // 11: flotilla.config.v1.ListenerTls.certificates:type_name -> flotilla.config.v1.TlsCertificate
-	4,  // 12: flotilla.config.v1.ListenerTls.client_ca:type_name -> flotilla.config.v1.PemSource
-	4,  // 13: flotilla.config.v1.TlsCertificate.cert:type_name -> flotilla.config.v1.PemSource
-	4,  // 14: flotilla.config.v1.TlsCertificate.key:type_name -> flotilla.config.v1.PemSource
-	20, // 15: flotilla.config.v1.UdpProxy.idle_timeout:type_name -> google.protobuf.Duration
-	10, // 16: flotilla.config.v1.StreamRoute.match:type_name -> flotilla.config.v1.StreamMatch
-	20, // 17: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
-	18, // 18: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
-	20, // 19: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
-	14, // 20: flotilla.config.v1.Cluster.health_check:type_name -> flotilla.config.v1.HealthCheck
-	17, // 21: flotilla.config.v1.Cluster.outlier_detection:type_name -> flotilla.config.v1.OutlierDetection
-	13, // 22: flotilla.config.v1.Cluster.tls:type_name -> flotilla.config.v1.ClusterTls
-	4,  // 23: flotilla.config.v1.ClusterTls.ca:type_name -> flotilla.config.v1.PemSource
-	3,  // 24: flotilla.config.v1.ClusterTls.client_certificate:type_name -> flotilla.config.v1.TlsCertificate
-	20, // 25: flotilla.config.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	20, // 26: flotilla.config.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	15, // 27: flotilla.config.v1.HealthCheck.tcp:type_name -> flotilla.config.v1.TcpHealthCheck
-	16, // 28: flotilla.config.v1.HealthCheck.http:type_name -> flotilla.config.v1.HttpHealthCheck
-	20, // 29: flotilla.config.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	20, // 30: flotilla.config.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	2,  // 0: flotilla.config.v1.Bundle.listeners:type_name -> flotilla.config.v1.Listener
+	24, // 1: flotilla.config.v1.Bundle.clusters:type_name -> flotilla.config.v1.Cluster
+	1,  // 2: flotilla.config.v1.Bundle.grpc_services:type_name -> flotilla.config.v1.GrpcService
+	32, // 3: flotilla.config.v1.GrpcService.agents:type_name -> flotilla.config.v1.GrpcService.AgentsEntry
+	33, // 4: flotilla.config.v1.Listener.agents:type_name -> flotilla.config.v1.Listener.AgentsEntry
+	23, // 5: flotilla.config.v1.Listener.tcp:type_name -> flotilla.config.v1.TcpProxy
+	19, // 6: flotilla.config.v1.Listener.proxy_protocol:type_name -> flotilla.config.v1.ProxyProtocolAccept
+	35, // 7: flotilla.config.v1.Listener.preread_timeout:type_name -> google.protobuf.Duration
+	20, // 8: flotilla.config.v1.Listener.sni:type_name -> flotilla.config.v1.SniRoute
+	21, // 9: flotilla.config.v1.Listener.routes:type_name -> flotilla.config.v1.StreamRoute
+	17, // 10: flotilla.config.v1.Listener.udp:type_name -> flotilla.config.v1.UdpProxy
+	18, // 11: flotilla.config.v1.Listener.access_log:type_name -> flotilla.config.v1.AccessLog
+	14, // 12: flotilla.config.v1.Listener.tls:type_name -> flotilla.config.v1.ListenerTls
+	3,  // 13: flotilla.config.v1.Listener.http:type_name -> flotilla.config.v1.HttpListener
+	7,  // 14: flotilla.config.v1.HttpListener.routes:type_name -> flotilla.config.v1.HttpRoute
+	5,  // 15: flotilla.config.v1.HttpListener.virtual_hosts:type_name -> flotilla.config.v1.VirtualHost
+	35, // 16: flotilla.config.v1.HttpListener.idle_timeout:type_name -> google.protobuf.Duration
+	35, // 17: flotilla.config.v1.HttpListener.request_headers_timeout:type_name -> google.protobuf.Duration
+	35, // 18: flotilla.config.v1.HttpListener.request_timeout:type_name -> google.protobuf.Duration
+	35, // 19: flotilla.config.v1.HttpListener.stream_idle_timeout:type_name -> google.protobuf.Duration
+	4,  // 20: flotilla.config.v1.HttpListener.compression:type_name -> flotilla.config.v1.Compression
+	7,  // 21: flotilla.config.v1.VirtualHost.routes:type_name -> flotilla.config.v1.HttpRoute
+	6,  // 22: flotilla.config.v1.VirtualHost.request_headers:type_name -> flotilla.config.v1.HeaderOps
+	6,  // 23: flotilla.config.v1.VirtualHost.response_headers:type_name -> flotilla.config.v1.HeaderOps
+	34, // 24: flotilla.config.v1.HeaderOps.add:type_name -> flotilla.config.v1.HeaderOps.AddEntry
+	8,  // 25: flotilla.config.v1.HttpRoute.match:type_name -> flotilla.config.v1.RouteMatch
+	10, // 26: flotilla.config.v1.HttpRoute.weighted_clusters:type_name -> flotilla.config.v1.WeightedCluster
+	35, // 27: flotilla.config.v1.HttpRoute.timeout:type_name -> google.protobuf.Duration
+	35, // 28: flotilla.config.v1.HttpRoute.idle_timeout:type_name -> google.protobuf.Duration
+	13, // 29: flotilla.config.v1.HttpRoute.retries:type_name -> flotilla.config.v1.RetryPolicy
+	11, // 30: flotilla.config.v1.HttpRoute.redirect:type_name -> flotilla.config.v1.Redirect
+	12, // 31: flotilla.config.v1.HttpRoute.direct_response:type_name -> flotilla.config.v1.DirectResponse
+	6,  // 32: flotilla.config.v1.HttpRoute.request_headers:type_name -> flotilla.config.v1.HeaderOps
+	6,  // 33: flotilla.config.v1.HttpRoute.response_headers:type_name -> flotilla.config.v1.HeaderOps
+	9,  // 34: flotilla.config.v1.RouteMatch.headers:type_name -> flotilla.config.v1.HeaderMatch
+	35, // 35: flotilla.config.v1.RetryPolicy.per_try_timeout:type_name -> google.protobuf.Duration
+	15, // 36: flotilla.config.v1.ListenerTls.certificates:type_name -> flotilla.config.v1.TlsCertificate
+	16, // 37: flotilla.config.v1.ListenerTls.client_ca:type_name -> flotilla.config.v1.PemSource
+	16, // 38: flotilla.config.v1.TlsCertificate.cert:type_name -> flotilla.config.v1.PemSource
+	16, // 39: flotilla.config.v1.TlsCertificate.key:type_name -> flotilla.config.v1.PemSource
+	35, // 40: flotilla.config.v1.UdpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	22, // 41: flotilla.config.v1.StreamRoute.match:type_name -> flotilla.config.v1.StreamMatch
+	35, // 42: flotilla.config.v1.TcpProxy.idle_timeout:type_name -> google.protobuf.Duration
+	31, // 43: flotilla.config.v1.Cluster.endpoints:type_name -> flotilla.config.v1.Endpoint
+	35, // 44: flotilla.config.v1.Cluster.connect_timeout:type_name -> google.protobuf.Duration
+	27, // 45: flotilla.config.v1.Cluster.health_check:type_name -> flotilla.config.v1.HealthCheck
+	30, // 46: flotilla.config.v1.Cluster.outlier_detection:type_name -> flotilla.config.v1.OutlierDetection
+	26, // 47: flotilla.config.v1.Cluster.tls:type_name -> flotilla.config.v1.ClusterTls
+	35, // 48: flotilla.config.v1.Cluster.http_idle_timeout:type_name -> google.protobuf.Duration
+	25, // 49: flotilla.config.v1.Cluster.retry_budget:type_name -> flotilla.config.v1.RetryBudget
+	16, // 50: flotilla.config.v1.ClusterTls.ca:type_name -> flotilla.config.v1.PemSource
+	15, // 51: flotilla.config.v1.ClusterTls.client_certificate:type_name -> flotilla.config.v1.TlsCertificate
+	35, // 52: flotilla.config.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	35, // 53: flotilla.config.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	28, // 54: flotilla.config.v1.HealthCheck.tcp:type_name -> flotilla.config.v1.TcpHealthCheck
+	29, // 55: flotilla.config.v1.HealthCheck.http:type_name -> flotilla.config.v1.HttpHealthCheck
+	35, // 56: flotilla.config.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	35, // 57: flotilla.config.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_config_v1_config_proto_init() }
@@ -1691,13 +3112,15 @@ func file_flotilla_config_v1_config_proto_init() {
 	if File_flotilla_config_v1_config_proto != nil {
 		return
 	}
+	file_flotilla_config_v1_config_proto_msgTypes[3].OneofWrappers = []any{}
+	file_flotilla_config_v1_config_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_config_v1_config_proto_rawDesc), len(file_flotilla_config_v1_config_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
