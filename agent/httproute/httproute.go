@@ -176,6 +176,9 @@ type HeaderMatch struct {
 	Kind                            HeaderMatchKind
 	// Invert negates the result (invert_match).
 	Invert bool
+	// IgnoreCase compares Exact, Prefix, Suffix and Contains (which are then lower case)
+	// without regard to ASCII case (string_match.ignore_case).
+	IgnoreCase bool
 }
 
 // HeaderMatchKind says which field of a HeaderMatch applies.

@@ -324,6 +324,9 @@ func (hm *HeaderMatch) matches(r *Request) bool {
 	if !ok {
 		return false
 	}
+	if hm.IgnoreCase {
+		return hm.matchesFold(v) != hm.Invert
+	}
 	var m bool
 	switch hm.Kind {
 	case HeaderExact:
@@ -338,6 +341,29 @@ func (hm *HeaderMatch) matches(r *Request) bool {
 		m = hm.Regex != nil && hm.Regex.MatchString(v)
 	}
 	return m != hm.Invert
+}
+
+// matchesFold is the string condition of a HeaderMatch with IgnoreCase (its patterns are
+// lower case).
+func (hm *HeaderMatch) matchesFold(v string) bool {
+	switch hm.Kind {
+	case HeaderExact:
+		return strings.EqualFold(v, hm.Exact)
+	case HeaderPrefix:
+		return len(v) >= len(hm.Prefix) && strings.EqualFold(v[:len(hm.Prefix)], hm.Prefix)
+	case HeaderSuffix:
+		return len(v) >= len(hm.Suffix) && strings.EqualFold(v[len(v)-len(hm.Suffix):], hm.Suffix)
+	case HeaderContains:
+		for i := 0; i+len(hm.Contains) <= len(v); i++ {
+			if strings.EqualFold(v[i:i+len(hm.Contains)], hm.Contains) {
+				return true
+			}
+		}
+		return false
+	case HeaderRegex:
+		return hm.Regex != nil && hm.Regex.MatchString(v)
+	}
+	return false
 }
 
 // PickCluster returns the cluster a request goes to: the only one, or for weighted

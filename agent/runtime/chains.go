@@ -75,7 +75,7 @@ func parseConnectionLimit(f *listenerv3.Filter, path string) (uint64, error) {
 	}
 	tc := f.GetTypedConfig()
 	if tc == nil || tc.GetTypeUrl() != connLimitTypeURL {
-		return 0, fmt.Errorf("%s.typed_config: only %s may come before %s", path, ConnectionLimitFilterName, TCPProxyFilterName)
+		return 0, fmt.Errorf("%s.typed_config: only %s may come before %s or %s", path, ConnectionLimitFilterName, TCPProxyFilterName, HTTPConnectionManagerFilterName)
 	}
 	path += ".typed_config"
 	cl := &connlimitv3.ConnectionLimit{}
@@ -150,7 +150,12 @@ type chainSpec struct {
 	limit       uint64 // connection_limit max_connections; 0 without the filter
 	accessLog   *AccessLog
 	tls         *tlsv3.DownstreamTlsContext // nil: plain TCP (raw_buffer)
+	http        *httproute.Manager          // an http_connection_manager chain; cluster is ""
 }
+
+// present reports whether cs is a parsed chain (a listener's default chain is the zero
+// chainSpec when it has none).
+func (cs chainSpec) present() bool { return cs.cluster != "" || cs.http != nil }
 
 // parseListenerFilters checks listener_filters: at most one proxy_protocol and one
 // tls_inspector, in that order, each with an empty (default) config.
@@ -248,7 +253,7 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 	// connection_limit is per filter-chain instance in Envoy; Flotilla's compiler emits one
 	// value per listener and the agent enforces it per listener, so every chain must agree.
 	all := spec.chains
-	if spec.defaultChain.cluster != "" {
+	if spec.defaultChain.present() {
 		all = append(all[:len(all):len(all)], spec.defaultChain)
 	}
 	for i, cs := range all {
@@ -271,8 +276,8 @@ func parseChains(l *listenerv3.Listener, spec *listenerSpec) error {
 	return nil
 }
 
-// parseChain checks one filter chain, which runs a tcp_proxy, optionally preceded by a
-// connection_limit.
+// parseChain checks one filter chain, which runs a tcp_proxy or an
+// http_connection_manager, optionally preceded by a connection_limit.
 func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 	if err := fieldcheck.Only(fc, path, "filter_chain_match", "filters", "metadata", "name", "transport_socket"); err != nil {
 		return chainSpec{}, err
@@ -290,9 +295,16 @@ func parseChain(fc *listenerv3.FilterChain, path string) (chainSpec, error) {
 			return chainSpec{}, err
 		}
 	case n != 1:
-		return chainSpec{}, fmt.Errorf("%s.filters: flotilla-agent supports a %s, optionally preceded by a %s; got %d filters", path, TCPProxyFilterName, ConnectionLimitFilterName, n)
+		return chainSpec{}, fmt.Errorf("%s.filters: flotilla-agent supports a %s or %s, optionally preceded by a %s; got %d filters", path, TCPProxyFilterName, HTTPConnectionManagerFilterName, ConnectionLimitFilterName, n)
 	}
 	path += fmt.Sprintf(".filters[%d]", len(filters)-1)
+	if last := filters[len(filters)-1]; isHTTPFilter(last) {
+		m, al, err := parseHTTPFilter(last, path)
+		if err != nil {
+			return chainSpec{}, err
+		}
+		return chainSpec{name: fc.GetName(), limit: limit, accessLog: al, tls: tlsCtx, http: m}, nil
+	}
 	tp, err := parseTCPProxyFilter(filters[len(filters)-1], path)
 	if err != nil {
 		return chainSpec{}, err

@@ -366,7 +366,8 @@ func parseCircuitBreakers(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) err
 	}
 	for i, t := range cb.GetThresholds() {
 		p := fmt.Sprintf("%s.thresholds[%d]", path, i)
-		if err := fieldcheck.Only(t, p, "priority", "max_connections"); err != nil {
+		// retry_budget is read by parseCluster (it is for HTTP retries, not upstream's).
+		if err := fieldcheck.Only(t, p, "priority", "max_connections", "retry_budget"); err != nil {
 			return err
 		}
 		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {

@@ -58,6 +58,7 @@ func (g *Graph) Resources() *Resources {
 		Clusters:  maps.Clone(g.src.Clusters),
 		Endpoints: maps.Clone(g.src.Endpoints),
 		Secrets:   maps.Clone(g.src.Secrets),
+		Routes:    maps.Clone(g.src.Routes),
 	}
 }
 
@@ -189,14 +190,14 @@ func (l *Listener) allChains() []*FilterChain {
 }
 
 // Clusters returns the clusters the listener's chains (or udp_proxy) send to, each once, in
-// chain order.
+// chain order. The clusters of HTTP chains are in their route tables, not here.
 func (l *Listener) Clusters() []*Cluster {
 	if l.udp != nil {
 		return []*Cluster{l.udp.Cluster}
 	}
 	var out []*Cluster
 	for _, fc := range l.allChains() {
-		if !slices.Contains(out, fc.TCP.Cluster) {
+		if fc.TCP.Cluster != nil && !slices.Contains(out, fc.TCP.Cluster) {
 			out = append(out, fc.TCP.Cluster)
 		}
 	}
@@ -231,6 +232,10 @@ type Cluster struct {
 	tls            *tlsconf.Client           // built by Build from tlsCtx and the secrets
 	endpoints      []Endpoint
 	lb             upstream.ClusterConfig // without Endpoints
+	http           clusterHTTP            // HttpProtocolOptions
+	retryPercent   float64                // retry_budget.budget_percent
+	// retry_budget.min_retry_concurrency
+	minRetryConcurrency uint32
 }
 
 // Endpoint is one upstream address that takes traffic, with its load-balancing weight.
@@ -342,7 +347,20 @@ func Build(r *Resources) (*Graph, error) {
 			Clusters:  maps.Clone(r.Clusters),
 			Endpoints: maps.Clone(r.Endpoints),
 			Secrets:   maps.Clone(r.Secrets),
+			Routes:    maps.Clone(r.Routes),
 		},
+		routes: make(map[string]*httproute.Table, len(r.Routes)),
+	}
+	for _, name := range sortedKeys(r.Routes) {
+		rc := r.Routes[name]
+		t, err := parseRouteConfig(rc)
+		if err == nil && rc.GetName() != name {
+			err = fmt.Errorf("resource is named %q but was delivered as %q", rc.GetName(), name)
+		}
+		if err != nil {
+			return nil, &ResourceError{TypeURL: resourcev3.RouteType, Name: name, Err: err}
+		}
+		g.routes[name] = t
 	}
 	for _, name := range sortedKeys(r.Clusters) {
 		c := r.Clusters[name]
@@ -441,6 +459,9 @@ func Build(r *Resources) (*Graph, error) {
 			l.udp = &UDPProxy{Cluster: g.clusterByName[u.cluster], IdleTimeout: u.idleTimeout, HashSourceIP: u.hashSource, AccessLog: u.accessLog}
 		}
 		link := func(c chainSpec, srv *tlsconf.Server) *FilterChain {
+			if c.http != nil {
+				return &FilterChain{Name: c.name, Match: c.cond, TLS: srv, HTTP: c.http, TCP: TCPProxy{AccessLog: c.accessLog}}
+			}
 			return &FilterChain{Name: c.name, Match: c.cond, TLS: srv, TCP: TCPProxy{
 				Cluster:            g.clusterByName[c.cluster],
 				IdleTimeout:        c.idleTimeout,
@@ -456,7 +477,7 @@ func Build(r *Resources) (*Graph, error) {
 			}
 			l.chains = append(l.chains, link(c, srv))
 		}
-		if s.defaultChain.cluster != "" {
+		if s.defaultChain.present() {
 			srv, err := newServer(s.defaultChain, secrets, chainPath(len(s.chains), len(s.chains)))
 			if err != nil {
 				return nil, &ResourceError{TypeURL: resourcev3.ListenerType, Name: s.name, Err: err}

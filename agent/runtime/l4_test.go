@@ -139,7 +139,7 @@ func TestValidateL4(t *testing.T) {
 		{"chain transport_socket", lds, edge(func(l *listenerv3.Listener) { l.FilterChains[2].TransportSocket = runtimetest.UpstreamProxyProtocol(1) }),
 			`listener "edge": filter_chains[2].transport_socket.typed_config: transport socket type "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport" is not supported by flotilla-agent on a filter chain (only envoy.transport_sockets.tls and envoy.transport_sockets.raw_buffer)`},
 		{"default chain without cluster", lds, sniOnly(func(l *listenerv3.Listener) { l.DefaultFilterChain.Filters = nil }),
-			`listener "sni": default_filter_chain.filters: flotilla-agent supports a envoy.filters.network.tcp_proxy, optionally preceded by a envoy.filters.network.connection_limit; got 0 filters`},
+			`listener "sni": default_filter_chain.filters: flotilla-agent supports a envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager, optionally preceded by a envoy.filters.network.connection_limit; got 0 filters`},
 
 		// Clusters.
 		{"upstream PROXY v1", cds, eds(func(c *clusterv3.Cluster) { c.TransportSocket = runtimetest.UpstreamProxyProtocol(1) }), ""},

@@ -26,6 +26,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -39,6 +40,7 @@ type Resources struct {
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment // keyed by cluster_name / service_name
 	Secrets   map[string]*tlsv3.Secret                     // SDS secrets, keyed by name
+	Routes    map[string]*routev3.RouteConfiguration       // RDS route configurations, keyed by name
 }
 
 // ResourceError names the resource at fault so the xDS client can NACK the right type.
@@ -73,6 +75,8 @@ func kindOf(typeURL string) string {
 		return "load assignment"
 	case resourcev3.SecretType:
 		return "secret"
+	case resourcev3.RouteType:
+		return "route configuration"
 	}
 	return "resource " + strings.TrimPrefix(typeURL, resourcev3.APITypePrefix)
 }
@@ -104,7 +108,8 @@ func (r *Resources) EDSNames() []string {
 }
 
 // Missing returns nil when r is consistent: every cluster a listener's tcp_proxy or udp_proxy names
-// exists, every EDS cluster has its ClusterLoadAssignment and every SDS secret a TLS filter
+// exists, every route configuration an http_connection_manager names has arrived (RDS) and every
+// cluster its routes send to exists, every EDS cluster has its ClusterLoadAssignment and every SDS secret a TLS filter
 // chain or cluster names has arrived (as Envoy keeps such a listener warming). Otherwise the error lists, in
 // a stable order, everything that is missing, e.g.
 // `listener "dicom" references unknown cluster "pacs"; no endpoints yet for cluster "db"`.
@@ -141,6 +146,7 @@ func (r *Resources) Missing() error {
 			missing = append(missing, fmt.Sprintf("no endpoints yet for cluster %q (EDS service %q)", name, svc))
 		}
 	}
+	missing = append(missing, r.missingRoutes()...)
 	missing = append(missing, r.missingSecrets()...)
 	if len(missing) == 0 {
 		return nil

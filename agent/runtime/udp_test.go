@@ -159,8 +159,8 @@ func TestAccessLogConfig(t *testing.T) {
 		want string
 	}{
 		{"unknown operator", func(tp *tcpproxyv3.TcpProxy) {
-			tp.AccessLog = []*accesslogv3.AccessLog{runtimetest.FileAccessLog("/tmp/x", "%REQ(:PATH)%", nil)}
-		}, p + ".log_format.text_format_source: access log format: command operator %REQ(:PATH)% is not supported by flotilla-agent"},
+			tp.AccessLog = []*accesslogv3.AccessLog{runtimetest.FileAccessLog("/tmp/x", "%NOT_AN_OPERATOR%", nil)}
+		}, p + ".log_format.text_format_source: access log format: command operator %NOT_AN_OPERATOR% is not supported by flotilla-agent"},
 		{"no path", func(tp *tcpproxyv3.TcpProxy) {
 			tp.AccessLog = []*accesslogv3.AccessLog{runtimetest.FileAccessLog("", "%BYTES_SENT%", nil)}
 		}, p + ".path is required"},

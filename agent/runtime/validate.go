@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -42,7 +43,7 @@ var tcpProxyTypeURL = resourcev3.APITypePrefix + string((&tcpproxyv3.TcpProxy{})
 
 // Validate checks one resource on its own (decoding is already done), the moment it arrives,
 // so that a bad one is NACKed at once. typeURL is the xDS type URL the resource came under
-// (resourcev3.ListenerType, ClusterType, EndpointType or SecretType); m must be the matching message.
+// (resourcev3.ListenerType, RouteType, ClusterType, EndpointType or SecretType); m must be the matching message.
 // Validate does not check references between resources: that is Resources.Missing. It
 // returns nil or a *ResourceError.
 func Validate(typeURL string, m proto.Message) error {
@@ -87,6 +88,12 @@ func Validate(typeURL string, m proto.Message) error {
 			}
 			return &ResourceError{TypeURL: typeURL, Name: sec.GetName(), Err: err}
 		}
+	case resourcev3.RouteType:
+		rc, ok := m.(*routev3.RouteConfiguration)
+		if !ok {
+			return wrongType(typeURL, m)
+		}
+		return validateRoute(rc)
 	default:
 		return &ResourceError{TypeURL: typeURL, Err: errors.New("this resource type is not supported by flotilla-agent")}
 	}
@@ -184,7 +191,7 @@ func parseTCPProxyFilter(f *listenerv3.Filter, path string) (*tcpproxyv3.TcpProx
 		return nil, fmt.Errorf("%s.typed_config is required", path)
 	}
 	if tc.GetTypeUrl() != tcpProxyTypeURL {
-		return nil, fmt.Errorf("%s.typed_config: filter type %q is not supported by flotilla-agent (only %s)", path, tc.GetTypeUrl(), TCPProxyFilterName)
+		return nil, fmt.Errorf("%s.typed_config: filter type %q is not supported by flotilla-agent (only %s and %s)", path, tc.GetTypeUrl(), TCPProxyFilterName, HTTPConnectionManagerFilterName)
 	}
 	tp := &tcpproxyv3.TcpProxy{}
 	if err := tc.UnmarshalTo(tp); err != nil {
@@ -204,6 +211,9 @@ func tcpProxiesOf(l *listenerv3.Listener) []*tcpproxyv3.TcpProxy {
 	for _, fc := range fcs {
 		fs := fc.GetFilters()
 		if len(fs) == 0 {
+			continue
+		}
+		if isHTTPFilter(fs[len(fs)-1]) {
 			continue
 		}
 		if tp, err := parseTCPProxyFilter(fs[len(fs)-1], ""); err == nil {
@@ -270,7 +280,8 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	}
 	if err := fieldcheck.Only(c, "", "name", "alt_stat_name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "metadata", "transport_socket",
 		"health_checks", "outlier_detection", "circuit_breakers", "common_lb_config",
-		"least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config"); err != nil {
+		"least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "round_robin_lb_config",
+		"typed_extension_protocol_options"); err != nil {
 		return nil, err
 	}
 	if c.GetName() == "" {
@@ -322,6 +333,17 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		return nil, err
 	}
 	out.proxyProtocol, out.tlsCtx = pp, tlsCtx
+	if out.http, err = parseClusterHTTP(c); err != nil {
+		return nil, err
+	}
+	out.retryPercent, out.minRetryConcurrency = DefaultRetryBudgetPercent, DefaultMinRetryConcurrency
+	for i, t := range c.GetCircuitBreakers().GetThresholds() {
+		if rb := t.GetRetryBudget(); rb != nil {
+			if out.retryPercent, out.minRetryConcurrency, err = parseRetryBudget(rb, fmt.Sprintf("circuit_breakers.thresholds[%d].retry_budget", i)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

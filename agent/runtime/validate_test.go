@@ -147,14 +147,14 @@ func TestValidate(t *testing.T) {
 		}), `listener "web": filter_chains: at least one filter chain or a default_filter_chain is required`},
 		{"two filters", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters = append(l.FilterChains[0].Filters, l.FilterChains[0].Filters[0])
-		}), `listener "web": filter_chains[0].filters[0].typed_config: only envoy.filters.network.connection_limit may come before envoy.filters.network.tcp_proxy`},
+		}), `listener "web": filter_chains[0].filters[0].typed_config: only envoy.filters.network.connection_limit may come before envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager`},
 		{"three filters", lds, listener(func(l *listenerv3.Listener) {
 			fs := l.FilterChains[0].Filters
 			l.FilterChains[0].Filters = append(fs, fs[0], fs[0])
-		}), `listener "web": filter_chains[0].filters: flotilla-agent supports a envoy.filters.network.tcp_proxy, optionally preceded by a envoy.filters.network.connection_limit; got 3 filters`},
+		}), `listener "web": filter_chains[0].filters: flotilla-agent supports a envoy.filters.network.tcp_proxy or envoy.filters.network.http_connection_manager, optionally preceded by a envoy.filters.network.connection_limit; got 3 filters`},
 		{"http_connection_manager", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{StatPrefix: "web"})}
-		}), `listener "web": filter_chains[0].filters[0].typed_config: filter type "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" is not supported by flotilla-agent (only envoy.filters.network.tcp_proxy)`},
+		}), `listener "web": filter_chains[0].filters[0].typed_config.rds is required (flotilla-agent takes route configurations over RDS only; route_config and scoped_routes are not supported)`},
 		{"filter config_discovery", lds, listener(func(l *listenerv3.Listener) {
 			l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_ConfigDiscovery{ConfigDiscovery: &corev3.ExtensionConfigSource{}}
 		}), `listener "web": filter_chains[0].filters[0].config_discovery is not supported by flotilla-agent`},
@@ -303,8 +303,10 @@ func TestValidate(t *testing.T) {
 		}), `load assignment "backend": endpoints[0].leds_cluster_locality_config is not supported by flotilla-agent`},
 
 		// Types.
-		{"route type", resourcev3.RouteType, listener(nil),
-			`resource envoy.config.route.v3.RouteConfiguration: this resource type is not supported by flotilla-agent`},
+		{"scoped route type", resourcev3.ScopedRouteType, listener(nil),
+			`resource envoy.config.route.v3.ScopedRouteConfiguration: this resource type is not supported by flotilla-agent`},
+		{"wrong message for route type", resourcev3.RouteType, listener(nil),
+			`route configuration: resource is a envoy.config.listener.v3.Listener, not the type its type URL names`},
 		{"wrong message for type", lds, eds(nil),
 			`listener: resource is a envoy.config.cluster.v3.Cluster, not the type its type URL names`},
 	}
