@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the end-to-end tests run beside the agent (nginx as a TLS
 # backend, openssl s_client as a client, sshd + ssh-keyscan as a server-first protocol,
-# dnsmasq as a DNS server) from Debian's packages, when they are missing.
+# dnsmasq as a DNS server, curl as an HTTP client) from Debian's packages, when they are missing.
 # As root with apt-get it installs them; otherwise it says what is missing, and those
 # tests skip on a developer's machine (in CI, CI=true makes a missing peer a failure).
 set -euo pipefail
@@ -13,6 +13,7 @@ have openssl || need+=(openssl)
 have sshd    || need+=(openssh-server)      # a real server-first protocol (SSH banner)
 have ssh-keyscan || need+=(openssh-client)
 have dnsmasq || need+=(dnsmasq-base)        # a real DNS server behind the UDP proxy
+have curl    || need+=(curl)                # HTTP/1.1, h2 over TLS and h2c client of the HTTP listeners
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,506 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestHTTPRoutingAndForwardedHeaders runs nginx's usual `http {}` front door
+// through a real agent: virtual hosts by domain (exact and wildcard), routes by
+// path prefix and by header, a prefix rewrite, a direct response, an
+// HTTP→HTTPS 301 and an HTTPS listener; X-Forwarded-For, X-Real-IP and
+// X-Forwarded-Proto as the backend sees them. Clients: Go net/http (HTTP/1.1,
+// h2 over TLS, h2c) and curl (--http1.1, --http2 over TLS,
+// --http2-prior-knowledge).
+func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	ca.issue(t, dir, "web", "web.example")
+	app := startHTTPBackend(t, "app")
+	api := startHTTPBackend(t, "api")
+	canary := startHTTPBackend(t, "canary")
+	static := startHTTPBackend(t, "static")
+
+	cp := startControlPlane(t)
+	ag := startAgent(t, cp, "a1", "dc=ams")
+	plain, secure := freeAddr(t), freeAddr(t)
+	cfg := writeConfig(t, dir, "http.yaml", fmt.Sprintf(`
+listeners:
+  - name: web
+    address: %q
+    http:
+      virtual_hosts:
+        - name: secure
+          domains: ["secure.example"]
+          https_redirect: true
+          routes:
+            - { match: { prefix: / }, cluster: app }
+        - name: api
+          domains: ["api.example", "*.api.example"]
+          routes:
+            - { match: { prefix: / }, cluster: api }
+        - name: default
+          domains: ["*"]
+          request_headers: { add: { X-Vhost: default } }
+          response_headers: { add: { X-Served-By: flotilla-e2e } }
+          routes:
+            - name: health
+              match: { path: /healthz }
+              direct_response: { status: 200, body: "ok\n" }
+            - name: canary
+              match: { prefix: /, headers: [{ name: x-canary, exact: "1" }] }
+              cluster: canary
+            - name: static
+              match: { prefix: /static/ }
+              cluster: static
+              prefix_rewrite: /
+            - name: app
+              match: { prefix: / }
+              cluster: app
+  - name: webs
+    address: %q
+    tls:
+      certificates: [{ cert: web.crt, key: web.key }]
+    http:
+      routes:
+        - { match: { prefix: / }, cluster: app }
+clusters:
+  - { name: app, endpoints: [%q] }
+  - { name: api, endpoints: [%q] }
+  - { name: canary, endpoints: [%q] }
+  - { name: static, endpoints: [%q] }
+`, plain, secure, app.addr, api.addr, canary.addr, static.addr))
+	if r := cp.flotctl(t, "validate", cfg); r.code != 0 {
+		t.Fatalf("flotctl validate: %s", r)
+	}
+	cp.apply(t, cfg, "http front door")
+	ag.waitReady(t)
+
+	h1 := noRedirects(h1Transport(nil))
+	waitFor(t, convergeTimeout, "the http listener to route", func() error {
+		res, err := httpGet(h1, "http://"+plain+"/healthz", "web.example", nil)
+		if err != nil {
+			return err
+		}
+		if res.status != http.StatusOK || res.body != "ok\n" {
+			return fmt.Errorf("GET /healthz: %d %q, want 200 \"ok\\n\"", res.status, res.body)
+		}
+		return nil
+	})
+
+	t.Run("routes", func(t *testing.T) {
+		tests := []struct {
+			name, host, path string
+			hdr              map[string]string
+			wantStatus       int
+			wantBackend      string // "" for answers from the agent itself
+			wantPath         string
+			wantBody         string // for direct responses
+			wantLocation     string
+		}{
+			{name: "default vhost, catch-all route", host: "web.example", path: "/hello?a=1", wantStatus: 200, wantBackend: "app", wantPath: "/hello"},
+			{name: "exact domain", host: "api.example", path: "/v1/users", wantStatus: 200, wantBackend: "api", wantPath: "/v1/users"},
+			{name: "wildcard domain", host: "eu.api.example", path: "/v1/users", wantStatus: 200, wantBackend: "api", wantPath: "/v1/users"},
+			{name: "domain with port", host: "api.example:8080", path: "/", wantStatus: 200, wantBackend: "api", wantPath: "/"},
+			{name: "header match", host: "web.example", path: "/hello", hdr: map[string]string{"X-Canary": "1"}, wantStatus: 200, wantBackend: "canary", wantPath: "/hello"},
+			{name: "header mismatch", host: "web.example", path: "/hello", hdr: map[string]string{"X-Canary": "2"}, wantStatus: 200, wantBackend: "app", wantPath: "/hello"},
+			{name: "prefix rewrite", host: "web.example", path: "/static/css/site.css", wantStatus: 200, wantBackend: "static", wantPath: "/css/site.css"},
+			{name: "direct response", host: "web.example", path: "/healthz", wantStatus: 200, wantBody: "ok\n"},
+			{name: "https redirect", host: "secure.example", path: "/login?next=%2Fhome", wantStatus: 301, wantLocation: "https://secure.example/login?next=%2Fhome"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				res, err := httpGet(h1, "http://"+plain+tt.path, tt.host, tt.hdr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.status != tt.wantStatus {
+					t.Fatalf("status %d, want %d; body %q", res.status, tt.wantStatus, res.body)
+				}
+				if tt.wantLocation != "" {
+					if got := res.header.Get("Location"); got != tt.wantLocation {
+						t.Errorf("Location %q, want %q", got, tt.wantLocation)
+					}
+					return
+				}
+				if tt.wantBackend == "" {
+					if res.seen != nil || res.body != tt.wantBody {
+						t.Errorf("body %q, want the agent's %q", res.body, tt.wantBody)
+					}
+					return
+				}
+				if res.seen == nil {
+					t.Fatalf("no backend answered: %q", res.body)
+				}
+				if res.seen.ID != tt.wantBackend || res.seen.Path != tt.wantPath {
+					t.Errorf("backend %s saw path %q, want %s with %q", res.seen.ID, res.seen.Path, tt.wantBackend, tt.wantPath)
+				}
+				if res.seen.Host != tt.host {
+					t.Errorf("backend saw Host %q, want the client's %q", res.seen.Host, tt.host)
+				}
+			})
+		}
+	})
+
+	t.Run("header operations", func(t *testing.T) {
+		res, err := httpGet(h1, "http://"+plain+"/hello", "web.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.seen == nil || res.seen.Header.Get("X-Vhost") != "default" {
+			t.Errorf("backend did not get the virtual host's request header X-Vhost: default: %+v", res.seen)
+		}
+		if got := res.header.Get("X-Served-By"); got != "flotilla-e2e" {
+			t.Errorf("response header X-Served-By %q, want flotilla-e2e", got)
+		}
+	})
+
+	t.Run("forwarded headers", func(t *testing.T) {
+		tests := []struct {
+			name      string
+			clientXFF string
+			wantXFF   string
+		}{
+			{name: "no X-Forwarded-For", wantXFF: "127.0.0.1"},
+			{name: "client X-Forwarded-For is appended to", clientXFF: "203.0.113.9", wantXFF: "203.0.113.9, 127.0.0.1"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				hdr := map[string]string{}
+				if tt.clientXFF != "" {
+					hdr["X-Forwarded-For"] = tt.clientXFF
+				}
+				res, err := httpGet(h1, "http://"+plain+"/hello", "web.example", hdr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.seen == nil {
+					t.Fatalf("no backend answered: %d %q", res.status, res.body)
+				}
+				h := res.seen.Header
+				// Several X-Forwarded-For lines count as one list.
+				if got := strings.Join(h.Values("X-Forwarded-For"), ", "); got != tt.wantXFF {
+					t.Errorf("X-Forwarded-For %q, want %q", got, tt.wantXFF)
+				}
+				if got := h.Values("X-Real-IP"); len(got) != 1 || got[0] != "127.0.0.1" {
+					t.Errorf("X-Real-IP %q, want the client address 127.0.0.1 once", got)
+				}
+				if got := h.Get("X-Forwarded-Proto"); got != "http" {
+					t.Errorf("X-Forwarded-Proto %q, want http", got)
+				}
+			})
+		}
+	})
+
+	tlsCfg := ca.clientConfig("web.example")
+	t.Run("go h2 over TLS", func(t *testing.T) {
+		c := noRedirects(h2Transport(tlsCfg))
+		var res *httpResult
+		waitFor(t, convergeTimeout, "the https listener", func() (err error) {
+			res, err = httpGet(c, "https://"+secure+"/hello", "web.example", nil)
+			return err
+		})
+		if res.proto != "HTTP/2.0" || res.status != 200 || res.seen == nil || res.seen.ID != "app" {
+			t.Fatalf("%s %d from %+v, want HTTP/2.0 200 from app; body %q", res.proto, res.status, res.seen, res.body)
+		}
+		if got := res.seen.Header.Get("X-Forwarded-Proto"); got != "https" {
+			t.Errorf("X-Forwarded-Proto %q over TLS, want https", got)
+		}
+	})
+	t.Run("go h1 over TLS", func(t *testing.T) {
+		res, err := httpGet(noRedirects(h1Transport(tlsCfg)), "https://"+secure+"/hello", "web.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.proto != "HTTP/1.1" || res.status != 200 || res.seen == nil || res.seen.ID != "app" {
+			t.Fatalf("%s %d from %+v, want HTTP/1.1 200 from app", res.proto, res.status, res.seen)
+		}
+	})
+	t.Run("go h2c", func(t *testing.T) {
+		res, err := httpGet(noRedirects(h2Transport(nil)), "http://"+plain+"/static/x", "web.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.proto != "HTTP/2.0" || res.status != 200 || res.seen == nil || res.seen.ID != "static" || res.seen.Path != "/x" {
+			t.Fatalf("%s %d from %+v, want HTTP/2.0 200 from static with path /x", res.proto, res.status, res.seen)
+		}
+		// The backend speaks HTTP/1.1: the agent translated.
+		if res.seen.Proto != "HTTP/1.1" {
+			t.Errorf("backend got %s, want HTTP/1.1 (cluster protocol http1)", res.seen.Proto)
+		}
+	})
+
+	t.Run("curl", func(t *testing.T) {
+		curl := requirePeer(t, "curl")
+		tests := []struct {
+			name, url   string
+			args        []string
+			wantVersion string
+			wantProto   string // X-Forwarded-Proto the backend saw
+		}{
+			{name: "http1.1", url: "http://" + plain + "/hello", args: []string{"--http1.1", "-H", "Host: web.example"}, wantVersion: "1.1", wantProto: "http"},
+			{name: "h2c prior knowledge", url: "http://" + plain + "/hello", args: []string{"--http2-prior-knowledge", "-H", "Host: web.example"}, wantVersion: "2", wantProto: "http"},
+			{name: "h2 over TLS", url: fmt.Sprintf("https://web.example:%d/hello", portOf(t, secure)),
+				args:        []string{"--http2", "--cacert", ca.pemPath, "--resolve", fmt.Sprintf("web.example:%d:127.0.0.1", portOf(t, secure))},
+				wantVersion: "2", wantProto: "https"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				args := append([]string{"-sS", "--max-time", "10", "-w", "\n%{http_code} %{http_version}"}, tt.args...)
+				out, err := exec.Command(curl, append(args, tt.url)...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+				body, status, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+				if want := "200 " + tt.wantVersion; status != want {
+					t.Fatalf("curl: %q, want %q\n%s", status, want, out)
+				}
+				if !strings.Contains(body, `"id":"app"`) || !strings.Contains(body, `"X-Forwarded-Proto":["`+tt.wantProto+`"]`) {
+					t.Errorf("curl: body %s: want app's answer with X-Forwarded-Proto %s", body, tt.wantProto)
+				}
+			})
+		}
+	})
+}
+
+// TestHTTPWebSocketSurvivesConfigChange: a WebSocket session (route with
+// websocket: true) keeps working across a config change that replaces the
+// route table, and a route without websocket refuses the upgrade.
+func TestHTTPWebSocketSurvivesConfigChange(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	rt := startHTTPBackend(t, "rt")
+	cp := startControlPlane(t)
+	ag := startAgent(t, cp, "a1", "dc=ams")
+	listen := freeAddr(t)
+	bundle := func(version string) string {
+		return fmt.Sprintf(`
+listeners:
+  - name: web
+    address: %q
+    http:
+      routes:
+        - { name: ws, match: { prefix: /deepstream }, cluster: realtime, websocket: true, idle_timeout: 1h }
+        - { name: plain, match: { prefix: /plain }, cluster: realtime }
+        - { name: version, match: { prefix: / }, direct_response: { status: 200, body: %q } }
+clusters:
+  - { name: realtime, endpoints: [%q] }
+`, listen, version+"\n", rt.addr)
+	}
+	cp.apply(t, writeConfig(t, dir, "v1.yaml", bundle("v1")), "websocket route")
+	ag.waitReady(t)
+	c := noRedirects(h1Transport(nil))
+	servesVersion := func(v string) func() error {
+		return func() error {
+			res, err := httpGet(c, "http://"+listen+"/", "ws.example", nil)
+			if err != nil {
+				return err
+			}
+			if res.status != 200 || res.body != v+"\n" {
+				return fmt.Errorf("GET /: %d %q, want 200 %q", res.status, res.body, v+"\n")
+			}
+			return nil
+		}
+	}
+	waitFor(t, convergeTimeout, "the agent to serve v1", servesVersion("v1"))
+
+	ws, err := dialWebSocket(t, listen, "ws.example", "/deepstream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	say := func(ws *wsClient, msg string) {
+		t.Helper()
+		got, err := ws.say(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "rt:" + msg; got != want {
+			t.Fatalf("websocket echo %q, want %q", got, want)
+		}
+	}
+	for i := range 3 {
+		say(ws, "before "+strconv.Itoa(i))
+	}
+
+	if _, err := dialWebSocket(t, listen, "ws.example", "/plain"); err == nil {
+		t.Error("a route without websocket: true upgraded the connection")
+	}
+
+	cp.apply(t, writeConfig(t, dir, "v2.yaml", bundle("v2")), "new route table")
+	waitFor(t, convergeTimeout, "the agent to serve v2", servesVersion("v2"))
+	for i := range 3 {
+		say(ws, "after "+strconv.Itoa(i))
+	}
+	ws2, err := dialWebSocket(t, listen, "ws.example", "/deepstream")
+	if err != nil {
+		t.Fatalf("a new session after the change: %v", err)
+	}
+	say(ws2, "new session")
+	say(ws, "old session still")
+}
+
+// TestHTTPErrorResponses: 502 when the backend is down, 503 when the
+// cluster's circuit breaker is full, 504 when the backend answers after the
+// route timeout, and a slowloris client (an unfinished header line, then
+// nothing) cut off by request_headers_timeout.
+func TestHTTPErrorResponses(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	slow := startHTTPBackend(t, "slow")
+	busy := startHTTPBackend(t, "busy")
+	cp := startControlPlane(t)
+	ag := startAgent(t, cp, "a1", "dc=ams")
+	listen := freeAddr(t)
+	down := freeAddr(t) // nothing listens there
+	cfg := writeConfig(t, dir, "errors.yaml", fmt.Sprintf(`
+listeners:
+  - name: web
+    address: %q
+    http:
+      request_headers_timeout: 1s
+      routes:
+        - { match: { prefix: /down }, cluster: down }
+        - { match: { prefix: /slow }, cluster: slow, timeout: 500ms }
+        - { match: { prefix: /busy }, cluster: busy, timeout: 0s }
+        - { match: { prefix: / }, cluster: slow }
+clusters:
+  - { name: down, endpoints: [%q] }
+  - { name: slow, endpoints: [%q] }
+  - { name: busy, endpoints: [%q], max_connections: 1 }
+`, listen, down, slow.addr, busy.addr))
+	cp.apply(t, cfg, "error cases")
+	ag.waitReady(t)
+	c := noRedirects(h1Transport(nil))
+	waitFor(t, convergeTimeout, "the http listener to route", func() error {
+		res, err := httpGet(c, "http://"+listen+"/ok", "errors.example", nil)
+		if err != nil {
+			return err
+		}
+		if res.status != 200 || res.seen == nil {
+			return fmt.Errorf("GET /ok: %d %q", res.status, res.body)
+		}
+		return nil
+	})
+
+	t.Run("502 backend down", func(t *testing.T) {
+		res, err := httpGet(c, "http://"+listen+"/down", "errors.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.status != http.StatusBadGateway {
+			t.Fatalf("status %d %q, want 502", res.status, res.body)
+		}
+	})
+	t.Run("504 slower than the route timeout", func(t *testing.T) {
+		start := time.Now()
+		res, err := httpGet(c, "http://"+listen+"/slow?d=5s", "errors.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.status != http.StatusGatewayTimeout {
+			t.Fatalf("status %d %q, want 504", res.status, res.body)
+		}
+		if d := time.Since(start); d > 4*time.Second {
+			t.Errorf("504 after %v: the route timeout is 500ms", d)
+		}
+		// Within the timeout, the same backend answers.
+		res, err = httpGet(c, "http://"+listen+"/slow?d=10ms", "errors.example", nil)
+		if err != nil || res.status != 200 {
+			t.Fatalf("a fast answer on the same route: %v %+v", err, res)
+		}
+	})
+	t.Run("503 circuit breaker", func(t *testing.T) {
+		// One request holds the cluster's only connection; the next finds
+		// the breaker full.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		held := make(chan error, 1)
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/busy/slow?d=20s", nil)
+			resp, err := h1Transport(nil).RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			held <- err
+		}()
+		var res *httpResult
+		waitFor(t, 10*time.Second, "a 503 while the only connection is busy", func() error {
+			var err error
+			res, err = httpGet(noRedirects(h1Transport(nil)), "http://"+listen+"/busy", "errors.example", nil)
+			if err != nil {
+				return err
+			}
+			if res.status != http.StatusServiceUnavailable {
+				return fmt.Errorf("status %d %q, want 503", res.status, res.body)
+			}
+			return nil
+		})
+		cancel()
+		<-held
+	})
+	t.Run("slowloris", func(t *testing.T) {
+		conn, err := net.DialTimeout("tcp", listen, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		start := time.Now()
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: errors.example\r\nX-Slow: aaaa"); err != nil {
+			t.Fatal(err)
+		}
+		// The agent may answer 408 before closing; either way the
+		// connection must end, long before our own deadline.
+		conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		got, err := io.ReadAll(conn)
+		elapsed := time.Since(start)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("the agent kept the connection open for %v with an unfinished header (read %q)", elapsed, got)
+		}
+		if elapsed < 500*time.Millisecond || elapsed > 8*time.Second {
+			t.Errorf("connection closed after %v, want about the 1s request_headers_timeout", elapsed)
+		}
+		if len(got) > 0 && !strings.HasPrefix(string(got), "HTTP/1.1 408") {
+			t.Errorf("before closing, the agent sent %q, want nothing or a 408", got)
+		}
+		t.Logf("slowloris connection closed after %v (answer %q)", elapsed, firstLine(got))
+	})
+	t.Run("slowloris does not stop others", func(t *testing.T) {
+		// A few idle half-requests, and a normal request still answered.
+		var wg sync.WaitGroup
+		for range 5 {
+			conn, err := net.DialTimeout("tcp", listen, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x")
+			wg.Go(func() {
+				conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+				io.Copy(io.Discard, conn)
+			})
+		}
+		res, err := httpGet(c, "http://"+listen+"/ok", "errors.example", nil)
+		if err != nil || res.status != 200 {
+			t.Fatalf("a normal request beside slowloris clients: %v %+v", err, res)
+		}
+		wg.Wait()
+	})
+}
+
+// firstLine returns the first line of b, for logs.
+func firstLine(b []byte) string {
+	line, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(line)
+}
