@@ -563,6 +563,11 @@ AGENT_V="$(v "$BIN/flotilla-agent" --version) built from ${BENCH_AGENT_REV:-$(gi
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ERRS="direct ${R[errors,direct]}, agent ${R[errors,agent]}, nginx ${R[errors,nginx]}, haproxy ${R[errors,haproxy]}"
 
+# bench-http.sh keeps its section of the file between its markers: carry it over.
+HTTP_SECTION=""
+if [[ -f $OUT ]]; then
+  HTTP_SECTION=$(sed -n '/^<!-- bench-http:begin -->$/,/^<!-- bench-http:end -->$/p' "$OUT")
+fi
 cat >"$OUT" <<EOF
 # L4 benchmarks
 
@@ -610,6 +615,7 @@ $VERDICTS
 
 $RAW
 EOF
+[[ -z $HTTP_SECTION ]] || printf '\n%s\n' "$HTTP_SECTION" >>"$OUT"
 
 echo
 echo "$TABLE"
