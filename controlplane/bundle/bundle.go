@@ -178,7 +178,7 @@ func singleDocument(data []byte) error {
 	}
 }
 
-// Merge concatenates the files' listeners and clusters into one Bundle, each
+// Merge concatenates the files' listeners, clusters and grpc_services into one Bundle, each
 // list sorted by name (stable, so equal names keep file order). The bundle
 // holds copies: changing it does not change the files.
 func Merge(files []*adminv1.ConfigFile) *configv1.Bundle {
@@ -190,8 +190,12 @@ func Merge(files []*adminv1.ConfigFile) *configv1.Bundle {
 		for _, c := range f.GetBundle().GetClusters() {
 			out.Clusters = append(out.Clusters, proto.CloneOf(c))
 		}
+		for _, g := range f.GetBundle().GetGrpcServices() {
+			out.GrpcServices = append(out.GrpcServices, proto.CloneOf(g))
+		}
 	}
 	slices.SortStableFunc(out.Listeners, func(a, b *configv1.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortStableFunc(out.Clusters, func(a, b *configv1.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortStableFunc(out.GrpcServices, func(a, b *configv1.GrpcService) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	return out
 }

@@ -182,7 +182,7 @@ func TestParseErrors(t *testing.T) {
 		want     string // the whole error message
 	}{
 		{"unknown top-level field", "listener: []\n",
-			`f.yaml: listener: unknown field "listener" (known fields: listeners, clusters)`},
+			`f.yaml: listener: unknown field "listener" (known fields: listeners, clusters, grpc_services)`},
 		{"unknown nested field", "listeners:\n  - name: a\n    tcp: { clustr: x }\n",
 			`f.yaml: listeners[0].tcp.clustr: unknown field "clustr" (known fields: cluster, idle_timeout, connect_attempts)`},
 		{"unknown field in a later element", "clusters:\n  - name: a\n  - name: b\n    endpoints: [{address: '192.0.2.1:1', wieght: 2}]\n",

@@ -62,6 +62,11 @@ func normalize(md protoreflect.MessageDescriptor, v any) {
 	}
 	for key, val := range obj {
 		fd := field(md, key)
+		if fd == nil && key == "true" && field(md, "on") != nil {
+			// YAML 1.1 reads the key `on` (retries: { on: [5xx] }) as true.
+			delete(obj, key)
+			obj["on"], key, fd = val, "on", field(md, "on")
+		}
 		if fd == nil || fd.IsMap() {
 			continue
 		}
@@ -75,8 +80,18 @@ func normalize(md protoreflect.MessageDescriptor, v any) {
 			}
 			continue
 		}
+		if n, isNumber := val.(json.Number); isNumber && sizeFields[fd.FullName()] {
+			obj[key] = n.String() // max_request_body: 1048576 is a number of bytes
+			continue
+		}
 		obj[key] = normalizeValue(fd, val)
 	}
+}
+
+// sizeFields are string fields holding a size ("10MiB") that may also be
+// written as a plain number of bytes.
+var sizeFields = map[protoreflect.FullName]bool{
+	(&configv1.HttpListener{}).ProtoReflect().Descriptor().Fields().ByName("max_request_body").FullName(): true,
 }
 
 // normalizeValue expands one value (or list element) of field fd.

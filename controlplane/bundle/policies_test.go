@@ -144,7 +144,7 @@ func TestValidateAccessLog(t *testing.T) {
 		{"file with format", `{ path: /var/log/a.log, format: '$remote_addr ${status}x [$time_local] "$ssl_preread_server_name"' }`, ""},
 		{"no path", `{ format: json }`, `a.yaml: listeners[0].access_log.path: required: a file such as "/var/log/flotilla/access.log", or "-" for the agent's standard output`},
 		{"relative path", `{ path: logs/a.log }`, `a.yaml: listeners[0].access_log.path: "logs/a.log" is not an absolute path (write "-" or "stdout" for the agent's standard output)`},
-		{"unknown variable", `{ path: "-", format: "$remote_addr $request" }`, `a.yaml: listeners[0].access_log.format: unknown variable $request at offset 13`},
+		{"unknown variable", `{ path: "-", format: "$remote_addr $nope" }`, `a.yaml: listeners[0].access_log.format: unknown variable $nope at offset 13`},
 		{"dollar alone", `{ path: "-", format: "cost: $ 5" }`, `a.yaml: listeners[0].access_log.format: '$' at offset 6 is not followed by a variable name`},
 		{"unclosed brace", `{ path: "-", format: "${status" }`, `a.yaml: listeners[0].access_log.format: missing '}' after ${status at offset 0`},
 		{"percent", `{ path: "-", format: "100% $status" }`, `a.yaml: listeners[0].access_log.format: a literal % cannot be sent to Envoy in "100% $status"`},

@@ -75,7 +75,8 @@ func (es Errors) Error() string {
 }
 
 // Validate checks everything that can be checked without agents: names,
-// addresses, references between listeners and clusters, limits, and port
+// addresses, references between listeners (and grpc_services) and clusters,
+// HTTP routes, limits, and port
 // clashes between listeners that can land on the same agent. Names must be
 // unique across all files. It returns nil or an Errors holding every problem
 // found, sorted by file then field.
@@ -94,6 +95,12 @@ func Validate(files []*adminv1.ConfigFile) error {
 	for _, f := range files {
 		for i, l := range f.GetBundle().GetListeners() {
 			v.listener(site{f.GetPath(), fmt.Sprintf("listeners[%d]", i)}, l)
+		}
+	}
+	grpcServices := make(map[string]site)
+	for _, f := range files {
+		for i, g := range f.GetBundle().GetGrpcServices() {
+			v.grpcService(site{f.GetPath(), fmt.Sprintf("grpc_services[%d]", i)}, g, grpcServices)
 		}
 	}
 	v.portClashes()
@@ -165,17 +172,13 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 		v.placed = append(v.placed, placed{at: at, name: l.GetName(), addr: l.GetAddress(), ip: ip, port: port, agents: l.GetAgents(), udp: l.GetUdp() != nil})
 	}
 
-	for _, key := range slices.Sorted(maps.Keys(l.GetAgents())) {
-		val := l.GetAgents()[key]
-		if !labelKeyRe.MatchString(key) {
-			v.add(at, "agents", "%q is not a valid label key: %s", key, labelRule)
-		}
-		if !labelValueRe.MatchString(val) {
-			v.add(at, "agents."+key, "%q is not a valid label value: %s", val, labelRule)
-		}
-	}
+	v.selector(at, l.GetAgents())
 
 	routed := len(l.GetSni()) > 0 || len(l.GetRoutes()) > 0
+	if l.GetHttp() != nil {
+		v.http(at, l)
+		return
+	}
 	if l.GetUdp() != nil {
 		v.udp(at, l)
 		return
@@ -198,6 +201,19 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 	v.tlsListener(at, l)
 }
 
+// selector checks an agents label selector.
+func (v *validator) selector(at site, agents map[string]string) {
+	for _, key := range slices.Sorted(maps.Keys(agents)) {
+		val := agents[key]
+		if !labelKeyRe.MatchString(key) {
+			v.add(at, "agents", "%q is not a valid label key: %s", key, labelRule)
+		}
+		if !labelValueRe.MatchString(val) {
+			v.add(at, "agents."+key, "%q is not a valid label value: %s", val, labelRule)
+		}
+	}
+}
+
 func (v *validator) cluster(at site, c *configv1.Cluster) {
 	v.name(at, "cluster", c.GetName(), v.clusters)
 	if _, ok := v.defs[c.GetName()]; !ok {
@@ -211,6 +227,7 @@ func (v *validator) cluster(at site, c *configv1.Cluster) {
 	}
 	v.clusterPolicies(at, c)
 	v.tlsCluster(at, c)
+	v.httpCluster(at, c)
 	if len(c.GetEndpoints()) == 0 {
 		v.add(at, "endpoints", "a cluster needs at least one endpoint")
 		return
