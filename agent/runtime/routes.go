@@ -120,7 +120,7 @@ func checkDomain(d string) error {
 		return nil
 	case strings.Count(d, "*") > 1:
 		return errors.New("has more than one wildcard")
-	case strings.Contains(d[1:len(d)-1], "*"):
+	case len(d) > 2 && strings.Contains(d[1:len(d)-1], "*"):
 		return errors.New("has a wildcard in the middle (only a leading or trailing * is supported)")
 	}
 	for i := 0; i < len(d); i++ {
