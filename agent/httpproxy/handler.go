@@ -1,0 +1,476 @@
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotilla-proxy/flotilla/agent/accesslog"
+	"github.com/flotilla-proxy/flotilla/agent/httproute"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
+)
+
+// Causes of a request's cancellation by the proxy, read back with context.Cause.
+var (
+	errRouteTimeout   = errors.New("upstream request timeout")
+	errPerTryTimeout  = errors.New("upstream per-try timeout")
+	errStreamIdle     = errors.New("stream idle timeout")
+	errRequestTimeout = errors.New("request timeout")
+)
+
+// exchange is one request's state, from ServeHTTP to its access log line. The reverse
+// proxy's hooks find it in the request context.
+type exchange struct {
+	s     *Server
+	cfg   *Config
+	conn  *connState
+	entry accesslog.Entry
+	peer  netip.AddrPort // the TCP (or PROXY protocol) peer, appended to X-Forwarded-For
+
+	vh    *httproute.VirtualHost
+	route *httproute.Route
+	wc    *httproute.WeightedCluster
+	ch    *clusterHTTP
+	ucl   *upstream.Cluster
+
+	w    *responseWriter
+	body *requestBody // nil without a request body
+
+	cancel     context.CancelCauseFunc
+	active     atomic.Bool // a byte moved since the last stream idle check
+	gotHeaders atomic.Bool // the final upstream response headers arrived
+	retries    int         // retries admitted by the budget, given back at the end
+
+	timerMu    sync.Mutex
+	timers     []*time.Timer
+	idle       time.Duration
+	idleTimer  *time.Timer
+	renderBuf  []byte
+	upgradeReq bool
+}
+
+// ServeHTTP routes and serves one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	cfg := s.cfg.Load()
+	x := &exchange{s: s, cfg: cfg}
+	x.conn, _ = r.Context().Value(connKey).(*connState)
+	x.begin(r)
+	rw := &responseWriter{ResponseWriter: w, x: x}
+	x.w = rw
+	defer x.end(r)
+
+	if max := cfg.Manager.MaxRequestHeadersBytes; max > 0 && headerBytes(r) > max {
+		// net/http enforces MaxHeaderBytes on the first request of a connection only.
+		x.localReply(http.StatusRequestHeaderFieldsTooLarge, "")
+		return
+	}
+	if cfg.Table == nil {
+		x.localReply(http.StatusNotFound, "")
+		return
+	}
+	vh, route := cfg.Table.Select(&httproute.Request{
+		Authority: r.Host, Path: r.RequestURI, Method: r.Method, Scheme: x.entry.Scheme, Header: r.Header,
+	})
+	x.vh, x.route = vh, route
+	if vh != nil && x.needsTLS(r) {
+		loc := (&httproute.Redirect{Scheme: "https"}).Location(x.entry.Scheme, r.Host, r.URL.EscapedPath(), r.URL.RawQuery, "")
+		rw.Header().Set("Location", loc)
+		x.localReply(http.StatusMovedPermanently, "")
+		return
+	}
+	if route == nil {
+		x.localReply(http.StatusNotFound, "")
+		return
+	}
+	x.entry.Route = route.Name
+	switch {
+	case route.Redirect != nil:
+		x.responseHeaders(rw.Header())
+		rd := route.Redirect
+		rw.Header().Set("Location", rd.Location(x.entry.Scheme, r.Host, r.URL.EscapedPath(), r.URL.RawQuery, route.Match.Prefix))
+		code := rd.Code
+		if code == 0 {
+			code = http.StatusMovedPermanently
+		}
+		x.localReply(code, "")
+	case route.Direct != nil:
+		x.responseHeaders(rw.Header())
+		if len(route.Direct.Body) > 0 && rw.Header().Get("Content-Type") == "" {
+			rw.Header().Set("Content-Type", "text/plain")
+		}
+		x.setServer(rw.Header())
+		rw.Header().Set("Content-Length", strconv.Itoa(len(route.Direct.Body)))
+		rw.WriteHeader(route.Direct.Status)
+		if r.Method != http.MethodHead {
+			rw.Write(route.Direct.Body)
+		}
+	case route.Forward != nil:
+		x.forward(rw, r)
+	default:
+		x.localReply(http.StatusNotFound, "")
+	}
+}
+
+// begin fills what the access log knows of the request before it is routed.
+func (x *exchange) begin(r *http.Request) {
+	m := x.cfg.Manager
+	e := &x.entry
+	e.Start = time.Now()
+	e.Listener = x.cfg.Listener
+	e.Method = r.Method
+	e.RequestURI = r.RequestURI
+	e.Host = r.Host
+	e.RequestHeader = r.Header
+	switch {
+	case r.ProtoMajor == 2:
+		e.Protocol = "HTTP/2"
+	default:
+		e.Protocol = r.Proto
+	}
+	e.Scheme = "http"
+	if r.TLS != nil || x.conn != nil && x.conn.TLS {
+		e.Scheme = "https"
+	}
+	if x.conn != nil {
+		x.peer, e.Server, e.FilterChain = x.conn.Client, x.conn.Server, x.conn.FilterChain
+	} else if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		x.peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	e.Client = x.peer
+	if n := m.XFFNumTrustedHops; n > 0 {
+		if a, ok := trustedClient(r.Header["X-Forwarded-For"], int(n)); ok {
+			e.Client = netip.AddrPortFrom(a, 0)
+		}
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		x.body = &requestBody{rc: r.Body, x: x, limit: m.MaxRequestBodyBytes}
+		r.Body = x.body
+	}
+}
+
+// headerBytes is the size of r's request line and headers as Envoy counts them for
+// max_request_headers_kb (names, values, separators).
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host) + 16
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// trustedClient returns the address n entries from the right of X-Forwarded-For (Envoy's
+// xff_num_trusted_hops with use_remote_address), if the header has that many.
+func trustedClient(values []string, n int) (netip.Addr, bool) {
+	for i := len(values) - 1; i >= 0; i-- {
+		v := values[i]
+		for {
+			j := strings.LastIndexByte(v, ',')
+			part := strings.TrimSpace(v[j+1:])
+			if part != "" {
+				n--
+				if n == 0 {
+					a, err := netip.ParseAddr(part)
+					if err != nil {
+						// An address with a port, as some proxies write it.
+						ap, err2 := netip.ParseAddrPort(part)
+						if err2 != nil {
+							return netip.Addr{}, false
+						}
+						a = ap.Addr()
+					}
+					return a.Unmap(), true
+				}
+			}
+			if j < 0 {
+				break
+			}
+			v = v[:j]
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// needsTLS reports whether the virtual host's require_tls redirects the request.
+func (x *exchange) needsTLS(r *http.Request) bool {
+	switch x.vh.RequireTLS {
+	case httproute.TLSAll:
+		return x.entry.Scheme != "https"
+	case httproute.TLSExternalOnly:
+		return x.entry.Scheme != "https" && r.Header.Get("X-Forwarded-Proto") != "https"
+	}
+	return false
+}
+
+// forward proxies the request to the route's cluster.
+func (x *exchange) forward(rw *responseWriter, r *http.Request) {
+	fw := x.route.Forward
+	m := x.cfg.Manager
+	x.wc = fw.PickCluster(rand.Uint32())
+	if x.wc == nil {
+		x.localReply(http.StatusServiceUnavailable, "no healthy upstream")
+		return
+	}
+	x.entry.Cluster = x.wc.Name
+	x.ch = x.s.ups.cluster(x.wc.Name)
+	x.ucl = x.s.ups.reg.Cluster(x.wc.Name)
+	if x.ch == nil || x.ucl == nil {
+		x.localReply(http.StatusServiceUnavailable, "no healthy upstream")
+		return
+	}
+	if isUpgrade(r) {
+		typ := strings.ToLower(r.Header.Get("Upgrade"))
+		enabled := m.Upgrades[typ]
+		if v, ok := fw.Upgrades[typ]; ok {
+			enabled = v
+		}
+		if !enabled {
+			x.localReply(http.StatusForbidden, "upgrade not allowed")
+			return
+		}
+		x.upgradeReq = true
+	}
+	if lim := m.MaxRequestBodyBytes; lim > 0 && r.ContentLength > lim {
+		x.localReply(http.StatusRequestEntityTooLarge, "Payload Too Large")
+		return
+	}
+
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	x.cancel = cancel
+	if fw.Timeout > 0 {
+		x.after(fw.Timeout, func() {
+			if !x.gotHeaders.Load() {
+				cancel(errRouteTimeout)
+			}
+		})
+	}
+	if t := m.RequestTimeout; t > 0 && x.body != nil {
+		x.after(t, func() {
+			if !x.body.done.Load() {
+				cancel(errRequestTimeout)
+			}
+		})
+	}
+	x.idle = m.StreamIdleTimeout
+	if fw.IdleTimeoutSet {
+		x.idle = fw.IdleTimeout
+	}
+	if x.idle > 0 {
+		x.timerMu.Lock()
+		x.idleTimer = time.AfterFunc(x.idle, x.checkIdle)
+		x.timers = append(x.timers, x.idleTimer)
+		x.timerMu.Unlock()
+	}
+	x.ch.activeRq.Add(1)
+	defer x.ch.activeRq.Add(-1)
+	x.s.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(ctx, exchangeKey, x)))
+}
+
+// after runs f after d unless the request ends first.
+func (x *exchange) after(d time.Duration, f func()) {
+	x.timerMu.Lock()
+	x.timers = append(x.timers, time.AfterFunc(d, f))
+	x.timerMu.Unlock()
+}
+
+// checkIdle is the stream idle timer: it cancels the request when no byte moved either way
+// since the last check (so a stream is reset after between one and two idle timeouts).
+func (x *exchange) checkIdle() {
+	if x.active.Swap(false) {
+		x.timerMu.Lock()
+		if x.idleTimer != nil {
+			x.idleTimer.Reset(x.idle)
+		}
+		x.timerMu.Unlock()
+		return
+	}
+	x.cancel(errStreamIdle)
+}
+
+// isUpgrade reports whether r asks for a protocol upgrade (HTTP/1.1 Connection: Upgrade).
+func isUpgrade(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
+		return false
+	}
+	for _, v := range r.Header["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// localReply answers the request from the proxy: status, and body as text/plain.
+func (x *exchange) localReply(status int, body string) {
+	h := x.w.Header()
+	x.setServer(h)
+	if body != "" {
+		h.Set("Content-Type", "text/plain")
+		body += "\n"
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	x.w.WriteHeader(status)
+	if body != "" && x.entry.Method != http.MethodHead {
+		io.WriteString(x.w, body)
+	}
+}
+
+// setServer sets the Server header as server_name says.
+func (x *exchange) setServer(h http.Header) {
+	m := x.cfg.Manager
+	if m.ServerHeaderPassThrough && h.Get("Server") != "" {
+		return
+	}
+	name := m.ServerName
+	if name == "" {
+		name = "flotilla"
+	}
+	h["Server"] = []string{name}
+}
+
+// requestHeaders applies the header mutations of the route, the weighted cluster, the
+// virtual host and the table to an upstream request, in that order (Envoy's default: the
+// table's values win).
+func (x *exchange) requestHeaders(h http.Header) {
+	x.mutate(h, &x.route.Headers, true)
+	if x.wc != nil {
+		x.mutate(h, &x.wc.Headers, true)
+	}
+	x.mutate(h, &x.vh.Headers, true)
+	x.mutate(h, &x.cfg.Table.Headers, true)
+}
+
+// responseHeaders is requestHeaders for a response.
+func (x *exchange) responseHeaders(h http.Header) {
+	if x.route != nil {
+		x.mutate(h, &x.route.Headers, false)
+	}
+	if x.wc != nil {
+		x.mutate(h, &x.wc.Headers, false)
+	}
+	if x.vh != nil {
+		x.mutate(h, &x.vh.Headers, false)
+	}
+	x.mutate(h, &x.cfg.Table.Headers, false)
+}
+
+func (x *exchange) mutate(h http.Header, hm *httproute.HeaderMutations, request bool) {
+	remove, add := hm.ResponseRemove, hm.ResponseAdd
+	if request {
+		remove, add = hm.RequestRemove, hm.RequestAdd
+	}
+	for _, name := range remove {
+		delete(h, name)
+	}
+	for _, hv := range add {
+		v := x.render(hv.Value)
+		if hv.Append {
+			h[hv.Name] = append(h[hv.Name], v)
+		} else {
+			h[hv.Name] = []string{v}
+		}
+	}
+}
+
+// render expands a header value's operators against the request.
+func (x *exchange) render(f *accesslog.Format) string {
+	if f == nil {
+		return ""
+	}
+	x.renderBuf = f.Append(x.renderBuf[:0], &x.entry)
+	return string(x.renderBuf)
+}
+
+// end finishes the request: the gzip stream, the timers, the stats and the access log line;
+// an upgraded connection is done once its handler returns.
+func (x *exchange) end(r *http.Request) {
+	x.w.close()
+	x.timerMu.Lock()
+	for _, t := range x.timers {
+		t.Stop()
+	}
+	x.idleTimer = nil
+	x.timerMu.Unlock()
+	if x.ch != nil {
+		for range x.retries {
+			x.ch.retryDone()
+		}
+	}
+	e := &x.entry
+	e.Duration = time.Since(e.Start)
+	e.Status = x.w.status
+	if e.Status == 0 {
+		if r.Context().Err() != nil {
+			e.Status = 499 // nginx: the client closed the request
+		} else {
+			e.Status = http.StatusOK
+		}
+	}
+	e.BytesSent = x.w.n
+	if x.body != nil {
+		e.BytesReceived = x.body.n.Load()
+	}
+	e.ResponseHeader = x.w.Header()
+
+	st := x.s.stats.Load()
+	st.total.Inc()
+	class := classIndex(e.Status)
+	st.xx[class].Inc()
+	st.time.Observe(e.Duration.Seconds())
+	if x.route != nil {
+		rs := x.s.metrics.route(x.cfg.Listener, x.vh.Name, x.route.Name)
+		rs.xx[class].Inc()
+		rs.time.Observe(e.Duration.Seconds())
+	}
+	if lg := x.cfg.AccessLog; lg != nil {
+		lg.Log(e)
+	}
+	if x.conn != nil && x.conn.hijacked.Load() {
+		x.conn.finish()
+	}
+}
+
+// requestBody counts the request body, marks stream activity and enforces the body limit.
+// Close does nothing, so that a request whose body was not read yet can be retried; net/http
+// closes the real body when the handler returns.
+type requestBody struct {
+	rc    io.ReadCloser
+	x     *exchange
+	limit int64
+	n     atomic.Int64
+	done  atomic.Bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.x.active.Store(true)
+		if total := b.n.Add(int64(n)); b.limit > 0 && total > b.limit {
+			return n, &http.MaxBytesError{Limit: b.limit}
+		}
+	}
+	if err == io.EOF {
+		b.done.Store(true)
+	}
+	return n, err
+}
+
+func (b *requestBody) Close() error { return nil }
+
+// hostPort is the dial address of an endpoint.
+func hostPort(ap netip.AddrPort) string {
+	return net.JoinHostPort(ap.Addr().String(), strconv.Itoa(int(ap.Port())))
+}

@@ -1,0 +1,206 @@
+package httpproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
+	"github.com/flotilla-proxy/flotilla/agent/upstream"
+)
+
+// Cluster is what the HTTP engine needs of a cluster besides what package upstream keeps
+// (endpoints, health, balancing): how to speak HTTP to its endpoints.
+type Cluster struct {
+	Name string
+	// ConnectTimeout bounds one connection attempt; 0 means 5s.
+	ConnectTimeout time.Duration
+	// TLS, when not nil, originates TLS to the endpoints (https upstream).
+	TLS *tlsconf.Client
+	// HTTP2 speaks HTTP/2 to the endpoints: h2c with prior knowledge in the clear, h2 by
+	// ALPN over TLS. Needed for gRPC.
+	HTTP2 bool
+	// IdleTimeout closes a pooled keep-alive connection unused for this long; 0 means 1h.
+	IdleTimeout time.Duration
+	// RetryBudgetPercent and RetryBudgetMinConcurrency are the circuit breaker's
+	// retry_budget: retries in flight may be at most max(min concurrency, percent × active
+	// requests); 0 means Envoy's 20% and 3.
+	RetryBudgetPercent        float64
+	RetryBudgetMinConcurrency int
+}
+
+// Defaults of Cluster.
+const (
+	DefaultConnectTimeout     = 5 * time.Second
+	DefaultPoolIdleTimeout    = time.Hour
+	DefaultRetryBudgetPercent = 20
+	DefaultRetryMinConcurrent = 3
+	// MaxIdleConnsPerEndpoint bounds the idle keep-alive connections kept per endpoint.
+	MaxIdleConnsPerEndpoint = 1024
+)
+
+// Upstreams holds the HTTP side of every cluster: one keep-alive pool (http.Transport) per
+// cluster, with a connection pool per endpoint inside it, the retry budget's counters and
+// the cluster's request stats. Pools and counters survive updates that do not change how
+// the cluster speaks HTTP. Shared by the Servers of a Manager; safe for concurrent use.
+type Upstreams struct {
+	reg     *upstream.Registry
+	metrics *Metrics
+
+	mu       sync.Mutex
+	clusters atomic.Pointer[map[string]*clusterHTTP]
+}
+
+// clusterHTTP is one cluster's pool, budget counters and stats.
+type clusterHTTP struct {
+	cfg       Cluster
+	scheme    string
+	transport *http.Transport
+	stats     clusterStats
+
+	activeRq      atomic.Int64 // requests being forwarded to the cluster
+	activeRetries atomic.Int64 // retries in flight
+}
+
+// NewUpstreams returns the pools of no cluster; reg picks the endpoints. m may be nil.
+func NewUpstreams(reg *upstream.Registry, m *Metrics) *Upstreams {
+	if m == nil {
+		m = NewMetrics(nil, nil)
+	}
+	u := &Upstreams{reg: reg, metrics: m}
+	u.clusters.Store(&map[string]*clusterHTTP{})
+	return u
+}
+
+// Update installs the whole set of clusters. A cluster whose HTTP settings did not change
+// keeps its pool; the pools of changed and removed clusters close their idle connections
+// (connections in use finish their request first).
+func (u *Upstreams) Update(cs []Cluster) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	old := *u.clusters.Load()
+	next := make(map[string]*clusterHTTP, len(cs))
+	for _, c := range cs {
+		if o := old[c.Name]; o != nil && o.cfg == c {
+			next[c.Name] = o
+			continue
+		}
+		next[c.Name] = u.newCluster(c)
+	}
+	u.clusters.Store(&next)
+	for name, o := range old {
+		if next[name] != o {
+			o.transport.CloseIdleConnections()
+			time.AfterFunc(o.cfg.IdleTimeout, o.transport.CloseIdleConnections)
+		}
+	}
+}
+
+// Close closes every idle pooled connection.
+func (u *Upstreams) Close() {
+	for _, c := range *u.clusters.Load() {
+		c.transport.CloseIdleConnections()
+	}
+}
+
+func (u *Upstreams) cluster(name string) *clusterHTTP { return (*u.clusters.Load())[name] }
+
+func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultPoolIdleTimeout
+	}
+	if c.RetryBudgetPercent <= 0 {
+		c.RetryBudgetPercent = DefaultRetryBudgetPercent
+	}
+	if c.RetryBudgetMinConcurrency <= 0 {
+		c.RetryBudgetMinConcurrency = DefaultRetryMinConcurrent
+	}
+	d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+	t := &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &connectError{err: err}
+			}
+			return nc, nil
+		},
+		MaxIdleConnsPerHost:   MaxIdleConnsPerEndpoint,
+		IdleConnTimeout:       c.IdleTimeout,
+		DisableCompression:    true, // Accept-Encoding is the client's business
+		ExpectContinueTimeout: time.Second,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+	var p http.Protocols
+	scheme := "http"
+	switch {
+	case c.TLS != nil:
+		scheme = "https"
+		cfg := c.TLS.Config(c.TLS.SNI())
+		if c.HTTP2 {
+			p.SetHTTP2(true)
+			cfg.NextProtos = []string{"h2"}
+		} else {
+			p.SetHTTP1(true)
+			cfg.NextProtos = []string{"http/1.1"}
+		}
+		t.TLSClientConfig = cfg
+		t.TLSHandshakeTimeout = c.ConnectTimeout
+		t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			nc, err := t.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(nc, cfg.Clone())
+			hctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
+			defer cancel()
+			if err := tc.HandshakeContext(hctx); err != nil {
+				nc.Close()
+				return nil, &connectError{err: fmt.Errorf("TLS handshake: %w", err)}
+			}
+			return tc, nil
+		}
+	case c.HTTP2:
+		p.SetUnencryptedHTTP2(true)
+	default:
+		p.SetHTTP1(true)
+	}
+	t.Protocols = &p
+	if c.HTTP2 {
+		t.HTTP2 = &http.HTTP2Config{
+			MaxConcurrentStreams: 1000,
+			SendPingTimeout:      15 * time.Second,
+			PingTimeout:          15 * time.Second,
+		}
+	}
+	return &clusterHTTP{cfg: c, scheme: scheme, transport: t, stats: u.metrics.cluster(c.Name)}
+}
+
+// retryAllowed reports whether the retry budget lets one more retry start, and counts it.
+// The caller calls retryDone when it ends.
+func (c *clusterHTTP) retryAllowed() bool {
+	limit := max(int64(c.cfg.RetryBudgetMinConcurrency), int64(c.cfg.RetryBudgetPercent*float64(c.activeRq.Load())/100))
+	if c.activeRetries.Add(1) > limit {
+		c.activeRetries.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (c *clusterHTTP) retryDone() { c.activeRetries.Add(-1) }
+
+// connectError is a failure to connect to (or handshake with) an endpoint: the request
+// never reached it, so a retry is always safe.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "upstream connect error: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
