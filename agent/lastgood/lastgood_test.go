@@ -214,7 +214,7 @@ func TestToResourcesRejects(t *testing.T) {
 		types []*agentv1.TypeSnapshot
 		want  string
 	}{
-		{"unknown type", []*agentv1.TypeSnapshot{{TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}}, "not supported"},
+		{"unknown type", []*agentv1.TypeSnapshot{{TypeUrl: "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"}}, "not supported"},
 		{"duplicate type", []*agentv1.TypeSnapshot{{TypeUrl: lds, Version: "1"}, {TypeUrl: lds, Version: "2"}}, "twice"},
 		{"invalid resource", []*agentv1.TypeSnapshot{{TypeUrl: lds, Version: "3", Resources: []*anypb.Any{badAny}}}, "listener_filters"},
 	} {

@@ -4,10 +4,12 @@
 // endpoints those clusters need, and turns what it receives into complete,
 // consistent resource sets for an Applier.
 //
-// Endpoints (EDS) and secrets (SDS) are subscribed to by name, like Envoy
-// does over ADS: the names the candidate config refers to (EDS service names
-// of its clusters; the SDS secrets of its TLS filter chains and clusters).
-// The subscription follows every LDS and CDS change. A name a response leaves
+// Endpoints (EDS), secrets (SDS) and route configurations (RDS) are
+// subscribed to by name, like Envoy does over ADS: the names the candidate
+// config refers to (EDS service names of its clusters; the SDS secrets of its
+// TLS filter chains and clusters; the route_config_name of its listeners'
+// http_connection_managers). The subscription follows every LDS and CDS
+// change, so an RDS request goes out once the listener naming it arrived. A name a response leaves
 // out keeps what runs for it; names no longer referred to are dropped.
 // Secrets carry private keys: the client logs their names only, never their
 // content.
@@ -22,7 +24,7 @@
 //
 // Two guards keep a misbehaving exchange from wedging or spinning. A pending
 // set that stays inconsistent for Options.HoldTimeout is given up type by type
-// (listeners first) with a NACK, because a control plane sends nothing new for
+// (listeners first, then route configurations) with a NACK, because a control plane sends nothing new for
 // a type until its last response is answered. And a NACK that repeats the
 // previous one word for word (a control plane resending a version it was told
 // is bad) goes out after a delay growing from 0.5s to 10s.
@@ -30,7 +32,7 @@
 // Metrics (when Options.Registerer is set):
 //
 //	flotilla_agent_xds_connected                     1 while a stream is open
-//	flotilla_agent_xds_updates_total{type,result}    responses answered; type cds|eds|sds|lds, result ack|nack
+//	flotilla_agent_xds_updates_total{type,result}    responses answered; type cds|eds|sds|lds|rds, result ack|nack
 package xdsclient
 
 import (
@@ -327,7 +329,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "flotilla", Subsystem: "agent_xds", Name: "updates_total",
-			Help: "xDS responses answered, by type (cds, eds, sds, lds) and result (ack, nack).",
+			Help: "xDS responses answered, by type (cds, eds, sds, lds, rds) and result (ack, nack).",
 		}, []string{"type", "result"}),
 	}
 	for _, t := range Types {

@@ -8,6 +8,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -22,17 +23,19 @@ const (
 	ClusterType  = resource.ClusterType
 	EndpointType = resource.EndpointType
 	SecretType   = resource.SecretType
+	RouteType    = resource.RouteType
 )
 
 // Types lists the supported type URLs in the order they are applied and
-// reported: clusters, then endpoints, then secrets, then listeners.
-var Types = []string{ClusterType, EndpointType, SecretType, ListenerType}
+// reported: clusters, then endpoints, then secrets, then listeners, then
+// route configurations (Envoy's order: CDS, EDS, LDS, RDS).
+var Types = []string{ClusterType, EndpointType, SecretType, ListenerType, RouteType}
 
 // namedTypes are the types subscribed to by resource name (the names the
 // candidate config refers to) rather than by wildcard.
-var namedTypes = []string{EndpointType, SecretType}
+var namedTypes = []string{EndpointType, SecretType, RouteType}
 
-// ShortName returns the xDS short name of a type URL ("cds", "eds", "sds", "lds"),
+// ShortName returns the xDS short name of a type URL ("cds", "eds", "sds", "lds", "rds"),
 // used in metric labels and logs, or "other".
 func ShortName(typeURL string) string {
 	switch typeURL {
@@ -44,6 +47,8 @@ func ShortName(typeURL string) string {
 		return "lds"
 	case SecretType:
 		return "sds"
+	case RouteType:
+		return "rds"
 	}
 	return "other"
 }
@@ -99,6 +104,7 @@ var messageTypes = map[string]func() proto.Message{
 	ClusterType:  func() proto.Message { return new(clusterv3.Cluster) },
 	EndpointType: func() proto.Message { return new(endpointv3.ClusterLoadAssignment) },
 	SecretType:   func() proto.Message { return new(tlsv3.Secret) },
+	RouteType:    func() proto.Message { return new(routev3.RouteConfiguration) },
 }
 
 func resourceName(m proto.Message) string {
@@ -110,6 +116,8 @@ func resourceName(m proto.Message) string {
 	case *endpointv3.ClusterLoadAssignment:
 		return r.GetClusterName()
 	case *tlsv3.Secret:
+		return r.GetName()
+	case *routev3.RouteConfiguration:
 		return r.GetName()
 	}
 	return ""
@@ -139,6 +147,11 @@ func Put(set *runtime.Resources, typeURL string, msgs map[string]proto.Message) 
 		for n, m := range msgs {
 			set.Secrets[n] = m.(*tlsv3.Secret)
 		}
+	case RouteType:
+		set.Routes = make(map[string]*routev3.RouteConfiguration, len(msgs))
+		for n, m := range msgs {
+			set.Routes[n] = m.(*routev3.RouteConfiguration)
+		}
 	}
 }
 
@@ -164,6 +177,10 @@ func Get(set *runtime.Resources, typeURL string) map[string]proto.Message {
 		}
 	case SecretType:
 		for n, m := range set.Secrets {
+			out[n] = m
+		}
+	case RouteType:
+		for n, m := range set.Routes {
 			out[n] = m
 		}
 	}

@@ -45,7 +45,7 @@ func TestDecode(t *testing.T) {
 		{"clusters", cds, []*anypb.Any{mustAny(t, runtimetest.EDSCluster("backend"))}, []string{"backend"}, nil},
 		{"endpoints by cluster_name", eds, []*anypb.Any{mustAny(t, runtimetest.LoadAssignment("backend", runtimetest.Endpoint("127.0.0.1:1", 1)))}, []string{"backend"}, nil},
 		{"empty", lds, nil, []string{}, nil},
-		{"unsupported type", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", nil, nil, []string{"not supported"}},
+		{"unsupported type", "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration", nil, nil, []string{"not supported"}},
 		{"wrong type in response", lds, []*anypb.Any{mustAny(t, runtimetest.EDSCluster("backend"))}, nil, []string{"listener: resource 0", "envoy.config.cluster.v3.Cluster"}},
 		{"undecodable", lds, []*anypb.Any{garbage}, nil, []string{"resource 0"}},
 		{"no name", lds, []*anypb.Any{mustAny(t, unnamed)}, nil, []string{"listener: resource 0: name is empty"}},
@@ -91,6 +91,8 @@ func TestPutGetRoundTrip(t *testing.T) {
 		case sds:
 			sec := runtimetest.CertSecret(runtimetest.NewCA("ca").Issue("db", false, "db.example"))
 			msgs[sec.GetName()] = sec
+		case xdsclient.RouteType:
+			msgs["web"] = runtimetest.RouteConfig("web", runtimetest.VirtualHost("web", []string{"*"}, runtimetest.PrefixRoute("/", "c")))
 		}
 		xdsclient.Put(set, typ, msgs)
 		got := xdsclient.Get(set, typ)

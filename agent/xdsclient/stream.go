@@ -175,7 +175,7 @@ type stream struct {
 	nonces  map[string]string  // latest nonce received, by type
 	pending map[string]*update // statically valid, not yet applied, by type
 
-	// names are the resource names of the current EDS and SDS subscriptions,
+	// names are the resource names of the current EDS, SDS and RDS subscriptions,
 	// by type; a type is present once a request for it was sent on this stream.
 	names map[string][]string
 
@@ -212,8 +212,11 @@ func (s *stream) subscribe() error {
 
 // neededNames returns the resource names cand needs of a by-name type.
 func neededNames(cand *runtime.Resources, typeURL string) []string {
-	if typeURL == SecretType {
+	switch typeURL {
+	case SecretType:
 		return cand.SDSNames()
+	case RouteType:
+		return cand.RDSNames()
 	}
 	return cand.EDSNames()
 }
@@ -326,7 +329,8 @@ func (s *stream) commit() error {
 
 // commitPart applies and ACKs the largest part of an inconsistent pending set
 // that is consistent on its own, leaving the rest pending: the pending types
-// without listeners, else without listeners and clusters, else only secrets.
+// without listeners, else also without route configurations, else also without
+// clusters, else only secrets.
 // It reports whether it applied anything. Without it a hold could wedge the
 // stream: an EDS or SDS response sent before the control plane had the names
 // asked for (go-control-plane answers at once, with what it has) must be
@@ -340,7 +344,7 @@ func (s *stream) commitPart() (bool, error) {
 	// plane, whose version for it does not move, would never send it again.
 	held, _, _ := s.candidateOf(s.pending, nil)
 	part := maps.Clone(s.pending)
-	for _, drop := range []string{ListenerType, ClusterType, EndpointType} {
+	for _, drop := range []string{ListenerType, RouteType, ClusterType, EndpointType} {
 		if part[drop] == nil {
 			continue
 		}
@@ -405,7 +409,7 @@ func (s *stream) candidateOf(pending map[string]*update, keep *runtime.Resources
 		if u := pending[t]; u != nil {
 			items := u.items
 			if slices.Contains(namedTypes, t) && st != nil {
-				// In state-of-the-world EDS and SDS a response carries the
+				// In state-of-the-world EDS, SDS and RDS a response carries the
 				// subscribed names the server chose to send; a name left out
 				// is not a deletion, so keep what runs for it.
 				items = maps.Clone(st.items)
@@ -458,7 +462,7 @@ func (st *typeState) itemsOrNil() map[string]proto.Message {
 	return st.items
 }
 
-// subscribeNamed keeps the EDS and SDS subscriptions in line with what cand
+// subscribeNamed keeps the EDS, SDS and RDS subscriptions in line with what cand
 // refers to.
 func (s *stream) subscribeNamed(cand *runtime.Resources) error {
 	for _, t := range namedTypes {
@@ -581,7 +585,7 @@ func (s *stream) expire(now time.Time) error {
 	// is consistent with the running config; that much is then applied.
 	err := fmt.Errorf("no consistent set after %s: %w", s.c.opts.holdTimeout(), s.holdErr)
 	s.holdSince, s.holdErr = time.Time{}, nil
-	for _, t := range []string{ListenerType, ClusterType, EndpointType, SecretType} {
+	for _, t := range []string{ListenerType, RouteType, ClusterType, EndpointType, SecretType} {
 		u := s.pending[t]
 		if u == nil {
 			continue

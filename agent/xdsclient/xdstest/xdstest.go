@@ -14,6 +14,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -100,8 +101,8 @@ func (s *Server) Stop() {
 	<-s.done
 }
 
-// SetSnapshot serves version, made of resources (listeners, clusters, load
-// assignments and SDS secrets, mixed), to node. Every type gets the version, even with
+// SetSnapshot serves version, made of resources (listeners, route configurations,
+// clusters, load assignments and SDS secrets, mixed), to node. Every type gets the version, even with
 // no resources of it. The snapshot is not checked for consistency, so tests
 // can push inconsistent ones.
 func (s *Server) SetSnapshot(t testing.TB, node, version string, resources ...types.Resource) {
@@ -111,6 +112,7 @@ func (s *Server) SetSnapshot(t testing.TB, node, version string, resources ...ty
 		resource.ClusterType:  nil,
 		resource.EndpointType: nil,
 		resource.SecretType:   nil,
+		resource.RouteType:    nil,
 	}
 	for _, r := range resources {
 		var typ string
@@ -123,6 +125,8 @@ func (s *Server) SetSnapshot(t testing.TB, node, version string, resources ...ty
 			typ = resource.EndpointType
 		case *tlsv3.Secret:
 			typ = resource.SecretType
+		case *routev3.RouteConfiguration:
+			typ = resource.RouteType
 		default:
 			t.Fatalf("xdstest: unsupported resource %T", r)
 		}
