@@ -18,6 +18,19 @@ import (
 // when al is nil. Format translation is bundle.AccessLogFormat's, which is
 // the agent's own (accesslog.ToEnvoy).
 func accessLogs(al *configv1.AccessLog) ([]*accesslogv3.AccessLog, error) {
+	return fileAccessLogs(al, bundle.AccessLogFormat)
+}
+
+// httpAccessLogs compiles the access_log of an HTTP listener into the
+// access_log list of its http_connection_manager: as accessLogs, with the
+// HTTP variables and formats (bundle.HTTPAccessLogFormat).
+func httpAccessLogs(al *configv1.AccessLog) ([]*accesslogv3.AccessLog, error) {
+	return fileAccessLogs(al, bundle.HTTPAccessLogFormat)
+}
+
+// fileAccessLogs is one envoy.access_loggers.file for al with the format
+// translated by toEnvoy, nil when al is nil.
+func fileAccessLogs(al *configv1.AccessLog, toEnvoy func(string) (string, map[string]string, error)) ([]*accesslogv3.AccessLog, error) {
 	if al == nil {
 		return nil, nil
 	}
@@ -25,7 +38,7 @@ func accessLogs(al *configv1.AccessLog) ([]*accesslogv3.AccessLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	text, js, err := bundle.AccessLogFormat(al.GetFormat())
+	text, js, err := toEnvoy(al.GetFormat())
 	if err != nil {
 		return nil, err
 	}

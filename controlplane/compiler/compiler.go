@@ -43,6 +43,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
@@ -92,6 +93,9 @@ type Resources struct {
 	// Secrets are the SDS resources: the certificates with their keys that
 	// the group's listeners and clusters use, named by SecretName.
 	Secrets []*tlsv3.Secret
+	// Routes are the RDS resources: one RouteConfiguration per HTTP
+	// listener, named like it (and, for gRPC clients, "grpc:<service>").
+	Routes []*routev3.RouteConfiguration
 }
 
 // Compile compiles a merged, validated bundle (bundle.Merge, bundle.Validate)
@@ -129,6 +133,13 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 			return nil, fmt.Errorf("listener %q: %w", l.GetName(), err)
 		}
 		res.Listeners = append(res.Listeners, out)
+		if l.GetHttp() != nil {
+			rc, err := routeConfiguration(l)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: %w", l.GetName(), err)
+			}
+			res.Routes = append(res.Routes, rc)
+		}
 		for _, ref := range refs {
 			used[ref.name] = true
 		}
@@ -148,6 +159,7 @@ func Compile(b *configv1.Bundle, labels map[string]string) (*Resources, error) {
 	}
 	res.Secrets = sec.sorted()
 	slices.SortFunc(res.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(res.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(res.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(res.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
 		return cmp.Compare(a.GetClusterName(), b.GetClusterName())
@@ -182,6 +194,18 @@ func clusterRefs(l *configv1.Listener) ([]clusterRef, error) {
 	if c := l.GetTcp().GetCluster(); c != "" {
 		refs = append(refs, clusterRef{"tcp.cluster", c})
 	}
+	if h := l.GetHttp(); h != nil {
+		if len(refs) > 0 || l.GetTcp() != nil || l.GetUdp() != nil {
+			return nil, errors.New("http with tcp, udp, sni or routes: a listener has exactly one of tcp, udp and http")
+		}
+		refs = httpClusterRefs(h)
+		for _, r := range refs {
+			if r.name == "" {
+				return nil, fmt.Errorf("%s: required", r.field)
+			}
+		}
+		return refs, nil // an HTTP listener may only redirect and answer directly
+	}
 	if l.GetUdp() != nil {
 		if len(refs) > 0 || l.GetTcp() != nil {
 			return nil, errors.New("udp with tcp, sni or routes: a listener is either TCP or UDP")
@@ -215,14 +239,17 @@ func listener(l *configv1.Listener, clusters map[string]*configv1.Cluster, sec s
 		Name:    l.GetName(),
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: sa}},
 	}
-	if l.GetUdp() != nil {
+	if l.GetHttp() != nil {
+		if err := httpListener(out, l); err != nil {
+			return nil, err
+		}
+	} else if l.GetUdp() != nil {
 		sa.Protocol = corev3.SocketAddress_UDP
 		if err := udpListener(out, l, clusters[l.GetUdp().GetCluster()]); err != nil {
 			return nil, err
 		}
 		return out, nil
-	}
-	if !bundle.Routed(l) {
+	} else if !bundle.Routed(l) {
 		// A plain listener: one chain, no match, no listener filters, so
 		// server-first protocols are not made to wait.
 		chain, err := filterChain(l, clusters, "", l.GetTcp().GetCluster(), nil)
@@ -234,6 +261,10 @@ func listener(l *configv1.Listener, clusters map[string]*configv1.Cluster, sec s
 		return nil, err
 	}
 	if t := l.GetTls(); t != nil {
+		if l.GetHttp() != nil && len(t.GetAlpn()) == 0 {
+			t = proto.CloneOf(t)
+			t.Alpn = slices.Clone(DefaultHTTPALPN)
+		}
 		ts, err := downstreamTLS(t, sec)
 		if err != nil {
 			return nil, err
@@ -485,6 +516,9 @@ func cluster(c *configv1.Cluster, sec secrets) (*clusterv3.Cluster, error) {
 		ConnectTimeout: timeout,
 	}
 	if err := clusterPolicies(out, c); err != nil {
+		return nil, err
+	}
+	if err := httpClusterOptions(out, c); err != nil {
 		return nil, err
 	}
 	if t := c.GetTls(); t != nil {

@@ -19,6 +19,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	filev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
@@ -70,6 +71,8 @@ var goldenCases = []goldenCase{
 	{"tls-termination", []string{"testdata/tls-termination.yaml"}, []map[string]string{{}, {"role": "edge"}}},
 	{"tls-origination", []string{"testdata/tls-origination.yaml"}, []map[string]string{{}}},
 	{"tls-example", []string{"../../examples/tls"}, []map[string]string{{}}},
+	{"http", []string{"testdata/http.yaml"}, []map[string]string{{}, {"role": "edge"}}},
+	{"http-example", []string{"../../examples/http.yaml"}, []map[string]string{{}}},
 }
 
 // load reads, validates and merges a case's bundle.
@@ -96,6 +99,7 @@ func goldenJSON(t *testing.T, labels []map[string]string, res []*Resources) []by
 		Clusters  []json.RawMessage `json:"clusters"`
 		Endpoints []json.RawMessage `json:"endpoints"`
 		Secrets   []json.RawMessage `json:"secrets,omitempty"`
+		Routes    []json.RawMessage `json:"routes,omitempty"`
 	}
 	raw := func(m proto.Message) json.RawMessage {
 		b, err := protojson.Marshal(m)
@@ -122,6 +126,9 @@ func goldenJSON(t *testing.T, labels []map[string]string, res []*Resources) []by
 		}
 		for _, s := range r.Secrets {
 			e.Secrets = append(e.Secrets, raw(s))
+		}
+		for _, rc := range r.Routes {
+			e.Routes = append(e.Routes, raw(rc))
 		}
 		out = append(out, e)
 	}
@@ -259,6 +266,9 @@ func envoyValid(r *Resources) error {
 	}
 	for _, s := range r.Secrets {
 		add(resourcev3.SecretType, s.GetName(), s)
+	}
+	for _, rc := range r.Routes {
+		add(resourcev3.RouteType, rc.GetName(), rc)
 	}
 	snap, err := cachev3.NewSnapshot("1", res)
 	if err != nil {
@@ -892,6 +902,10 @@ func TestAgentAccepts(t *testing.T) {
 				rr.Secrets = map[string]*tlsv3.Secret{}
 				for _, s := range r.Secrets {
 					rr.Secrets[s.GetName()] = s
+				}
+				rr.Routes = map[string]*routev3.RouteConfiguration{}
+				for _, rc := range r.Routes {
+					rr.Routes[rc.GetName()] = rc
 				}
 				if _, err := runtime.Build(rr); err != nil {
 					t.Errorf("the agent refuses it: %v", err)
