@@ -672,4 +672,3 @@ func httpClusterOptions(out *clusterv3.Cluster, c *configv1.Cluster) error {
 	}
 	return nil
 }
-
