@@ -159,4 +159,3 @@ func (m *Metrics) cluster(name string) clusterStats {
 	}
 	return st
 }
-
