@@ -30,7 +30,32 @@ import (
 )
 
 // TrackedTypes are the resource types reported per agent, in push order.
-var TrackedTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType}
+var TrackedTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType, resource.RouteType}
+
+// GRPCGroupPrefix starts the group key of proxyless gRPC clients (see
+// NodeGroup). Label keys and values cannot contain '|', so no agent group
+// key starts with it.
+const GRPCGroupPrefix = "grpc|"
+
+// IsGRPCClient reports whether a node is a proxyless gRPC client rather than
+// an agent (flotilla-agent or Envoy): gRPC's xDS clients name themselves in
+// user_agent_name as "gRPC Go", "gRPC Java", "gRPC C-core" and so on. Such
+// clients request listeners by name and must only see the api_listeners of
+// grpc_services, never the listeners agents serve.
+func IsGRPCClient(node *corev3.Node) bool {
+	return strings.HasPrefix(node.GetUserAgentName(), "gRPC")
+}
+
+// NodeGroup is the key of the snapshot a node is served: GroupKey of its
+// labels for agents, and GRPCGroupPrefix followed by it for gRPC clients, so
+// that a gRPC client never shares a snapshot with agents of the same labels.
+func NodeGroup(node *corev3.Node) string {
+	key := GroupKey(Labels(node))
+	if IsGRPCClient(node) {
+		return GRPCGroupPrefix + key
+	}
+	return key
+}
 
 // ShortName returns the xDS short name of a type URL (CDS, EDS, LDS, RDS, SDS)
 // or the type URL itself.
@@ -347,7 +372,7 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 	}
 	s.nodeID = node.GetId()
 	s.labels = Labels(node)
-	s.group = GroupKey(s.labels)
+	s.group = NodeGroup(node)
 	s.userAgent = strings.TrimSpace(node.GetUserAgentName() + " " + node.GetUserAgentVersion())
 	a := r.agents[s.nodeID]
 	if a == nil {

@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -32,12 +31,14 @@ type heldVersions interface {
 // parks the watch, and answers it as soon as the group's snapshot moves on.
 //
 // It also corrects two things the stock cache gets wrong for us:
-//   - In ADS mode it answers an EDS (or SDS) request only when the request
-//     names every endpoint set (secret) of the snapshot. An agent that
-//     rejected a CDS update asks for the endpoints of the clusters it still
-//     runs, a subset, and would never hear of endpoint changes again. EDS and
-//     SDS requests reach the cache as wildcard requests; the agent (and
-//     Envoy) ignore resources they did not ask for.
+//   - In ADS mode it answers a request naming resources only when the
+//     request names every resource of that type in the snapshot. An agent
+//     that rejected a CDS (LDS) update asks for the endpoints (routes) of the
+//     clusters (listeners) it still runs, a subset, and would never hear of
+//     changes again; a gRPC client asks for the one service it dials, while
+//     its group's snapshot holds every service its labels select. Every
+//     request therefore reaches the cache as a wildcard request; agents,
+//     Envoy and gRPC clients ignore resources they did not ask for.
 //   - After a delta NACK, the delta server believes the client holds what it
 //     was sent. The next delta is computed from what the client last ACKed.
 type nackAwareCache struct {
@@ -68,14 +69,13 @@ func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription,
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
-	wildcardEDS := (req.GetTypeUrl() == resource.EndpointType || req.GetTypeUrl() == resource.SecretType) &&
-		len(req.GetResourceNames()) > 0
-	if park || wildcardEDS {
+	wildcard := len(req.GetResourceNames()) > 0
+	if park || wildcard {
 		r := proto.Clone(req).(*cache.Request)
 		if park {
 			r.VersionInfo = version
 		}
-		if wildcardEDS {
+		if wildcard {
 			r.ResourceNames = nil
 		}
 		req = r
@@ -121,7 +121,7 @@ func (c *nackAwareCache) forget(nodeID string) {
 func (c *nackAwareCache) wrap(node *corev3.Node, typeURL string, sub cache.Subscription) *heldSubscription {
 	return &heldSubscription{
 		Subscription: sub,
-		group:        fleet.GroupKey(fleet.Labels(node)),
+		group:        fleet.NodeGroup(node),
 		nodeID:       node.GetId(),
 		typeURL:      typeURL,
 		held:         c.held,

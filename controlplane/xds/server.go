@@ -6,10 +6,15 @@
 // agents. When a version is set, the bundle is compiled once per group and
 // each resource type gets a new version only if its content changed for that
 // group; an unchanged type is not pushed again. ADS responses go out in
-// make-before-break order (CDS, EDS, LDS; go-control-plane sends SDS last,
+// make-before-break order (CDS, EDS, LDS, RDS: routes after the listeners
+// that name them, as Envoy orders them; go-control-plane sends SDS last,
 // and agents wait for the secrets a listener or cluster names as they wait
 // for EDS), and a version an agent NACKed is
 // never pushed to that agent again (see nackAwareCache).
+//
+// Proxyless gRPC clients (fleet.IsGRPCClient) are grouped apart from agents
+// (fleet.NodeGroup): their snapshots hold only what grpc_services compile to
+// (compiler.CompileGRPC), and agents never see those api_listeners.
 package xds
 
 import (
@@ -27,6 +32,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -98,6 +104,8 @@ type configState struct {
 // group is one set of labels and the versions of its current snapshot.
 type group struct {
 	labels map[string]string
+	// grpc is true for a group of proxyless gRPC clients.
+	grpc bool
 	types  map[string]typeVersion // replaced whole, never mutated
 	// idleSince is when the group was first seen without agents; zero while
 	// it has some. Guarded by Server.groupsMu.
@@ -116,7 +124,7 @@ type typeVersion struct {
 // ordered ADS server of go-control-plane sends it after LDS all the same,
 // which is correct because agents wait for the secrets a listener or cluster
 // names, as they wait for EDS.
-var pushTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType}
+var pushTypes = []string{resource.ClusterType, resource.EndpointType, resource.SecretType, resource.ListenerType, resource.RouteType}
 
 // New returns a Server with no configuration: agents that connect wait until
 // SetVersion is called.
@@ -143,6 +151,7 @@ func (s *Server) Register(g *grpc.Server) {
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
 	secretservice.RegisterSecretDiscoveryServiceServer(g, s.xds)
 }
 
@@ -184,17 +193,30 @@ func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
 func (s *Server) Check(files []*adminv1.ConfigFile) error {
 	b := bundle.Merge(files)
 	s.groupsMu.RLock()
-	labelSets := []map[string]string{{}}
+	groups := []*group{{labels: map[string]string{}}, {labels: map[string]string{}, grpc: true}}
 	for _, g := range s.groups {
-		labelSets = append(labelSets, g.labels)
+		groups = append(groups, g)
 	}
 	s.groupsMu.RUnlock()
-	for _, labels := range labelSets {
-		if _, err := compiler.Compile(b, labels); err != nil {
-			return fmt.Errorf("agents with labels %q: %w", fleet.GroupKey(labels), err)
+	for _, g := range groups {
+		if _, err := compile(b, g); err != nil {
+			who := "agents"
+			if g.grpc {
+				who = "gRPC clients"
+			}
+			return fmt.Errorf("%s with labels %q: %w", who, fleet.GroupKey(g.labels), err)
 		}
 	}
 	return nil
+}
+
+// compile compiles b for a group: the agents' resources, or for a group of
+// gRPC clients what grpc_services compile to.
+func compile(b *configv1.Bundle, g *group) (*compiler.Resources, error) {
+	if g.grpc {
+		return compiler.CompileGRPC(b, g.labels)
+	}
+	return compiler.Compile(b, g.labels)
 }
 
 // forgetIdle drops the groups no agent has used for GroupIdleTimeout, and the
@@ -232,7 +254,7 @@ func (s *Server) forgetIdle() {
 // seen, and marks a known group as in use.
 func (s *Server) nodeSeen(node *corev3.Node) {
 	labels := fleet.Labels(node)
-	key := fleet.GroupKey(labels)
+	key := fleet.NodeGroup(node)
 	s.groupsMu.Lock()
 	g, ok := s.groups[key]
 	if ok {
@@ -252,7 +274,7 @@ func (s *Server) nodeSeen(node *corev3.Node) {
 		s.groupsMu.Unlock()
 		return
 	}
-	s.groups[key] = &group{labels: labels}
+	s.groups[key] = &group{labels: labels, grpc: fleet.IsGRPCClient(node)}
 	s.groupsMu.Unlock()
 	if s.config == nil {
 		return
@@ -268,7 +290,7 @@ func (s *Server) build(key string, cfg *configState) error {
 	s.groupsMu.RLock()
 	g := s.groups[key]
 	s.groupsMu.RUnlock()
-	res, err := compiler.Compile(cfg.bundle, g.labels)
+	res, err := compile(cfg.bundle, g)
 	if err != nil {
 		return fmt.Errorf("compile version %d for group %q: %w", cfg.number, key, err)
 	}
@@ -277,6 +299,7 @@ func (s *Server) build(key string, cfg *configState) error {
 		resource.EndpointType: asResources(res.Endpoints),
 		resource.ListenerType: asResources(res.Listeners),
 		resource.SecretType:   asResources(res.Secrets),
+		resource.RouteType:    asResources(res.Routes),
 	}
 	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
 	next := make(map[string]typeVersion, len(items))
@@ -293,7 +316,9 @@ func (s *Server) build(key string, cfg *configState) error {
 		snap.Resources[cache.GetResponseType(typeURL)] = cache.NewResources(tv.version, items[typeURL])
 		snap.VersionMap[typeURL] = tv.resources
 	}
-	if err := snap.Consistent(); err != nil {
+	// go-control-plane's check does not see the routes an api_listener
+	// names; CompileGRPC emits one route configuration per api_listener.
+	if err := snap.Consistent(); err != nil && !g.grpc {
 		return fmt.Errorf("group %q: inconsistent snapshot: %w", key, err)
 	}
 	// Publish the versions before the cache sees the snapshot: the cache asks
@@ -359,7 +384,7 @@ func (s *Server) held(group, nodeID, typeURL string) (string, map[string]string)
 // groupHash maps a node to its group's snapshot key.
 type groupHash struct{}
 
-func (groupHash) ID(node *corev3.Node) string { return fleet.GroupKey(fleet.Labels(node)) }
+func (groupHash) ID(node *corev3.Node) string { return fleet.NodeGroup(node) }
 
 // gcpLogger sends go-control-plane's logs to slog at debug level.
 func gcpLogger(log *slog.Logger) gcplog.Logger {

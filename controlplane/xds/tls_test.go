@@ -102,7 +102,7 @@ func TestSecrets(t *testing.T) {
 	a.send(resource.EndpointType, "1", eds.GetNonce(), []string{"c"}, "")
 	a.send(resource.ClusterType, "1", cds.GetNonce(), nil, "")
 	waitFor(t, "SDS synced", func() bool { st, _ := state(s, "a1", "SDS"); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
-	if got := s.Agents(nil)[0].GetResources(); !slices.EqualFunc(got, []string{"CDS", "EDS", "SDS", "LDS"}, func(r *adminv1.ResourceStatus, s string) bool { return r.GetShort() == s }) {
+	if got := s.Agents(nil)[0].GetResources(); !slices.EqualFunc(got, []string{"CDS", "EDS", "SDS", "LDS", "RDS"}, func(r *adminv1.ResourceStatus, s string) bool { return r.GetShort() == s }) {
 		t.Errorf("agent resources %v", got)
 	}
 
