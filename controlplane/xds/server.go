@@ -105,8 +105,8 @@ type configState struct {
 type group struct {
 	labels map[string]string
 	// grpc is true for a group of proxyless gRPC clients.
-	grpc bool
-	types  map[string]typeVersion // replaced whole, never mutated
+	grpc  bool
+	types map[string]typeVersion // replaced whole, never mutated
 	// idleSince is when the group was first seen without agents; zero while
 	// it has some. Guarded by Server.groupsMu.
 	idleSince time.Time
