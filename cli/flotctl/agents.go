@@ -16,21 +16,32 @@ import (
 )
 
 // agentColumns are the resource types always shown as columns, by short
-// name. SDS is shown after them when any agent has been sent secrets (see
-// columnsFor): fleets without TLS never see it.
+// name. SDS and RDS are shown after them when any agent has been sent
+// secrets or routes (see columnsFor): fleets without TLS or HTTP never see
+// them.
 var agentColumns = []string{"CDS", "EDS", "LDS"}
 
-// columnsFor returns the columns for agents: agentColumns, and SDS when any
-// agent has been sent secrets or rejected some.
+// optionalColumns are shown, in this order, only when used.
+var optionalColumns = []string{"SDS", "RDS"}
+
+// columnsFor returns the columns for agents: agentColumns, then each of
+// optionalColumns that any agent has been sent or rejected.
 func columnsFor(agents []*adminv1.Agent) []string {
-	for _, ag := range agents {
-		for _, rs := range ag.GetResources() {
-			if rs.GetShort() == "SDS" && (rs.GetSent() != "" || rs.GetAcked() != "" || rs.GetLastNack() != nil) {
-				return append(slices.Clone(agentColumns), "SDS")
+	columns := agentColumns
+	for _, col := range optionalColumns {
+		used := false
+		for _, ag := range agents {
+			for _, rs := range ag.GetResources() {
+				if rs.GetShort() == col && (rs.GetSent() != "" || rs.GetAcked() != "" || rs.GetLastNack() != nil) {
+					used = true
+				}
 			}
 		}
+		if used {
+			columns = append(slices.Clone(columns), col)
+		}
 	}
-	return agentColumns
+	return columns
 }
 
 func (a *app) agentsCommand() *cobra.Command {

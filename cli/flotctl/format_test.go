@@ -108,6 +108,19 @@ func TestWriteAgents(t *testing.T) {
 				"bad SDS v4 rejected: secret \"cert-0123\": tls_certificate.private_key: does not match the certificate\n",
 		},
 		{
+			name: "an RDS column once any agent was sent routes",
+			agents: []*adminv1.Agent{
+				{NodeId: "web", Resources: append(synced("5"), &adminv1.ResourceStatus{Short: "RDS", State: adminv1.SyncState_SYNC_STATE_NACKED, Desired: "5", Sent: "5", Acked: "4",
+					LastNack: &adminv1.Nack{Version: "5", Message: "route configuration \"web\": bad regex"}})},
+				{NodeId: "l4", Resources: append(synced("5"), &adminv1.ResourceStatus{Short: "RDS", State: adminv1.SyncState_SYNC_STATE_NOT_SENT, Desired: "5"})},
+			},
+			want: "" +
+				"NODE  LABELS  CDS          EDS          LDS          RDS          CONNECTED\n" +
+				"web   <none>  SYNCED (v5)  SYNCED (v5)  SYNCED (v5)  NACKED (v5)  -\n" +
+				"l4    <none>  SYNCED (v5)  SYNCED (v5)  SYNCED (v5)  NOT_SENT     -\n" +
+				"web RDS v5 rejected: route configuration \"web\": bad regex\n",
+		},
+		{
 			name:   "no SDS column when no agent was sent secrets",
 			agents: []*adminv1.Agent{{NodeId: "plain", Resources: append(synced("3"), &adminv1.ResourceStatus{Short: "SDS", State: adminv1.SyncState_SYNC_STATE_NOT_SENT, Desired: "3"})}},
 			want: "" +
