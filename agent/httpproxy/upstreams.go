@@ -25,7 +25,8 @@ type Cluster struct {
 	// HTTP2 speaks HTTP/2 to the endpoints: h2c with prior knowledge in the clear, h2 by
 	// ALPN over TLS. Needed for gRPC.
 	HTTP2 bool
-	// IdleTimeout closes a pooled keep-alive connection unused for this long; 0 means 1h.
+	// IdleTimeout closes a pooled keep-alive connection unused for this long; 0 means no
+	// limit. (Package runtime defaults it to Envoy's 1h.)
 	IdleTimeout time.Duration
 	// RetryBudgetPercent and RetryBudgetMinConcurrency are the circuit breaker's
 	// retry_budget: retries in flight may be at most max(min concurrency, percent × active
@@ -37,12 +38,15 @@ type Cluster struct {
 // Defaults of Cluster.
 const (
 	DefaultConnectTimeout     = 5 * time.Second
-	DefaultPoolIdleTimeout    = time.Hour
 	DefaultRetryBudgetPercent = 20
 	DefaultRetryMinConcurrent = 3
 	// MaxIdleConnsPerEndpoint bounds the idle keep-alive connections kept per endpoint.
 	MaxIdleConnsPerEndpoint = 1024
 )
+
+// retiredPoolLinger is how long after an update a replaced pool's connections still in use
+// may come back to it before it closes them.
+const retiredPoolLinger = time.Minute
 
 // Upstreams holds the HTTP side of every cluster: one keep-alive pool (http.Transport) per
 // cluster, with a connection pool per endpoint inside it, the retry budget's counters and
@@ -95,8 +99,10 @@ func (u *Upstreams) Update(cs []Cluster) {
 	u.clusters.Store(&next)
 	for name, o := range old {
 		if next[name] != o {
+			// In-use connections go back to the old pool when their request ends: close
+			// them once the requests have had time to finish.
 			o.transport.CloseIdleConnections()
-			time.AfterFunc(o.cfg.IdleTimeout, o.transport.CloseIdleConnections)
+			time.AfterFunc(retiredPoolLinger, o.transport.CloseIdleConnections)
 		}
 	}
 }
@@ -113,9 +119,6 @@ func (u *Upstreams) cluster(name string) *clusterHTTP { return (*u.clusters.Load
 func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
-	}
-	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = DefaultPoolIdleTimeout
 	}
 	if c.RetryBudgetPercent <= 0 {
 		c.RetryBudgetPercent = DefaultRetryBudgetPercent
@@ -145,7 +148,7 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 	switch {
 	case c.TLS != nil:
 		scheme = "https"
-		cfg := c.TLS.Config(c.TLS.SNI())
+		cfg := c.TLS.Config(c.TLS.SNI()).Clone() // shared with the L4 path: never modify it
 		if c.HTTP2 {
 			p.SetHTTP2(true)
 			cfg.NextProtos = []string{"h2"}

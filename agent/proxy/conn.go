@@ -45,6 +45,8 @@ type conn struct {
 	client  netip.AddrPort
 	server  netip.AddrPort
 	sni     string
+	// httpServed: the connection went to an HTTP server, which logs each request.
+	httpServed bool
 }
 
 // serve runs the listener filters (when the listener has any) and chooses the filter chain,
@@ -69,6 +71,10 @@ func (c *conn) serve(ctx context.Context) {
 	}
 	defer p.release()
 	o.fromClient = int64(p.off) // the PROXY header, read and dropped
+	if p.chain.HTTP != nil {
+		c.serveHTTP(ctx, &o, p)
+		return
+	}
 	tcp := p.chain.TCP
 	cs := c.route.clusters[tcp.Cluster.Name()]
 	c.setChain(p, cs)
@@ -392,7 +398,12 @@ func (c *conn) watchIdle(timeout time.Duration, up *net.TCPConn) (stop func()) {
 // logEnd writes the connection's access log line, if its listener has an access log, and
 // its Debug line.
 func (c *conn) logEnd(o *outcome) {
-	c.accessLog(o)
+	c.mu.Lock()
+	served := c.httpServed
+	c.mu.Unlock()
+	if !served {
+		c.accessLog(o)
+	}
 	log := c.entry.m.log
 	if !log.Enabled(context.Background(), slog.LevelDebug) {
 		return

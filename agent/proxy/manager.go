@@ -42,6 +42,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flotilla-proxy/flotilla/agent/httpproxy"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 	"github.com/flotilla-proxy/flotilla/agent/udpproxy"
 	"github.com/flotilla-proxy/flotilla/agent/upstream"
@@ -85,6 +86,7 @@ type Manager struct {
 	drain   time.Duration
 	metrics *metrics
 	up      *upstream.Registry // endpoint state, outlives graphs; closed by Shutdown
+	http    httpState          // HTTP listeners' servers and the clusters' HTTP pools (http.go)
 
 	mu       sync.Mutex               // serialises Apply and Shutdown; guards the fields below
 	entries  map[string]*entry        // TCP listeners
@@ -120,6 +122,8 @@ func NewManager(opts Options) *Manager {
 		logs:       newLogSet(log, opts.drainTimeout()),
 		udpMetrics: &udpCollector{},
 	}
+	m.http.metrics = httpproxy.NewMetrics(opts.Registerer, log)
+	m.http.ups = httpproxy.NewUpstreams(m.up, m.http.metrics)
 	m.stopCtx, m.stop = context.WithCancel(context.Background())
 	registerCollector(opts.Registerer, log, m.udpMetrics)
 	return m
@@ -293,11 +297,13 @@ func (m *Manager) Apply(g *runtime.Graph) error {
 		if !handedOver[e.sock] {
 			e.sock.ln.Close()
 		}
+		m.retireHTTP(e, context.Background())
 		m.retire(e, m.drain)
 		m.log.Info("listener stopped, draining", "listener", e.name, "address", e.sock.ln.Addr().String(),
 			"drain_timeout_s", m.drain.Seconds())
 	}
 	m.entries = entries
+	m.applyHTTP(g, entries, logs.loggers)
 
 	udp := make(map[string]*udpEntry, len(keepUDP)+len(addUDP))
 	for name, e := range keepUDP {
@@ -357,6 +363,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	m.closed = true
 	for _, e := range m.entries {
 		e.sock.ln.Close()
+		m.retireHTTP(e, ctx)
 		m.retire(e, 0) // no deadline of its own: ctx is the deadline
 	}
 	m.entries = map[string]*entry{}
@@ -384,6 +391,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	}()
 	defer m.logs.closeAll()
 	defer m.up.Close()
+	defer m.http.ups.Close()
 	select {
 	case <-done:
 		m.stop()
