@@ -17,7 +17,7 @@ import (
 )
 
 // Graph is the agent's complete runtime configuration: every listener, the cluster each one
-// proxies to and the endpoints of every cluster. It is built whole by Build and never changes
+// proxies to, the route tables of its HTTP chains and the endpoints of every cluster. It is built whole by Build and never changes
 // afterwards, so the data plane can publish it with one atomic store and a connection can
 // keep the parts it started with for as long as it lives. All methods are safe for
 // concurrent use.
@@ -63,7 +63,8 @@ func (g *Graph) Resources() *Resources {
 }
 
 // Listener is one compiled listener: a TCP socket address, its listener filters and its
-// filter chains, each running a tcp_proxy; or a UDP socket address and its udp_proxy.
+// filter chains, each running a tcp_proxy or serving HTTP; or a UDP socket address and its
+// udp_proxy.
 type Listener struct {
 	name              string
 	udp               *UDPProxy

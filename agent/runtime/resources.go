@@ -1,10 +1,12 @@
 // Package runtime turns a consistent set of Envoy xDS v3 resources into the agent's runtime
 // graph: an immutable, validated description of every listener the agent serves (TCP with
-// filter chains, or UDP with a udp_proxy), its access logs and TLS termination, the cluster
-// each one proxies to, and that cluster's endpoints, TLS origination, load-balancing policy,
-// health check, outlier detection and circuit breaker (as the upstream.ClusterConfig package
-// upstream runs). TLS configs are built by package tlsconf from the transport sockets and
-// the SDS secrets of the set (tls.go).
+// filter chains running a tcp_proxy or an http_connection_manager, or UDP with a udp_proxy),
+// its access logs and TLS termination, the route tables HTTP chains serve (RDS, compiled into
+// package httproute's form: http.go, routes.go), the clusters, and each cluster's endpoints,
+// TLS origination, HTTP protocol options, load-balancing policy, health check, outlier
+// detection and circuit breaker (as the upstream.ClusterConfig package upstream runs). TLS
+// configs are built by package tlsconf from the transport sockets and the SDS secrets of the
+// set (tls.go).
 //
 // The flow is: the xDS client decodes each resource and calls Validate on it the moment it
 // arrives (so a bad one is NACKed at once), buffers resources in a Resources set until

@@ -34,7 +34,8 @@ const (
 	DefaultMaxConnectAttempts = 1
 )
 
-// TCPProxyFilterName is the well-known name of the only network filter flotilla-agent runs.
+// TCPProxyFilterName is the well-known name of the TCP proxy network filter (the other is
+// HTTPConnectionManagerFilterName).
 // Like Envoy, the agent recognises the filter by its typed_config type, not by this name.
 const TCPProxyFilterName = "envoy.filters.network.tcp_proxy"
 
