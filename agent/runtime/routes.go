@@ -173,10 +173,7 @@ func parseRouteMatch(m *routev3.RouteMatch, path string) (httproute.Match, error
 	}
 	switch ps := m.GetPathSpecifier().(type) {
 	case *routev3.RouteMatch_Prefix:
-		out.Prefix = ps.Prefix
-		if out.Prefix == "" {
-			out.Prefix = "/" // "" matches every path; so does "/" (every :path starts with it)
-		}
+		out.Prefix = ps.Prefix // "" matches every request, even "*" and absolute targets
 	case *routev3.RouteMatch_Path:
 		if ps.Path == "" {
 			return out, fmt.Errorf("%s.path: must not be empty", path)
