@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"testing"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/flotilla-proxy/flotilla/agent/httpproxy"
 	"github.com/flotilla-proxy/flotilla/agent/runtime/runtimetest"
+	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
 )
 
 // TestHTTP2 covers the protocol pairs: HTTP/2 over TLS (ALPN) and h2c downstream, HTTP/1.1
@@ -120,4 +124,60 @@ func TestGRPC(t *testing.T) {
 	if err != nil || next.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("streamed update = %v, %v", next, err)
 	}
+}
+
+// TestTLSOrigination: https upstreams, HTTP/1.1 and HTTP/2 by ALPN, verified by the CA.
+func TestTLSOrigination(t *testing.T) {
+	ca := runtimetest.NewCA("upstream CA")
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var protos http.Protocols
+			protos.SetHTTP1(true)
+			protos.SetHTTP2(true)
+			bs := &http.Server{ErrorLog: log.New(io.Discard, "", 0), Handler: echoHandler("tls"), Protocols: &protos, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.KeyPair("backend", false, "backend.example")}}}
+			go bs.ServeTLS(ln, "", "")
+			t.Cleanup(func() { bs.Close() })
+			client, err := tlsconf.NewClient(runtimetest.UpstreamTLSContext("backend.example", ca.PEM, "", ""), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("r", "/", "tls"))}, nil,
+				cluster{Cluster: httpproxy.Cluster{Name: "tls", TLS: client, HTTP2: h2}, endpoints: []string{ln.Addr().String()}})
+			resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/secure"), nil))
+			var e echoed
+			if err := json.Unmarshal([]byte(body), &e); err != nil {
+				t.Fatalf("%d %s: %v", resp.StatusCode, body, err)
+			}
+			want := "HTTP/1.1"
+			if h2 {
+				want = "HTTP/2.0"
+			}
+			if e.Proto != want || e.Path != "/secure" {
+				t.Errorf("backend saw %s %s, want %s /secure", e.Proto, e.Path, want)
+			}
+		})
+	}
+	t.Run("wrong CA is a 502", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := runtimetest.NewCA("other CA")
+		bs := &http.Server{ErrorLog: log.New(io.Discard, "", 0), Handler: echoHandler("tls"), TLSConfig: &tls.Config{Certificates: []tls.Certificate{other.KeyPair("backend", false, "backend.example")}}}
+		go bs.ServeTLS(ln, "", "")
+		t.Cleanup(func() { bs.Close() })
+		client, err := tlsconf.NewClient(runtimetest.UpstreamTLSContext("backend.example", ca.PEM, "", ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("r", "/", "tls"))}, nil,
+			cluster{Cluster: httpproxy.Cluster{Name: "tls", TLS: client}, endpoints: []string{ln.Addr().String()}})
+		if resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/"), nil)); resp.StatusCode != 502 {
+			t.Errorf("got %d %q, want 502", resp.StatusCode, body)
+		}
+	})
 }
