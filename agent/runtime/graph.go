@@ -352,8 +352,13 @@ func Build(r *Resources) (*Graph, error) {
 		},
 		routes: make(map[string]*httproute.Table, len(r.Routes)),
 	}
+	prevTables := routeTables.get()
 	for _, name := range sortedKeys(r.Routes) {
 		rc := r.Routes[name]
+		if t := prevTables[rc]; t != nil && t.Name == name {
+			g.routes[name] = t
+			continue
+		}
 		t, err := parseRouteConfig(rc)
 		if err == nil && rc.GetName() != name {
 			err = fmt.Errorf("resource is named %q but was delivered as %q", rc.GetName(), name)
@@ -363,6 +368,7 @@ func Build(r *Resources) (*Graph, error) {
 		}
 		g.routes[name] = t
 	}
+	routeTables.put(r.Routes, g.routes)
 	for _, name := range sortedKeys(r.Clusters) {
 		c := r.Clusters[name]
 		cl, err := parseCluster(c)

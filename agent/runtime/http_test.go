@@ -3,6 +3,7 @@ package runtime_test
 import (
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -548,5 +549,70 @@ func TestCompressionLevels(t *testing.T) {
 		if got := g.Listener("web").Chains()[0].HTTP.Compression.Level; got != tt.want {
 			t.Errorf("%s: level %d, want %d", tt.level, got, tt.want)
 		}
+	}
+}
+
+// BenchmarkBuildRoutes builds a graph with one HTTP listener and a route configuration of
+// 100 virtual hosts × 10 routes (every fifth a regex): "changed" is the cost of an update
+// that brings a new route configuration, "unchanged" of one that does not (the compiled
+// table of the same message is reused).
+func BenchmarkBuildRoutes(b *testing.B) {
+	r := httpResources()
+	rcfg := runtimetest.RouteConfig("web")
+	for i := range 100 {
+		vh := runtimetest.VirtualHost(fmt.Sprintf("vh%d", i), []string{fmt.Sprintf("h%d.example.com", i), fmt.Sprintf("*.h%d.example.org", i)})
+		for j := range 10 {
+			rt := runtimetest.PrefixRoute(fmt.Sprintf("/p%d/", j), "backend")
+			if j%5 == 0 {
+				rt.Match.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: regexMatcher(fmt.Sprintf("/v[0-9]+/r%d/.*", j))}
+			}
+			vh.Routes = append(vh.Routes, rt)
+		}
+		rcfg.VirtualHosts = append(rcfg.VirtualHosts, vh)
+	}
+	r.Routes["web"] = rcfg
+	b.Run("changed", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			b.StopTimer()
+			r.Routes["web"] = proto.CloneOf(rcfg)
+			b.StartTimer()
+			if _, err := runtime.Build(r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := runtime.Build(r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestRouteTableReuse: a Build from the same RouteConfiguration message reuses the table
+// compiled before; a new message (even with the same content) is compiled afresh.
+func TestRouteTableReuse(t *testing.T) {
+	r := httpResources()
+	g1, err := runtime.Build(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := runtime.Build(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g1.RouteTable("web") != g2.RouteTable("web") {
+		t.Error("same message: table compiled again")
+	}
+	r.Routes["web"] = proto.CloneOf(r.Routes["web"])
+	g3, err := runtime.Build(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g3.RouteTable("web") == g2.RouteTable("web") {
+		t.Error("new message: old table reused")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -19,6 +20,37 @@ import (
 	"github.com/flotilla-proxy/flotilla/agent/fieldcheck"
 	"github.com/flotilla-proxy/flotilla/agent/httproute"
 )
+
+// routeTables remembers the tables the latest Build compiled, by RouteConfiguration message:
+// the xDS client hands Build the very same message for a route configuration that did not
+// change, so an update of other resources (endpoints, say) does not compile every route and
+// regex again. Messages are read-only once handed to Build, and tables are immutable, so a
+// table can serve every graph built from its message. Only the latest Build's tables are
+// kept.
+var routeTables tableCache
+
+type tableCache struct {
+	mu sync.Mutex
+	m  map[*routev3.RouteConfiguration]*httproute.Table
+}
+
+// get returns the tables of the latest Build; the map must not be modified.
+func (c *tableCache) get() map[*routev3.RouteConfiguration]*httproute.Table {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m
+}
+
+// put remembers the tables built from msgs (both keyed by resource name).
+func (c *tableCache) put(msgs map[string]*routev3.RouteConfiguration, tables map[string]*httproute.Table) {
+	m := make(map[*routev3.RouteConfiguration]*httproute.Table, len(tables))
+	for name, t := range tables {
+		m[msgs[name]] = t
+	}
+	c.mu.Lock()
+	c.m = m
+	c.mu.Unlock()
+}
 
 // maxRegexLen bounds a safe_regex: RE2 runs in linear time, but a huge program still costs
 // memory per route.
