@@ -8,14 +8,21 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
+	"github.com/flotilla-proxy/flotilla/agent/accesslog"
 	"github.com/flotilla-proxy/flotilla/agent/proxy"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 	"github.com/flotilla-proxy/flotilla/agent/runtime/runtimetest"
@@ -202,4 +209,57 @@ func TestHTTPListenerShutdown(t *testing.T) {
 		t.Errorf("Shutdown took %v with one idle keep-alive connection", d)
 	}
 	client.CloseIdleConnections()
+}
+
+// TestHTTPListenerProxyProtocolAndAccessLog: behind a PROXY protocol sender, the client of
+// X-Forwarded-For, X-Real-IP and the access log is the PROXY header's source; the access log
+// gets one combined line per request.
+func TestHTTPListenerProxyProtocolAndAccessLog(t *testing.T) {
+	var got atomic.Value
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Clone())
+	})}
+	go be.Serve(ln)
+	t.Cleanup(func() { be.Close() })
+
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	text, _, err := accesslog.ToEnvoyHTTP("combined")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := runtimetest.HTTPConnectionManager("web", "web")
+	h.AccessLog = []*accesslogv3.AccessLog{runtimetest.FileAccessLog(logPath, text, nil)}
+	l := runtimetest.HTTPListener("web", "127.0.0.1", 0, h)
+	l.ListenerFilters = []*listenerv3.ListenerFilter{runtimetest.ProxyProtocolFilter()}
+	rc := runtimetest.RouteConfig("web", runtimetest.VirtualHost("all", []string{"*"}, runtimetest.PrefixRoute("/", "a")))
+	rc.RequestHeadersToAdd = []*corev3.HeaderValueOption{{
+		Header:       &corev3.HeaderValue{Key: "x-real-ip", Value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}}
+	m, _ := newManager(t, proxy.Options{})
+	apply(t, m, httpGraph(t, []*listenerv3.Listener{l}, []*routev3.RouteConfiguration{rc}, cluster("a", ln.Addr().String())))
+
+	c, err := net.Dial("tcp", m.Addr("web").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PROXY TCP4 198.51.100.7 192.0.2.1 40000 80\r\nGET /p?q=1 HTTP/1.1\r\nHost: www.example\r\nUser-Agent: ua\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("response: %v %v", resp, err)
+	}
+	hdr, _ := got.Load().(http.Header)
+	if hdr.Get("X-Forwarded-For") != "198.51.100.7" || hdr.Get("X-Real-Ip") != "198.51.100.7" {
+		t.Errorf("backend saw X-Forwarded-For %q, X-Real-IP %q; want 198.51.100.7", hdr.Get("X-Forwarded-For"), hdr.Get("X-Real-Ip"))
+	}
+	want := regexp.MustCompile(`^198\.51\.100\.7 - - \[[^]]+\] "GET /p\?q=1 HTTP/1\.1" 200 0 "-" "ua" 127\.0\.0\.1:[0-9]+ [0-9]+ [0-9]+\n$`)
+	waitFor(t, 5*time.Second, "the access log line", func() bool {
+		b, _ := os.ReadFile(logPath)
+		return want.Match(b)
+	})
 }
