@@ -246,11 +246,15 @@ func (x *exchange) canRetry(p *httproute.RetryPolicy, attempt int, req *http.Req
 	if x.upgradeReq {
 		return false
 	}
-	if !x.ch.retryAllowed() {
-		x.ch.stats.retryOverflow.Inc()
-		return false
+	// A request holds one slot of the budget from its first retry to its end: the budget
+	// bounds the requests being retried at a time.
+	if !x.retrying {
+		if !x.ch.retryAllowed() {
+			x.ch.stats.retryOverflow.Inc()
+			return false
+		}
+		x.retrying = true
 	}
-	x.retries++
 	x.ch.stats.retry.Inc()
 	return true
 }

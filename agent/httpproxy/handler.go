@@ -48,7 +48,7 @@ type exchange struct {
 	cancel     context.CancelCauseFunc
 	active     atomic.Bool // a byte moved since the last stream idle check
 	gotHeaders atomic.Bool // the final upstream response headers arrived
-	retries    int         // retries admitted by the budget, given back at the end
+	retrying   bool        // holds a slot of the cluster's retry budget, given back at the end
 
 	timerMu    sync.Mutex
 	timers     []*time.Timer
@@ -404,10 +404,8 @@ func (x *exchange) end(r *http.Request) {
 	}
 	x.idleTimer = nil
 	x.timerMu.Unlock()
-	if x.ch != nil {
-		for range x.retries {
-			x.ch.retryDone()
-		}
+	if x.retrying {
+		x.ch.retryDone()
 	}
 	e := &x.entry
 	e.Duration = time.Since(e.Start)

@@ -35,11 +35,17 @@ type proxy struct {
 // startProxy serves cfg on a fresh listener; tlsCfg, when not nil, terminates TLS first.
 func startProxy(t testing.TB, cfg *httpproxy.Config, tlsCfg *tls.Config, clusters ...cluster) *proxy {
 	t.Helper()
+	return startProxyMetrics(t, cfg, tlsCfg, nil, clusters...)
+}
+
+// startProxyMetrics is startProxy with the metrics given.
+func startProxyMetrics(t testing.TB, cfg *httpproxy.Config, tlsCfg *tls.Config, m *httpproxy.Metrics, clusters ...cluster) *proxy {
+	t.Helper()
 	reg := upstream.NewRegistry(nil, nil)
-	ups := httpproxy.NewUpstreams(reg, nil)
+	ups := httpproxy.NewUpstreams(reg, m)
 	p := &proxy{t: t, reg: reg, ups: ups}
 	p.setClusters(clusters...)
-	p.srv = httpproxy.New(cfg, httpproxy.Options{Upstreams: ups})
+	p.srv = httpproxy.New(cfg, httpproxy.Options{Upstreams: ups, Metrics: m})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
