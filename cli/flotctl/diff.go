@@ -86,14 +86,14 @@ func (a *app) diff(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// resource is one listener or cluster of a bundle, for diffing by name.
+// resource is one listener, cluster or gRPC service of a bundle, for diffing by name.
 type resource struct {
-	kind string // "listeners" or "clusters", as in the YAML
+	kind string // "listeners", "clusters" or "grpc_services", as in the YAML
 	name string
 	msg  proto.Message
 }
 
-// bundleResources lists b's listeners then its clusters.
+// bundleResources lists b's listeners, clusters and grpc_services.
 func bundleResources(b *configv1.Bundle) map[string]resource {
 	out := make(map[string]resource)
 	for _, l := range b.GetListeners() {
@@ -101,6 +101,9 @@ func bundleResources(b *configv1.Bundle) map[string]resource {
 	}
 	for _, c := range b.GetClusters() {
 		out["clusters/"+c.GetName()] = resource{"clusters", c.GetName(), c}
+	}
+	for _, g := range b.GetGrpcServices() {
+		out["grpc_services/"+g.GetName()] = resource{"grpc_services", g.GetName(), g}
 	}
 	return out
 }
@@ -123,7 +126,7 @@ func writeBundleDiff(w io.Writer, server *configv1.Bundle, side string, local *c
 		keys = append(keys, r)
 	}
 	slices.SortFunc(keys, func(a, b resource) int {
-		// Listeners before clusters, then by name.
+		// Listeners, then grpc_services, then clusters, then by name.
 		if c := -cmp.Compare(a.kind, b.kind); c != 0 {
 			return c
 		}
