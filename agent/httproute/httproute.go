@@ -112,6 +112,9 @@ type Table struct {
 	VirtualHosts []*VirtualHost
 	// Header mutations of the whole table, applied after the virtual host's and route's.
 	Headers HeaderMutations
+	// IgnorePort matches virtual hosts on the authority without its port even when a
+	// domain names one (ignore_port_in_host_matching); such a domain then never matches.
+	IgnorePort bool
 
 	index *domainIndex // built by Index; nil means Select scans
 }
@@ -179,6 +182,10 @@ type HeaderMatch struct {
 	// IgnoreCase compares Exact, Prefix, Suffix and Contains (which are then lower case)
 	// without regard to ASCII case (string_match.ignore_case).
 	IgnoreCase bool
+	// MissingAsEmpty matches a header the request does not carry as if it were present
+	// with an empty value (treat_missing_header_as_empty); otherwise a missing header fails
+	// every condition but Present.
+	MissingAsEmpty bool
 }
 
 // HeaderMatchKind says which field of a HeaderMatch applies.

@@ -74,15 +74,15 @@ type wildcard struct {
 // and before it is shared; package runtime does. Select works on a Table that was not
 // indexed too, by scanning every domain (tests build Tables by hand).
 func (t *Table) Index() {
-	t.index = buildIndex(t.VirtualHosts)
+	t.index = buildIndex(t.VirtualHosts, t.IgnorePort)
 }
 
-func buildIndex(vhs []*VirtualHost) *domainIndex {
+func buildIndex(vhs []*VirtualHost, ignorePort bool) *domainIndex {
 	idx := &domainIndex{exact: make(map[string]*VirtualHost)}
 	for _, vh := range vhs {
 		for _, d := range vh.Domains {
 			d = strings.ToLower(d)
-			if hasPort(d) {
+			if hasPort(d) && !ignorePort {
 				idx.hasPort = true
 			}
 			switch {
@@ -195,7 +195,7 @@ func (t *Table) VirtualHost(authority string) *VirtualHost {
 	}
 	idx := t.index
 	if idx == nil {
-		idx = buildIndex(t.VirtualHosts)
+		idx = buildIndex(t.VirtualHosts, t.IgnorePort)
 	}
 	return idx.lookup(authority)
 }
@@ -315,14 +315,18 @@ func (hm *HeaderMatch) value(r *Request) (string, bool) {
 }
 
 // matches applies one header condition, Envoy-style: a missing header fails every string
-// condition (inverted or not); present_match compares presence with Present; Invert negates.
+// condition (inverted or not) unless MissingAsEmpty; present_match compares presence with
+// Present; Invert negates.
 func (hm *HeaderMatch) matches(r *Request) bool {
 	v, ok := hm.value(r)
 	if hm.Kind == HeaderPresent {
 		return (ok == hm.Present) != hm.Invert
 	}
 	if !ok {
-		return false
+		if !hm.MissingAsEmpty {
+			return false
+		}
+		v = ""
 	}
 	if hm.IgnoreCase {
 		return hm.matchesFold(v) != hm.Invert

@@ -79,6 +79,11 @@ func TestVirtualHostPorts(t *testing.T) {
 			t.Errorf("VirtualHost(%q) = %v, want %s", tt.host, got, tt.want)
 		}
 	}
+	ignore := &Table{VirtualHosts: []*VirtualHost{vhost("a8080", "a.example:8080"), vhost("a", "a.example")}, IgnorePort: true}
+	ignore.Index()
+	if got := ignore.VirtualHost("a.example:8080"); got == nil || got.Name != "a" {
+		t.Errorf("IgnorePort: VirtualHost(a.example:8080) = %v, want a", got)
+	}
 	if got := table(true, vhost("a", "a.example")).VirtualHost("b.example"); got != nil {
 		t.Errorf("no default: VirtualHost(b.example) = %v, want nil", got)
 	}
@@ -102,6 +107,8 @@ func TestSelectRoutes(t *testing.T) {
 		route("query", Match{Prefix: "/q?x=1"}),
 		route("noauth", Match{Prefix: "/", Headers: []HeaderMatch{{Name: "Authorization", Kind: HeaderPresent, Present: false}}}),
 		route("scheme", Match{Prefix: "/", Headers: []HeaderMatch{{Name: ":scheme", Kind: HeaderExact, Exact: "https"}}}),
+		route("missing-as-empty", Match{Prefix: "/empty", Headers: []HeaderMatch{{Name: "X-Empty", Kind: HeaderRegex, Regex: regexp.MustCompile(`^(?:)$`), MissingAsEmpty: true}}}),
+		route("ignore-case", Match{Prefix: "/ci", Headers: []HeaderMatch{{Name: "X-Ci", Kind: HeaderContains, Contains: "abc", IgnoreCase: true}}}),
 	}
 	tbl := table(true, vh)
 	tests := []struct {
@@ -131,6 +138,9 @@ func TestSelectRoutes(t *testing.T) {
 		{"present false", "GET", "/other", "http", nil, "noauth"},
 		{"scheme", "GET", "/other", "https", http.Header{"Authorization": {"x"}}, "scheme"},
 		{"no route", "GET", "/other", "http", http.Header{"Authorization": {"x"}}, ""},
+		{"missing as empty", "GET", "/empty", "http", http.Header{"Authorization": {"x"}}, "missing-as-empty"},
+		{"present but not empty", "GET", "/empty", "http", http.Header{"Authorization": {"x"}, "X-Empty": {"1"}}, ""},
+		{"ignore case contains", "GET", "/ci/x", "http", http.Header{"Authorization": {"x"}, "X-Ci": {"xxABcx"}}, "ignore-case"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

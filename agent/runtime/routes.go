@@ -63,13 +63,13 @@ func parseRouteConfig(rc *routev3.RouteConfiguration) (*httproute.Table, error) 
 		return nil, errors.New("resource is empty")
 	}
 	if err := fieldcheck.Only(rc, "", "name", "virtual_hosts", "response_headers_to_add", "response_headers_to_remove",
-		"request_headers_to_add", "request_headers_to_remove", "validate_clusters"); err != nil {
+		"request_headers_to_add", "request_headers_to_remove", "validate_clusters", "ignore_port_in_host_matching"); err != nil {
 		return nil, err
 	}
 	if rc.GetName() == "" {
 		return nil, errors.New("name is required")
 	}
-	t := &httproute.Table{Name: rc.GetName()}
+	t := &httproute.Table{Name: rc.GetName(), IgnorePort: rc.GetIgnorePortInHostMatching()}
 	var err error
 	if t.Headers, err = parseHeaderMutations(rc, ""); err != nil {
 		return nil, err
@@ -291,14 +291,14 @@ func headerMatchName(name, path string) (string, error) {
 // prefix, suffix, contains, safe_regex; ignore_case) or present_match, with invert_match.
 func parseHeaderMatcher(h *routev3.HeaderMatcher, path string) (httproute.HeaderMatch, error) {
 	var out httproute.HeaderMatch
-	if err := fieldcheck.Only(h, path, "name", "invert_match", "string_match", "present_match"); err != nil {
+	if err := fieldcheck.Only(h, path, "name", "invert_match", "treat_missing_header_as_empty", "string_match", "present_match"); err != nil {
 		return out, err
 	}
 	name, err := headerMatchName(h.GetName(), path+".name")
 	if err != nil {
 		return out, err
 	}
-	out.Name, out.Invert = name, h.GetInvertMatch()
+	out.Name, out.Invert, out.MissingAsEmpty = name, h.GetInvertMatch(), h.GetTreatMissingHeaderAsEmpty()
 	switch s := h.GetHeaderMatchSpecifier().(type) {
 	case *routev3.HeaderMatcher_PresentMatch:
 		out.Kind, out.Present = httproute.HeaderPresent, s.PresentMatch
