@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,6 +48,8 @@ type httpBackend struct {
 	addr string
 	srv  *httptest.Server
 
+	slowActive atomic.Int64 // .../slow requests being answered
+
 	mu       sync.Mutex
 	hijacked map[net.Conn]bool
 	wg       sync.WaitGroup
@@ -72,6 +75,8 @@ func (b *httpBackend) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "d: "+err.Error(), http.StatusBadRequest)
 			return
 		}
+		b.slowActive.Add(1)
+		defer b.slowActive.Add(-1)
 		select {
 		case <-time.After(d):
 			io.WriteString(w, b.id+": slept "+d.String()+"\n")

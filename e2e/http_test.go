@@ -203,9 +203,9 @@ clusters:
 		}
 	})
 
-	tlsCfg := ca.clientConfig("web.example")
+	// Each transport gets its own TLS config: net/http sets NextProtos on the one it is given.
 	t.Run("go h2 over TLS", func(t *testing.T) {
-		c := noRedirects(h2Transport(tlsCfg))
+		c := noRedirects(h2Transport(ca.clientConfig("web.example")))
 		var res *httpResult
 		waitFor(t, convergeTimeout, "the https listener", func() (err error) {
 			res, err = httpGet(c, "https://"+secure+"/hello", "web.example", nil)
@@ -219,7 +219,7 @@ clusters:
 		}
 	})
 	t.Run("go h1 over TLS", func(t *testing.T) {
-		res, err := httpGet(noRedirects(h1Transport(tlsCfg)), "https://"+secure+"/hello", "web.example", nil)
+		res, err := httpGet(noRedirects(h1Transport(ca.clientConfig("web.example"))), "https://"+secure+"/hello", "web.example", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +262,9 @@ clusters:
 				if err != nil {
 					t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
 				}
-				body, status, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+				text := strings.TrimSpace(string(out))
+				i := strings.LastIndexByte(text, '\n')
+				body, status := text[:i+1], text[i+1:]
 				if want := "200 " + tt.wantVersion; status != want {
 					t.Fatalf("curl: %q, want %q\n%s", status, want, out)
 				}
@@ -426,26 +428,34 @@ clusters:
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		held := make(chan error, 1)
+		tr := h1Transport(nil)
+		defer tr.CloseIdleConnections()
 		go func() {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/busy/slow?d=20s", nil)
-			resp, err := h1Transport(nil).RoundTrip(req)
+			resp, err := tr.RoundTrip(req)
 			if err == nil {
 				resp.Body.Close()
 			}
 			held <- err
 		}()
-		var res *httpResult
-		waitFor(t, 10*time.Second, "a 503 while the only connection is busy", func() error {
-			var err error
-			res, err = httpGet(noRedirects(h1Transport(nil)), "http://"+listen+"/busy", "errors.example", nil)
-			if err != nil {
-				return err
+		waitFor(t, 10*time.Second, "the slow request to reach the backend", func() error {
+			select {
+			case err := <-held:
+				t.Fatalf("the request meant to hold the connection ended: %v", err)
+			default:
 			}
-			if res.status != http.StatusServiceUnavailable {
-				return fmt.Errorf("status %d %q, want 503", res.status, res.body)
+			if n := busy.slowActive.Load(); n != 1 {
+				return fmt.Errorf("%d slow requests at the backend, want 1", n)
 			}
 			return nil
 		})
+		res, err := httpGet(c, "http://"+listen+"/busy", "errors.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.status != http.StatusServiceUnavailable {
+			t.Fatalf("status %d %q while the only connection is busy, want 503", res.status, res.body)
+		}
 		cancel()
 		<-held
 	})
