@@ -1,6 +1,7 @@
 package xdsclient_test
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -134,4 +135,45 @@ func TestRoutesFollowListeners(t *testing.T) {
 		return len(last.set.Routes) == 0 && len(last.set.Listeners) == 0
 	})
 	xdstest.WaitFor(t, timeout, "empty RDS subscription", func() bool { return rdsRequested(srv) })
+}
+
+// TestSetRunningSubscribesRoutes: the route configurations of a config restored from disk
+// are asked for in the stream's first RDS request, before any response.
+func TestSetRunningSubscribesRoutes(t *testing.T) {
+	srv := xdstest.NewServer(t, "")
+	seed := &runtime.Resources{}
+	xdsclient.Put(seed, lds, map[string]proto.Message{"web": runtimetest.HTTPListener("web", "127.0.0.1", 10080, runtimetest.HTTPConnectionManager("web", "web-routes"))})
+	xdsclient.Put(seed, rds, map[string]proto.Message{"web-routes": routes("web-routes", "backend")})
+	xdsclient.Put(seed, cds, map[string]proto.Message{"backend": runtimetest.StaticCluster("backend", runtimetest.Endpoint("127.0.0.1:20001", 1))})
+	rec := &recorder{}
+	c, err := xdsclient.New(xdsclient.Options{Servers: []string{srv.Addr()}, NodeID: node, Applier: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetRunning(seed, map[string]string{lds: "disk-1", rds: "disk-1", cds: "disk-1"})
+	if st := c.Status(); st.Types[rds].Version != "disk-1" {
+		t.Errorf("status after SetRunning = %+v", st.Types)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	xdstest.WaitFor(t, timeout, "the first RDS request", func() bool {
+		for _, r := range srv.Requests() {
+			if r.GetTypeUrl() == rds {
+				if !slices.Equal(r.GetResourceNames(), []string{"web-routes"}) || r.GetVersionInfo() != "" {
+					t.Errorf("first RDS request = %v", r)
+				}
+				return true
+			}
+		}
+		return false
+	})
+
+	srv.SetSnapshot(t, node, "cp-1",
+		runtimetest.HTTPListener("web", "127.0.0.1", 10080, runtimetest.HTTPConnectionManager("web", "web-routes")),
+		runtimetest.StaticCluster("backend", runtimetest.Endpoint("127.0.0.1:20001", 1)),
+		routes("web-routes", "backend"))
+	acked(t, srv, "cp-1", cds, lds, rds)
 }
