@@ -58,16 +58,57 @@ func originForm(target string) string {
 // domainIndex is a Table's precomputed virtual-host lookup.
 type domainIndex struct {
 	exact    map[string]*VirtualHost // lower-case domain → host
-	suffixes []wildcard              // "*.x" / "*x": longest suffix first
-	prefixes []wildcard              // "x*": longest prefix first
+	suffixes wildcards               // "*.x" / "*x" by ".x" / "x"
+	prefixes wildcards               // "x*" by "x"
 	any      *VirtualHost            // "*"
 	hasPort  bool                    // some domain names a port
 }
 
-// wildcard is the fixed part of a wildcard domain and its virtual host.
-type wildcard struct {
-	fixed string
-	vh    *VirtualHost
+// wildcards are wildcard domains grouped by the length of their fixed part, longest
+// first, as Envoy keeps them: a lookup costs one map access per distinct length, however
+// many wildcard domains there are.
+type wildcards []wildcardGroup
+
+type wildcardGroup struct {
+	n  int                     // length of the fixed parts
+	vh map[string]*VirtualHost // lower-case fixed part → host
+}
+
+// add files a lower-case fixed part; the first virtual host to claim one keeps it.
+func (ws *wildcards) add(fixed string, vh *VirtualHost) {
+	i, found := slices.BinarySearchFunc(*ws, len(fixed), func(g wildcardGroup, n int) int { return cmp.Compare(n, g.n) })
+	if !found {
+		*ws = slices.Insert(*ws, i, wildcardGroup{n: len(fixed), vh: map[string]*VirtualHost{}})
+	}
+	if _, ok := (*ws)[i].vh[fixed]; !ok {
+		(*ws)[i].vh[fixed] = vh
+	}
+}
+
+// suffix returns the host of the longest fixed part that is a proper suffix of host (lower
+// case).
+func (ws wildcards) suffix(host string) *VirtualHost {
+	for _, g := range ws {
+		if len(host) > g.n {
+			if vh := g.vh[host[len(host)-g.n:]]; vh != nil {
+				return vh
+			}
+		}
+	}
+	return nil
+}
+
+// prefix returns the host of the longest fixed part that is a proper prefix of host (lower
+// case).
+func (ws wildcards) prefix(host string) *VirtualHost {
+	for _, g := range ws {
+		if len(host) > g.n {
+			if vh := g.vh[host[:g.n]]; vh != nil {
+				return vh
+			}
+		}
+	}
+	return nil
 }
 
 // Index precomputes the table's virtual-host lookup. Call it once after the Table is filled
@@ -91,9 +132,9 @@ func buildIndex(vhs []*VirtualHost, ignorePort bool) *domainIndex {
 					idx.any = vh
 				}
 			case strings.HasPrefix(d, "*"):
-				idx.suffixes = append(idx.suffixes, wildcard{d[1:], vh})
+				idx.suffixes.add(d[1:], vh)
 			case strings.HasSuffix(d, "*"):
-				idx.prefixes = append(idx.prefixes, wildcard{d[:len(d)-1], vh})
+				idx.prefixes.add(d[:len(d)-1], vh)
 			default:
 				if _, ok := idx.exact[d]; !ok {
 					idx.exact[d] = vh
@@ -101,10 +142,6 @@ func buildIndex(vhs []*VirtualHost, ignorePort bool) *domainIndex {
 			}
 		}
 	}
-	// Longest first; among equals, configuration order (stable).
-	longestFirst := func(a, b wildcard) int { return cmp.Compare(len(b.fixed), len(a.fixed)) }
-	slices.SortStableFunc(idx.suffixes, longestFirst)
-	slices.SortStableFunc(idx.prefixes, longestFirst)
 	return idx
 }
 
@@ -154,22 +191,14 @@ func (idx *domainIndex) lookup(host string) *VirtualHost {
 }
 
 func (idx *domainIndex) lookupNoDefault(host string) *VirtualHost {
-	if len(idx.exact) > 0 {
-		if vh := idx.exact[lowerKey(host)]; vh != nil {
-			return vh
-		}
+	host = lowerKey(host)
+	if vh := idx.exact[host]; vh != nil {
+		return vh
 	}
-	for _, w := range idx.suffixes {
-		if len(host) > len(w.fixed) && strings.EqualFold(host[len(host)-len(w.fixed):], w.fixed) {
-			return w.vh
-		}
+	if vh := idx.suffixes.suffix(host); vh != nil {
+		return vh
 	}
-	for _, w := range idx.prefixes {
-		if len(host) > len(w.fixed) && strings.EqualFold(host[:len(w.fixed)], w.fixed) {
-			return w.vh
-		}
-	}
-	return nil
+	return idx.prefixes.prefix(host)
 }
 
 // lowerKey returns s in lower case, allocating only when s has an upper-case ASCII letter.
@@ -204,7 +233,7 @@ func (t *Table) VirtualHost(authority string) *VirtualHost {
 // routes that matches r, or a nil route when none does (Envoy answers 404), or nil, nil when
 // no virtual host matches. It does not allocate on an indexed Table unless a route matches
 // on a header that the request carries more than once (the values are joined with ",", as
-// in Envoy) or the authority has upper-case letters and the table has exact domains.
+// in Envoy) or the authority has upper-case letters.
 func (t *Table) Select(r *Request) (*VirtualHost, *Route) {
 	vh := t.VirtualHost(r.Authority)
 	if vh == nil {

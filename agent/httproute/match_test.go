@@ -1,6 +1,7 @@
 package httproute
 
 import (
+	"fmt"
 	"net/http"
 	"regexp"
 	"testing"
@@ -303,6 +304,25 @@ func TestSplitHostPort(t *testing.T) {
 	for _, tt := range tests {
 		if h, p := splitHostPort(tt.in); h != tt.host || p != tt.port {
 			t.Errorf("splitHostPort(%q) = %q, %q; want %q, %q", tt.in, h, p, tt.host, tt.port)
+		}
+	}
+}
+
+// BenchmarkSelectManyHosts: 1,000 virtual hosts with an exact and a suffix wildcard domain
+// each; the request matches a wildcard.
+func BenchmarkSelectManyHosts(b *testing.B) {
+	var vhs []*VirtualHost
+	for i := range 1000 {
+		v := vhost(fmt.Sprint(i), fmt.Sprintf("h%d.example.com", i), fmt.Sprintf("*.h%d.example.org", i))
+		v.Routes = []*Route{{Match: Match{Prefix: "/"}}}
+		vhs = append(vhs, v)
+	}
+	tbl := table(true, vhs...)
+	req := &Request{Authority: "www.h999.example.org:443", Path: "/x", Method: "GET", Scheme: "https", Header: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if vh, _ := tbl.Select(req); vh == nil || vh.Name != "999" {
+			b.Fatal("wrong host")
 		}
 	}
 }
