@@ -45,17 +45,20 @@ type exchange struct {
 	w    *responseWriter
 	body *requestBody // nil without a request body
 
-	cancel     context.CancelCauseFunc
-	active     atomic.Bool // a byte moved since the last stream idle check
-	gotHeaders atomic.Bool // the final upstream response headers arrived
-	retrying   bool        // holds a slot of the cluster's retry budget, given back at the end
+	cancel     context.CancelCauseFunc // ends the request (and a read of its body) with a cause
+	active     atomic.Bool             // a byte moved since the last stream idle check
+	gotHeaders atomic.Bool             // the final upstream response headers arrived
+	retrying   bool                    // holds a slot of the cluster's retry budget, given back at the end
 
-	timerMu    sync.Mutex
-	timers     []*time.Timer
-	idle       time.Duration
-	idleTimer  *time.Timer
-	renderBuf  []byte
-	upgradeReq bool
+	routeTimeout time.Duration
+	routeOnce    sync.Once
+	timerMu      sync.Mutex // guards timers, idleTimer and finished
+	finished     bool       // the handler returned: no timer, no deadline any more
+	timers       []*time.Timer
+	idle         time.Duration
+	idleTimer    *time.Timer
+	renderBuf    []byte
+	upgradeReq   bool
 }
 
 // ServeHTTP routes and serves one request.
@@ -230,6 +233,15 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 	}
 	if isUpgrade(r) {
 		typ := strings.ToLower(r.Header.Get("Upgrade"))
+		if typ == "h2c" {
+			// An HTTP/1.1 upgrade to h2c (curl --http2 on http://): served as the plain
+			// HTTP/1.1 request it also is, as Envoy does.
+			delete(r.Header, "Upgrade")
+			delete(r.Header, "Http2-Settings")
+		}
+	}
+	if isUpgrade(r) {
+		typ := strings.ToLower(r.Header.Get("Upgrade"))
 		enabled := m.Upgrades[typ]
 		if v, ok := fw.Upgrades[typ]; ok {
 			enabled = v
@@ -245,15 +257,16 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		return
 	}
 
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
+	ctx, cancelCtx := context.WithCancelCause(r.Context())
+	defer cancelCtx(nil)
+	cancel := func(cause error) {
+		cancelCtx(cause)
+		x.abortBody()
+	}
 	x.cancel = cancel
-	if fw.Timeout > 0 {
-		x.after(fw.Timeout, func() {
-			if !x.gotHeaders.Load() {
-				cancel(errRouteTimeout)
-			}
-		})
+	x.routeTimeout = fw.Timeout
+	if x.body == nil {
+		x.armRouteTimeout()
 	}
 	if t := m.RequestTimeout; t > 0 && x.body != nil {
 		x.after(t, func() {
@@ -277,10 +290,28 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 	x.s.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(ctx, exchangeKey, x)))
 }
 
+// armRouteTimeout starts the route timeout, once: when the request is complete (at once
+// without a body, else when the body ends), as Envoy's timeout starts at the end of the
+// downstream request. It ends the request with a 504 unless the response headers came first.
+func (x *exchange) armRouteTimeout() {
+	if x.routeTimeout <= 0 || x.cancel == nil {
+		return
+	}
+	x.routeOnce.Do(func() {
+		x.after(x.routeTimeout, func() {
+			if !x.gotHeaders.Load() {
+				x.cancel(errRouteTimeout)
+			}
+		})
+	})
+}
+
 // after runs f after d unless the request ends first.
 func (x *exchange) after(d time.Duration, f func()) {
 	x.timerMu.Lock()
-	x.timers = append(x.timers, time.AfterFunc(d, f))
+	if !x.finished {
+		x.timers = append(x.timers, time.AfterFunc(d, f))
+	}
 	x.timerMu.Unlock()
 }
 
@@ -322,9 +353,33 @@ func (x *exchange) localReply(status int, body string) {
 		body += "\n"
 	}
 	h.Set("Content-Length", strconv.Itoa(len(body)))
+	if x.body != nil && !x.body.done.Load() {
+		// The rest of the body is not wanted: close the connection after the reply rather
+		// than read what is left.
+		x.abortBody()
+		if x.entry.Protocol != "HTTP/2" {
+			h.Set("Connection", "close")
+		}
+	}
 	x.w.WriteHeader(status)
 	if body != "" && x.entry.Method != http.MethodHead {
 		io.WriteString(x.w, body)
+	}
+}
+
+// abortBody ends a read of the request body blocked on a slow client. The transport's
+// goroutine may be in one, and until it returns the transport does not give up the request
+// and net/http cannot answer (it takes the body's lock before it writes the response).
+func (x *exchange) abortBody() {
+	if x.body == nil || x.body.done.Load() {
+		return
+	}
+	x.timerMu.Lock()
+	defer x.timerMu.Unlock()
+	if !x.finished {
+		// Never once the handler has returned: the deadline would hit the connection's
+		// next request.
+		http.NewResponseController(x.w.ResponseWriter).SetReadDeadline(time.Now())
 	}
 }
 
@@ -399,6 +454,7 @@ func (x *exchange) render(f *accesslog.Format) string {
 func (x *exchange) end(r *http.Request) {
 	x.w.close()
 	x.timerMu.Lock()
+	x.finished = true
 	for _, t := range x.timers {
 		t.Stop()
 	}
@@ -460,8 +516,8 @@ func (b *requestBody) Read(p []byte) (int, error) {
 			return n, &http.MaxBytesError{Limit: b.limit}
 		}
 	}
-	if err == io.EOF {
-		b.done.Store(true)
+	if err == io.EOF && !b.done.Swap(true) {
+		b.x.armRouteTimeout()
 	}
 	return n, err
 }

@@ -557,3 +557,46 @@ func TestStreamIdleTimeout(t *testing.T) {
 		t.Fatal("idle upgraded stream still open after 5s")
 	}
 }
+
+func TestMoreForwarding(t *testing.T) {
+	a, b := startEcho(t, "a"), startEcho(t, "b")
+	weighted := &httproute.Route{Name: "w", Match: httproute.Match{Prefix: "/w"}, Forward: &httproute.Forward{
+		Clusters:    []httproute.WeightedCluster{{Name: "a", Weight: 0}, {Name: "b", Weight: 100}},
+		TotalWeight: 100, Timeout: 15 * time.Second,
+	}}
+	m := manager()
+	m.RequestTimeout = 300 * time.Millisecond
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: m, Table: table(weighted, fwd("a", "/", "a"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "a"}, endpoints: []string{addrOf(a)}},
+		cluster{Cluster: httpproxy.Cluster{Name: "b"}, endpoints: []string{addrOf(b)}})
+	t.Run("weighted clusters", func(t *testing.T) {
+		for range 10 {
+			if _, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/w"), nil)); !strings.Contains(body, `"Backend":"b"`) {
+				t.Fatalf("weight 0 cluster got a request: %s", body)
+			}
+		}
+	})
+	t.Run("h2c upgrade request is served as HTTP/1.1", func(t *testing.T) {
+		req := newRequest(t, "GET", p.url("/x"), nil)
+		req.Header.Set("Connection", "Upgrade, HTTP2-Settings")
+		req.Header.Set("Upgrade", "h2c")
+		req.Header.Set("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")
+		resp, body := do(t, noRedirect(), req)
+		if resp.StatusCode != 200 || strings.Contains(body, "Http2-Settings") || strings.Contains(body, `"Upgrade"`) {
+			t.Errorf("got %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("request timeout", func(t *testing.T) {
+		conn, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part of it")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != 408 {
+			t.Fatalf("got %v %v, want 408", resp, err)
+		}
+	})
+}
