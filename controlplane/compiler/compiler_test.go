@@ -488,6 +488,35 @@ func TestCompileErrors(t *testing.T) {
 		{"bad status", func(b *configv1.Bundle) {
 			b.Clusters[0].HealthCheck = &configv1.HealthCheck{Http: &configv1.HttpHealthCheck{Path: "/", ExpectedStatuses: []uint32{600}}}
 		}, `cluster "c": health_check: http.expected_statuses: 600 is not an HTTP status`},
+		{"http and tcp", func(b *configv1.Bundle) {
+			b.Listeners[0].Http = &configv1.HttpListener{Routes: []*configv1.HttpRoute{{Cluster: "c"}}}
+		}, `listener "l": http with tcp, udp, sni or routes: a listener has exactly one of tcp, udp and http`},
+		{"unknown http cluster", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{VirtualHosts: []*configv1.VirtualHost{{Domains: []string{"*"}, Routes: []*configv1.HttpRoute{
+				{Cluster: "c"}, {WeightedClusters: []*configv1.WeightedCluster{{Cluster: "nope", Weight: 1}}},
+			}}}}
+		}, `listener "l": http.virtual_hosts[0].routes[1].weighted_clusters[0].cluster: unknown cluster "nope"`},
+		{"two actions", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{Routes: []*configv1.HttpRoute{{Cluster: "c", DirectResponse: &configv1.DirectResponse{Status: 200}}}}
+		}, `listener "l": http: routes[0]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`},
+		{"duplicate domain", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{VirtualHosts: []*configv1.VirtualHost{
+				{Domains: []string{"a.example"}, Routes: []*configv1.HttpRoute{{Cluster: "c"}}},
+				{Domains: []string{"A.example"}, Routes: []*configv1.HttpRoute{{Cluster: "c"}}},
+			}}
+		}, `listener "l": http.virtual_hosts[1]: domains: "A.example" is served by two virtual hosts`},
+		{"bad regex", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{Routes: []*configv1.HttpRoute{{Match: &configv1.RouteMatch{Regex: "("}, Cluster: "c"}}}
+		}, "listener \"l\": http: routes[0]: match: regex: error parsing regexp: missing closing ): `(`"},
+		{"bad body size", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{MaxRequestBody: "lots", Routes: []*configv1.HttpRoute{{Cluster: "c"}}}
+		}, `listener "l": http.max_request_body: "lots" is not a size such as "10MiB", "512KiB", "1GB" or a number of bytes`},
+		{"bad protocol", func(b *configv1.Bundle) { b.Clusters[0].Protocol = "h3" }, `cluster "c": protocol "h3" is not http1 or http2`},
 		{"ejection percent", func(b *configv1.Bundle) {
 			b.Clusters[0].OutlierDetection = &configv1.OutlierDetection{MaxEjectionPercent: 101}
 		}, `cluster "c": outlier_detection.max_ejection_percent 101 is more than 100`},
@@ -706,6 +735,11 @@ func FuzzCompile(f *testing.F) {
 		"listeners: [{name: t, address: ':1', max_connections: 4294967295, routes: [{cluster: c}], access_log: {path: /x, format: '%'}}]\nclusters: [{name: c, endpoints: ['192.0.2.1:1']}]",
 		"listeners: [{name: t, address: ':1', tcp: {cluster: c}}]\nclusters: [{name: c, health_check: {interval: 1ns, timeout: 1ns, healthy_threshold: 4294967295, http: {path: /, host: h, expected_statuses: [100, 599]}}, outlier_detection: {max_ejection_percent: 100, consecutive_failures: 4294967295}, endpoints: ['192.0.2.1:1']}]",
 		"listeners: [{name: t, address: ':1', tcp: {cluster: c}}]\nclusters: [{name: c, health_check: {tcp: {send: \"\\0\", expect: \"\\xff\"}}, endpoints: ['192.0.2.1:1']}]",
+		// HTTP and gRPC corners.
+		"listeners: [{name: h, address: ':80', max_connections: 1, proxy_protocol: {trusted: ['::1']}, http: {h2c: false, max_request_body: '1', compression: {level: 9}, routes: [{match: {regex: '.*', methods: [GET, PUT], headers: [{name: ':path', present: false}]}, weighted_clusters: [{cluster: c, weight: 4294967295}]}]}}]\nclusters: [{name: c, protocol: http2, http_idle_timeout: 0s, retry_budget: {percent: 100}, endpoints: ['192.0.2.1:1']}]",
+		"listeners: [{name: h, address: ':80', http: {virtual_hosts: [{domains: ['*', 'a:1', '*.b', 'c*'], https_redirect: true, request_headers: {add: {x: '%%'}}, routes: [{redirect: {port: 65535, prefix_rewrite: /}}, {direct_response: {status: 599, body: x}}]}]}}]",
+		"listeners: [{name: h, address: ':80', http: {routes: [{cluster: c, timeout: 0s, retries: {on: [5xx], attempts: 10, per_try_timeout: 1ns}, websocket: true, auto_host_rewrite: true}]}}]\nclusters: [{name: c, lb: maglev, endpoints: ['192.0.2.1:1']}]\ngrpc_services: [{name: 'g:1', cluster: c}]",
+		"grpc_services: [{name: g, cluster: c, agents: {dc: ams}}, {name: h, cluster: c}]\nclusters: [{name: c, lb: ring_hash, endpoints: ['192.0.2.1:1', '[2001:db8::1]:2']}]",
 	} {
 		f.Add([]byte(s))
 	}
@@ -729,6 +763,13 @@ func FuzzCompile(f *testing.F) {
 			}
 			if err := envoyValid(r); err != nil {
 				t.Fatalf("compiled for %v, not valid for Envoy: %v\n%s", labels, err, data)
+			}
+			g, err := CompileGRPC(b, labels)
+			if err != nil {
+				t.Fatalf("valid bundle does not compile for gRPC clients with %v: %v\n%s", labels, err, data)
+			}
+			if err := envoyValid(g); err != nil {
+				t.Fatalf("compiled for gRPC clients with %v, not valid for Envoy: %v\n%s", labels, err, data)
 			}
 		}
 	})
