@@ -120,8 +120,10 @@ func isConfigName(name string) bool {
 //
 // Shorthands: an endpoint written as a plain "ip:port" string becomes
 // {"address": "ip:port"}, a certificate, key or CA (a PemSource) written as a
-// plain string becomes {"file": "path"} (Load reads the file), and a duration may be written the Go way ("1h",
-// "1m30s", "250ms") as well as protojson's seconds ("3600s").
+// plain string becomes {"file": "path"} (Load reads the file), a duration may be written the Go way ("1h",
+// "1m30s", "250ms") as well as protojson's seconds ("3600s"), a size
+// (max_request_body) may be a plain number of bytes, and the key `on` of a
+// retry policy, which YAML 1.1 reads as true, is taken as "on".
 //
 // Errors are *FieldError values naming the file and, where it can be found,
 // the field path (clusters[0].endpoints[1].weight).

@@ -290,6 +290,20 @@ listeners:
     endpoints: ["192.0.2.1:1"]
   - { name: http, health_check: { http: { path: /healthz, host: h, expected_statuses: [200] } }, endpoints: ["192.0.2.1:1"] }
 `,
+		`
+listeners:
+  - name: web
+    address: ":8080"
+    http:
+      max_request_body: 1048576
+      virtual_hosts:
+        - domains: ["*.a.example", "*"]
+          request_headers: { add: { X-A: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }, remove: [x-b] }
+          routes:
+            - { match: { prefix: /a, methods: [GET], headers: [{ name: x, present: true }] }, cluster: web, retries: { on: [5xx], attempts: 2 } }
+            - { redirect: { scheme: https, code: 308 } }
+grpc_services: [{ name: "g:50051", cluster: web, agents: { app: shop } }]
+` + backends,
 	} {
 		f.Add([]byte(s))
 	}
