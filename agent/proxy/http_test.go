@@ -263,3 +263,36 @@ func TestHTTPListenerProxyProtocolAndAccessLog(t *testing.T) {
 		return want.Match(b)
 	})
 }
+
+// TestHTTPWebSocketDrain: a WebSocket of a removed listener runs on until the drain
+// deadline, then it is closed.
+func TestHTTPWebSocketDrain(t *testing.T) {
+	a := wsBackend(t, "a")
+	m, _ := newManager(t, proxy.Options{DrainTimeout: 300 * time.Millisecond})
+	lis := []*listenerv3.Listener{runtimetest.HTTPListener("web", "127.0.0.1", 0, runtimetest.HTTPConnectionManager("web", "web"))}
+	rc := runtimetest.RouteConfig("web", runtimetest.VirtualHost("all", []string{"*"}, wsRoute("/", "a")))
+	apply(t, m, httpGraph(t, lis, []*routev3.RouteConfiguration{rc}, cluster("a", a)))
+	ws, err := net.Dial("tcp", m.Addr("web").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	br := bufio.NewReader(ws)
+	fmt.Fprintf(ws, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	apply(t, m, httpGraph(t, nil, nil, cluster("a", a)))
+	ws.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(ws, "still there\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "echo still there\n" {
+		t.Fatalf("right after the removal: %q, %v", line, err)
+	}
+	start := time.Now()
+	if _, err := br.ReadString('\n'); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("WebSocket after the drain deadline: %v, want closed", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("closed after %v, want about the 300ms drain timeout", d)
+	}
+}
