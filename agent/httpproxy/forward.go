@@ -112,7 +112,7 @@ func (roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		x.entry.Upstream = h.Addr()
-		req.URL.Host = hostPort(h.Addr())
+		req.URL.Host = h.Addr().String() // "[v6]:port" for IPv6
 		if fw.AutoHostRewrite {
 			req.Host = req.URL.Host
 		}

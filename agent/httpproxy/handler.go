@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -523,8 +522,3 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 func (b *requestBody) Close() error { return nil }
-
-// hostPort is the dial address of an endpoint.
-func hostPort(ap netip.AddrPort) string {
-	return net.JoinHostPort(ap.Addr().String(), strconv.Itoa(int(ap.Port())))
-}

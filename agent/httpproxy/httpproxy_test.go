@@ -600,3 +600,48 @@ func TestMoreForwarding(t *testing.T) {
 		}
 	})
 }
+
+// TestGzipStreaming: a streamed response is compressed and flushed as the upstream
+// flushes, not held until it ends.
+func TestGzipStreaming(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	done := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(done)
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "first line\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "second line\n")
+	}))
+	m := manager()
+	m.Compression = &httproute.Compression{}
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: m, Table: table(fwd("r", "/", "be"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{be.addr}})
+	req := newRequest(t, "GET", p.url("/"), nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := noRedirect().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("Content-Encoding = %q", resp.Header.Get("Content-Encoding"))
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(zr)
+	if line, err := br.ReadString('\n'); err != nil || line != "first line\n" {
+		t.Fatalf("first line before the upstream finished: %q, %v", line, err)
+	}
+	done()
+	if rest, err := io.ReadAll(br); err != nil || string(rest) != "second line\n" {
+		t.Fatalf("rest: %q, %v", rest, err)
+	}
+}
