@@ -260,8 +260,8 @@ func (v *validator) http(at site, l *configv1.Listener) {
 			}
 			domains[norm] = df
 		}
-		v.headerOps(at, vf+".request_headers", vh.GetRequestHeaders(), true)
-		v.headerOps(at, vf+".response_headers", vh.GetResponseHeaders(), false)
+		v.headerOps(at, vf+".request_headers", vh.GetRequestHeaders())
+		v.headerOps(at, vf+".response_headers", vh.GetResponseHeaders())
 		if len(vh.GetRoutes()) == 0 {
 			v.add(at, vf+".routes", "required: at least one route")
 		}
@@ -421,8 +421,8 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 			v.add(at, f+".direct_response.body", "%d bytes is too long: at most %d", n, MaxDirectResponseBody)
 		}
 	}
-	v.headerOps(at, f+".request_headers", r.GetRequestHeaders(), true)
-	v.headerOps(at, f+".response_headers", r.GetResponseHeaders(), false)
+	v.headerOps(at, f+".request_headers", r.GetRequestHeaders())
+	v.headerOps(at, f+".response_headers", r.GetResponseHeaders())
 }
 
 // routeMatch validates a route's match.
@@ -513,8 +513,9 @@ func matchHeaderName(name string) error {
 }
 
 // headerOps validates header additions and removals. Like Envoy, it refuses
-// to change pseudo-headers, and Host on requests (use host_rewrite).
-func (v *validator) headerOps(at site, f string, ops *configv1.HeaderOps, request bool) {
+// to change pseudo-headers and Host (use host_rewrite); values are Envoy
+// format strings, in which a '%' starts an operator.
+func (v *validator) headerOps(at site, f string, ops *configv1.HeaderOps) {
 	if ops == nil {
 		return
 	}
@@ -522,7 +523,7 @@ func (v *validator) headerOps(at site, f string, ops *configv1.HeaderOps, reques
 		switch {
 		case !tokenRe.MatchString(name):
 			v.add(at, field, "%q is not a header name (letters, digits and !#$%%&'*+-.^_`|~)", name)
-		case request && strings.EqualFold(name, "host"):
+		case strings.EqualFold(name, "host"):
 			v.add(at, field, "Host cannot be changed here: use the route's host_rewrite or auto_host_rewrite")
 		default:
 			return true
@@ -541,10 +542,13 @@ func (v *validator) headerOps(at site, f string, ops *configv1.HeaderOps, reques
 		}
 		lower[strings.ToLower(name)] = name
 		val := ops.GetAdd()[name]
-		if !headerValue(val) {
+		switch _, err := accesslog.ParseEnvoyFormat(val, nil); {
+		case val == "":
+			v.add(at, af, "empty: to delete a header, list it in remove")
+		case !headerValue(val):
 			v.add(at, af, "%q must not contain control characters", val)
-		} else if _, err := accesslog.ParseEnvoyFormat(val, nil); err != nil && val != "" {
-			v.add(at, af, "%q: %s (write a literal '%%' as \"%%%%\")", val, strings.TrimPrefix(err.Error(), "access log format: "))
+		case err != nil:
+			v.add(at, af, "%q: %s (a '%%' must start an operator such as %s; a literal '%%' cannot be sent)", val, strings.TrimPrefix(err.Error(), "access log format: "), "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")
 		}
 	}
 	seen := map[string]int{}

@@ -220,19 +220,23 @@ listeners:
     http:
       virtual_hosts:
         - domains: ["*"]
-          request_headers: { add: { Host: x, "a b": x, X-A: "50%", x-b: "1", X-B: "2", X-C: "a\u0001" }, remove: [":path", x-a, X-D, x-d] }
-          response_headers: { add: { Host: fine }, remove: [Host] }
+          request_headers: { add: { Host: x, "a b": x, X-A: "50%", x-b: "1", X-B: "2", X-C: "a\u0001", X-E: "" }, remove: [":path", x-a, X-D, x-d] }
+          response_headers: { add: { Host: nope, X-F: "%%" }, remove: [host, X-F] }
           routes: [{ cluster: api }]
 `, want: []string{
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.Host: Host cannot be changed here: use the route's host_rewrite or auto_host_rewrite`,
-			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.X-A: "50%": '%' not followed by a command operator in "%" (write a literal '%' as "%%")`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.X-A: "50%": '%' not followed by a command operator in "%" (a '%' must start an operator such as %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%; a literal '%' cannot be sent)`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.X-C: "a\x01" must not contain control characters`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.X-E: empty: to delete a header, list it in remove`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.a b: "a b" is not a header name (letters, digits and !#$%&'*+-.^_` + "`" + `|~)`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.add.x-b: duplicate header "x-b": same as "X-B" (names are case-insensitive)`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.remove[0]: ":path" is not a header name (letters, digits and !#$%&'*+-.^_` + "`" + `|~)`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.remove[1]: "x-a" is also in add: add replaces its value already`,
 			`a.yaml: listeners[0].http.virtual_hosts[0].request_headers.remove[3]: duplicate header "x-d": same as remove[2]`,
-			`a.yaml: listeners[0].http.virtual_hosts[0].response_headers.remove[0]: "Host" is also in add: add replaces its value already`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].response_headers.add.Host: Host cannot be changed here: use the route's host_rewrite or auto_host_rewrite`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].response_headers.add.X-F: "%%": '%' not followed by a command operator in "%%" (a '%' must start an operator such as %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%; a literal '%' cannot be sent)`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].response_headers.remove[0]: Host cannot be changed here: use the route's host_rewrite or auto_host_rewrite`,
+			`a.yaml: listeners[0].http.virtual_hosts[0].response_headers.remove[1]: "X-F" is also in add: add replaces its value already`,
 		}},
 		{name: "clusters and grpc services", yaml: `
 clusters:

@@ -716,7 +716,9 @@ type HeaderOps struct {
 	// Add sets each header to its value, replacing any value it had (nginx
 	// `proxy_set_header` for requests, `add_header … always` for responses).
 	// A value may use Envoy operators such as
-	// %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%; a literal '%' is written "%%".
+	// %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% (the client's address); a '%'
+	// always starts one. Values are not empty (use remove). Pseudo-headers and
+	// Host cannot be changed (use a route's host_rewrite).
 	Add map[string]string `protobuf:"bytes,1,rep,name=add,proto3" json:"add,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Remove deletes these headers (nginx `proxy_set_header X ""`,
 	// `proxy_hide_header`).
