@@ -6,7 +6,8 @@
 # `wrk -t1 -c100 --latency` with keep-alive against a small Go backend (e2e/bench/httpbackend,
 # 1 KiB body). Each proxy gets one core (taskset -c 0; the agent with GOMAXPROCS=1); wrk and
 # the backend share the other (taskset -c 1, the backend with GOMAXPROCS=1). The proxies'
-# CPU use during each run is read from /proc, to show which side is the bottleneck.
+# CPU use during each run is read from /proc, to show which side is the bottleneck, and so
+# is what other processes took from the proxy core, to show when a run was disturbed.
 # It prints a table and writes it, with the machine facts and the exact command, into
 # BENCHMARKS.md between the markers <!-- bench-http:begin --> and <!-- bench-http:end -->
 # (appended when they are missing); the rest of the file is left as it was. Everything it
@@ -14,14 +15,16 @@
 #
 # Knobs (environment): BENCH_S (10: seconds per wrk run), BENCH_REPEAT (3: rounds, the median
 # is reported; the rounds interleave the paths), BENCH_CONNS (100), BENCH_PATHS ("direct agent
-# nginx haproxy": a subset skips the others, e.g. before the agent speaks HTTP), BENCH_OUT
+# nginx haproxy": a subset skips the others, e.g. before the agent speaks HTTP),
+# BENCH_QUIET_WAIT (60: seconds to wait, before each run, for other work on the machine to
+# leave the proxy core alone; 0 does not wait), BENCH_OUT
 # (BENCHMARKS.md), BIN (bin/), BENCH_AGENT_REV (what the agent was built from, for the report;
 # default: git describe of this tree).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The exact command, for BENCHMARKS.md: make's or the script's, with the knobs that were set.
 CMD=""
-for k in BIN BENCH_S BENCH_REPEAT BENCH_CONNS BENCH_PATHS BENCH_OUT BENCH_AGENT_REV; do
+for k in BIN BENCH_S BENCH_REPEAT BENCH_CONNS BENCH_PATHS BENCH_QUIET_WAIT BENCH_OUT BENCH_AGENT_REV; do
   [[ -n ${!k:-} ]] && CMD+="$k=${!k} "
 done
 if [[ -n ${MAKELEVEL:-} ]]; then CMD+="make bench-http"; else CMD+="bash e2e/bench/bench-http.sh"; fi
@@ -31,6 +34,7 @@ OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 RATE_S=${BENCH_S:-10}
 REPEAT=${BENCH_REPEAT:-3}
 CONNS=${BENCH_CONNS:-100}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 read -r -a PATHS <<<"${BENCH_PATHS:-direct agent nginx haproxy}"
 PROXY_CPU=0
 LOAD_CPU=1
@@ -54,6 +58,7 @@ done
 [[ $RATE_S =~ ^[1-9][0-9]*$ ]] || die "BENCH_S must be a whole number of seconds, got $RATE_S"
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive number, got $REPEAT"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNS must be a positive number, got $CONNS"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a whole number of seconds, got $QUIET_WAIT"
 has_path() { local p; for p in "${PATHS[@]}"; do [[ $p == "$1" ]] && return 0; done; return 1; }
 
 TMP=""
@@ -152,6 +157,10 @@ cpu_ticks() {
   done
   echo "$sum"
 }
+
+# cpu_busy CPU: busy clock ticks of one CPU so far (user, nice, system, irq, softirq and
+# steal from /proc/stat), whoever used them.
+cpu_busy() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 # median VALUE...: the median (the lower middle for an even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
@@ -340,24 +349,47 @@ wrk_run() {
     END {printf "%s %.3f %.3f %d\n", rate, p50, p99, err}' "$txt"
 }
 
+# wait_quiet: wait up to QUIET_WAIT seconds for the proxy core to be quiet (other
+# processes using less than 10% of it over a second), so that a burst of work elsewhere on
+# the machine (a compile, a test run) does not land in a measurement; logs when it gives up.
+wait_quiet() {
+  local b0 b1 pct i
+  ((QUIET_WAIT > 0)) || return 0
+  for ((i = 0; i < QUIET_WAIT; i++)); do
+    b0=$(cpu_busy $PROXY_CPU)
+    sleep 1
+    b1=$(cpu_busy $PROXY_CPU)
+    pct=$((100 * (b1 - b0) / CLK_TCK))
+    ((pct < 10)) && return 0
+  done
+  log "warning: core $PROXY_CPU still ${pct}% busy with other work after ${QUIET_WAIT}s; measuring anyway"
+}
+
 # measure_path PATH: one round for one path (start its proxy, one wrk run, stop it);
-# appends to the per-path lists RATE, P50, P99, CPU and adds to ERR.
-declare -A RATE P50 P99 CPU ERR
+# appends to the per-path lists RATE, P50, P99, CPU, OTHER and adds to ERR.
+declare -A RATE P50 P99 CPU OTHER ERR
 measure_path() {
-  local path=$1 pid out r t0 t1 cpu
+  local path=$1 pid out r t0=0 t1=0 b0 b1 cpu other
+  wait_quiet
   start_path "$path"
   pid=$STARTED
-  if [[ -n $pid ]]; then t0=$(cpu_ticks "$pid"); else t0=$(cpu_ticks "$BACKEND_PID"); fi
+  if [[ -n $pid ]]; then t0=$(cpu_ticks "$pid"); fi
+  b0=$(cpu_busy $PROXY_CPU)
   out=$(wrk_run "$PORT")
-  if [[ -n $pid ]]; then t1=$(cpu_ticks "$pid"); else t1=$(cpu_ticks "$BACKEND_PID"); fi
-  [[ -n $pid ]] && stop "$pid"
+  b1=$(cpu_busy $PROXY_CPU)
+  if [[ -n $pid ]]; then t1=$(cpu_ticks "$pid"); fi
+  if [[ -n $pid ]]; then stop "$pid"; fi
   read -r -a r <<<"$out"
   [[ -n ${r[0]:-} ]] || die "could not read wrk's output against port $PORT: $(cat "$TMP/wrk-$PORT.txt")"
-  # Share of one core the proxy (the backend, for direct) used during the run.
+  # Shares of the proxy core over the run: what the proxy used, and what everything else
+  # on the machine took from it (the proxy is pinned there, the others are not).
   cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$RATE_S" 'BEGIN {printf "%.0f", 100 * d / hz / s}')
-  RATE[$path]+=" ${r[0]}" P50[$path]+=" ${r[1]}" P99[$path]+=" ${r[2]}" CPU[$path]+=" $cpu"
+  other=$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$RATE_S" \
+    'BEGIN {o = 100 * (b - d) / hz / s; printf "%.0f", (o < 0 ? 0 : o)}')
+  RATE[$path]+=" ${r[0]}" P50[$path]+=" ${r[1]}" P99[$path]+=" ${r[2]}" OTHER[$path]+=" $other"
+  if [[ -n $pid ]]; then CPU[$path]+=" $cpu"; else cpu="—"; fi # direct: no proxy
   ERR[$path]=$((${ERR[$path]:-0} + r[3]))
-  log "$path: ${r[0]} req/s, p50 ${r[1]} ms, p99 ${r[2]} ms, non-2xx/socket errors ${r[3]}, CPU $cpu% of a core (load $(cut -d' ' -f1 /proc/loadavg))"
+  log "$path: ${r[0]} req/s, p50 ${r[1]} ms, p99 ${r[2]} ms, non-2xx/socket errors ${r[3]}, proxy CPU $cpu% of core $PROXY_CPU, others $other% of it (load $(cut -d' ' -f1 /proc/loadavg))"
 }
 
 # The rounds interleave the paths, so that load from elsewhere on the machine spreads over
@@ -378,24 +410,26 @@ for path in "${PATHS[@]}"; do
   R[rate,$path]=$(median ${RATE[$path]})
   R[p50,$path]=$(median ${P50[$path]})
   R[p99,$path]=$(median ${P99[$path]})
-  R[cpu,$path]=$(median ${CPU[$path]})
+  R[cpu,$path]=$(median ${CPU[$path]:-})
+  R[other,$path]=$(median ${OTHER[$path]})
   R[errors,$path]=${ERR[$path]}
 done
 
 # ---------------------------------------------------------------------------------------
 # Table and BENCHMARKS.md.
 # ---------------------------------------------------------------------------------------
-# row KEY LABEL DIGITS: one markdown table row; "—" where a path was not measured.
+# row KEY LABEL DIGITS [RATIOS(yes|no)]: one markdown table row; "—" where a path was not
+# measured.
 row() {
-  local key=$1 label=$2 digits=$3
-  awk -v label="$label" -v dg="$digits" -v d="${R[$key,direct]:-}" -v a="${R[$key,agent]:-}" \
+  local key=$1 label=$2 digits=$3 ratios=${4:-yes}
+  awk -v label="$label" -v dg="$digits" -v rs="$ratios" -v d="${R[$key,direct]:-}" -v a="${R[$key,agent]:-}" \
     -v n="${R[$key,nginx]:-}" -v h="${R[$key,haproxy]:-}" 'BEGIN {
     f = "%." dg "f"
     printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", label, cell(d), cell(a), cell(n), cell(h),
       ratio(a, n), ratio(a, h), ratio(a, d)
   }
   function cell(v) { return (v == "") ? "—" : sprintf(f, v) }
-  function ratio(x, y) { return (x == "" || y == "" || y + 0 == 0) ? "—" : sprintf("%.2f×", x / y) }'
+  function ratio(x, y) { return (rs != "yes" || x == "" || y == "" || y + 0 == 0) ? "—" : sprintf("%.2f×", x / y) }'
 }
 
 # verdict KEY LABEL BETTER(high|low): PASS/MISS of the agent against the better of nginx
@@ -426,7 +460,8 @@ TABLE=$(
   row rate "requests/s, keep-alive, c=$CONNS" 0
   row p50 "p50 latency (ms, lower is better)" 3
   row p99 "p99 latency (ms, lower is better)" 3
-  row cpu "CPU of the proxy core (%; direct: the backend's)" 0
+  row cpu "proxy CPU (% of its core)" 0 no
+  row other "other processes on the proxy core (%, noise: should be near 0)" 0 no
 )
 VERDICTS=$(
   verdict rate "requests/s" high
@@ -435,12 +470,12 @@ VERDICTS=$(
 )
 
 RAW=$(
-  echo "| path | requests/s | p50 (ms) | p99 (ms) | CPU (%) |"
-  echo "|---|---|---|---|---|"
+  echo "| path | requests/s | p50 (ms) | p99 (ms) | proxy CPU (%) | others on its core (%) |"
+  echo "|---|---|---|---|---|---|"
   for path in "${PATHS[@]}"; do
-    printf '| %s | %s | %s | %s | %s |\n' "$path" "$(echo ${RATE[$path]} | sed 's/ /, /g')" \
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$path" "$(echo ${RATE[$path]} | sed 's/ /, /g')" \
       "$(echo ${P50[$path]} | sed 's/ /, /g')" "$(echo ${P99[$path]} | sed 's/ /, /g')" \
-      "$(echo ${CPU[$path]} | sed 's/ /, /g')"
+      "$(echo ${CPU[$path]:-—} | sed 's/ /, /g')" "$(echo ${OTHER[$path]} | sed 's/ /, /g')"
   done
 )
 
@@ -492,10 +527,14 @@ $VERDICTS
   HAProxy \`nbthread 1\`, the agent with \`GOMAXPROCS=1\`); \`taskset -c $LOAD_CPU\` for wrk and the backend.
   Everything is on 127.0.0.1; each proxy is started and stopped around its own run. On the direct
   path wrk and the backend share core $LOAD_CPU with nothing on core $PROXY_CPU; a proxied path adds the
-  proxy on its own core and a second loopback hop. The CPU row is utime+stime of the proxy's
-  processes (nginx: master and worker) over the run from /proc/PID/stat, as a share of one
+  proxy on its own core and a second loopback hop. "Proxy CPU" is utime+stime of the proxy's
+  processes (nginx: master and worker) over the run from /proc/PID/stat, as a share of its
   core: near 100% means the proxy is the bottleneck, well below means wrk and the backend on
-  core $LOAD_CPU are.
+  core $LOAD_CPU are (or others took the core). "Other processes on the proxy core" is the
+  core's busy time in /proc/stat minus the proxy's: work from elsewhere on the machine that
+  competed with the proxy (direct: core $PROXY_CPU is otherwise idle). Runs where it is not near 0
+  are disturbed. Before each run the script waits up to ${QUIET_WAIT}s for the proxy core to be quiet
+  (under 10% busy over a second).
 - Proxies, all forwarding HTTP/1.1 to the backend over reused keep-alive connections and adding
   X-Forwarded-For, X-Forwarded-Proto and X-Real-IP, no access log:
   - agent: control plane + agent from bin/, the bundle applied with \`flotctl apply\`: one \`http\`
