@@ -764,6 +764,9 @@ func FuzzCompile(f *testing.F) {
 			if err := envoyValid(r); err != nil {
 				t.Fatalf("compiled for %v, not valid for Envoy: %v\n%s", labels, err, data)
 			}
+			if err := agentAccepts(r); err != nil {
+				t.Fatalf("compiled for %v: %v\n%s", labels, err, data)
+			}
 			g, err := CompileGRPC(b, labels)
 			if err != nil {
 				t.Fatalf("valid bundle does not compile for gRPC clients with %v: %v\n%s", labels, err, data)
@@ -950,32 +953,40 @@ func TestAgentAccepts(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				rr := &runtime.Resources{
-					Listeners: map[string]*listenerv3.Listener{},
-					Clusters:  map[string]*clusterv3.Cluster{},
-					Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
-				}
-				for _, l := range r.Listeners {
-					rr.Listeners[l.GetName()] = l
-				}
-				for _, c := range r.Clusters {
-					rr.Clusters[c.GetName()] = c
-				}
-				for _, e := range r.Endpoints {
-					rr.Endpoints[e.GetClusterName()] = e
-				}
-				rr.Secrets = map[string]*tlsv3.Secret{}
-				for _, s := range r.Secrets {
-					rr.Secrets[s.GetName()] = s
-				}
-				rr.Routes = map[string]*routev3.RouteConfiguration{}
-				for _, rc := range r.Routes {
-					rr.Routes[rc.GetName()] = rc
-				}
-				if _, err := runtime.Build(rr); err != nil {
-					t.Errorf("the agent refuses it: %v", err)
+				if err := agentAccepts(r); err != nil {
+					t.Error(err)
 				}
 			})
 		}
 	}
+}
+
+// agentAccepts runs r through the agent's graph building (runtime.Build).
+func agentAccepts(r *Resources) error {
+	rr := &runtime.Resources{
+		Listeners: map[string]*listenerv3.Listener{},
+		Clusters:  map[string]*clusterv3.Cluster{},
+		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+		Secrets:   map[string]*tlsv3.Secret{},
+		Routes:    map[string]*routev3.RouteConfiguration{},
+	}
+	for _, l := range r.Listeners {
+		rr.Listeners[l.GetName()] = l
+	}
+	for _, c := range r.Clusters {
+		rr.Clusters[c.GetName()] = c
+	}
+	for _, e := range r.Endpoints {
+		rr.Endpoints[e.GetClusterName()] = e
+	}
+	for _, s := range r.Secrets {
+		rr.Secrets[s.GetName()] = s
+	}
+	for _, rc := range r.Routes {
+		rr.Routes[rc.GetName()] = rc
+	}
+	if _, err := runtime.Build(rr); err != nil {
+		return fmt.Errorf("the agent refuses it: %w", err)
+	}
+	return nil
 }
