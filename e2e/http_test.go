@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,7 +36,8 @@ func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
 
 	cp := startControlPlane(t)
 	ag := startAgent(t, cp, "a1", "dc=ams")
-	plain, secure := freeAddr(t), freeAddr(t)
+	plain, secure, edge := freeAddr(t), freeAddr(t), freeAddr(t)
+	accessLog := filepath.Join(dir, "access.log")
 	cfg := writeConfig(t, dir, "http.yaml", fmt.Sprintf(`
 listeners:
   - name: web
@@ -75,12 +78,19 @@ listeners:
     http:
       routes:
         - { match: { prefix: / }, cluster: app }
+  - name: edge
+    address: %q
+    access_log: { path: %q, format: combined }
+    http:
+      xff_trusted_hops: 1
+      routes:
+        - { match: { prefix: / }, cluster: app }
 clusters:
   - { name: app, endpoints: [%q] }
   - { name: api, endpoints: [%q] }
   - { name: canary, endpoints: [%q] }
   - { name: static, endpoints: [%q] }
-`, plain, secure, app.addr, api.addr, canary.addr, static.addr))
+`, plain, secure, edge, accessLog, app.addr, api.addr, canary.addr, static.addr))
 	if r := cp.flotctl(t, "validate", cfg); r.code != 0 {
 		t.Fatalf("flotctl validate: %s", r)
 	}
@@ -201,6 +211,46 @@ clusters:
 				}
 			})
 		}
+	})
+
+	t.Run("trusted hop and access log", func(t *testing.T) {
+		// Behind one trusted proxy (nginx set_real_ip_from + real_ip_recursive), the
+		// client is the last address that proxy added.
+		res, err := httpGet(h1, "http://"+edge+"/edge?x=1", "edge.example",
+			map[string]string{"X-Forwarded-For": "203.0.113.9", "User-Agent": "flotilla-e2e/1", "Referer": "https://ref.example/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.seen == nil {
+			t.Fatalf("no backend answered: %d %q", res.status, res.body)
+		}
+		if got := res.seen.Header.Get("X-Real-IP"); got != "203.0.113.9" {
+			t.Errorf("X-Real-IP %q with xff_trusted_hops 1, want 203.0.113.9", got)
+		}
+		if got := strings.Join(res.seen.Header.Values("X-Forwarded-For"), ", "); got != "203.0.113.9, 127.0.0.1" {
+			t.Errorf("X-Forwarded-For %q, want \"203.0.113.9, 127.0.0.1\"", got)
+		}
+		// nginx combined + upstream address and times, one line per request.
+		want := []string{`"GET /edge?x=1 HTTP/1.1" 200 `, `"https://ref.example/" "flotilla-e2e/1" ` + app.addr + " "}
+		waitFor(t, 10*time.Second, "the access log line", func() error {
+			data, err := os.ReadFile(accessLog)
+			if err != nil {
+				return err
+			}
+			line := strings.TrimSpace(string(data))
+			if strings.Count(line, "\n") != 0 {
+				return fmt.Errorf("access log has more than one line for one request:\n%s", data)
+			}
+			for _, w := range want {
+				if !strings.Contains(line, w) {
+					return fmt.Errorf("access log line %q lacks %q", line, w)
+				}
+			}
+			if !strings.HasPrefix(line, "203.0.113.9 - - [") {
+				return fmt.Errorf("access log line %q: want $remote_addr 203.0.113.9 (the client behind the trusted hop)", line)
+			}
+			return nil
+		})
 	})
 
 	// Each transport gets its own TLS config: net/http sets NextProtos on the one it is given.
