@@ -1,6 +1,8 @@
 // Package compiler compiles a config bundle — the schema people write — into
 // the Envoy xDS v3 resources one group of agents runs: Listeners (LDS),
-// Clusters (CDS), ClusterLoadAssignments (EDS) and Secrets (SDS).
+// RouteConfigurations (RDS), Clusters (CDS), ClusterLoadAssignments (EDS) and
+// Secrets (SDS); and, with CompileGRPC, what proxyless gRPC clients need for
+// the bundle's grpc_services (grpc.go).
 //
 // It emits exactly the subset of Envoy's API the Flotilla agent implements
 // (and NACKs anything outside of). A plain listener has one filter chain
@@ -19,6 +21,12 @@
 // breakers, wrapped in the upstream_proxy_protocol transport socket when
 // they send the PROXY protocol; their endpoints are one locality of weighted
 // endpoints.
+//
+// HTTP (http.go): an HTTP listener has one filter chain whose network filter
+// is an http_connection_manager taking its routes over RDS (ADS) from a
+// RouteConfiguration named like the listener, with the compressor, buffer
+// and router HTTP filters; a cluster's protocol and http_idle_timeout become
+// its HttpProtocolOptions, its retry_budget part of its circuit breakers.
 //
 // TLS: a listener's tls becomes a DownstreamTlsContext transport socket on
 // every one of its filter chains (the default chain too), a cluster's tls an

@@ -109,13 +109,12 @@ func adsSource() *corev3.ConfigSource {
 // httpClusterRefs lists the clusters an HTTP listener's routes proxy to.
 func httpClusterRefs(h *configv1.HttpListener) []clusterRef {
 	var refs []clusterRef
-	prefix := "http.virtual_hosts[%d].routes[%d]"
-	if len(h.GetRoutes()) > 0 {
-		prefix = "http.routes[%[2]d]"
-	}
 	for i, vh := range bundle.VirtualHosts(h) {
 		for j, r := range vh.GetRoutes() {
-			f := fmt.Sprintf(prefix, i, j)
+			f := fmt.Sprintf("http.virtual_hosts[%d].routes[%d]", i, j)
+			if len(h.GetRoutes()) > 0 {
+				f = fmt.Sprintf("http.routes[%d]", j)
+			}
 			if r.GetCluster() != "" {
 				refs = append(refs, clusterRef{f + ".cluster", r.GetCluster()})
 			}

@@ -7,6 +7,9 @@
 // state-of-the-world and delta streams alike. It also remembers rejected
 // versions per agent after the agent's stream closes, so that the xDS layer can
 // refuse to push a version to an agent that already said no to it.
+//
+// Proxyless gRPC clients connect like agents and are tracked the same way;
+// NodeGroup keeps them in groups of their own.
 package fleet
 
 import (
