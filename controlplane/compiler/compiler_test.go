@@ -497,6 +497,10 @@ func TestCompileErrors(t *testing.T) {
 				{Cluster: "c"}, {WeightedClusters: []*configv1.WeightedCluster{{Cluster: "nope", Weight: 1}}},
 			}}}}
 		}, `listener "l": http.virtual_hosts[0].routes[1].weighted_clusters[0].cluster: unknown cluster "nope"`},
+		{"unknown shorthand route cluster", func(b *configv1.Bundle) {
+			b.Listeners[0].Tcp = nil
+			b.Listeners[0].Http = &configv1.HttpListener{Routes: []*configv1.HttpRoute{{Cluster: "c"}, {Cluster: "nope"}}}
+		}, `listener "l": http.routes[1].cluster: unknown cluster "nope"`},
 		{"two actions", func(b *configv1.Bundle) {
 			b.Listeners[0].Tcp = nil
 			b.Listeners[0].Http = &configv1.HttpListener{Routes: []*configv1.HttpRoute{{Cluster: "c", DirectResponse: &configv1.DirectResponse{Status: 200}}}}
