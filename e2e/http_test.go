@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -327,8 +329,9 @@ clusters:
 }
 
 // TestHTTPWebSocketSurvivesConfigChange: a WebSocket session (route with
-// websocket: true) keeps working across a config change that replaces the
-// route table, and a route without websocket refuses the upgrade.
+// websocket: true) and a request in flight keep working across a config change
+// that replaces the route table, and a route without websocket refuses the
+// upgrade.
 func TestHTTPWebSocketSurvivesConfigChange(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -345,6 +348,7 @@ listeners:
       routes:
         - { name: ws, match: { prefix: /deepstream }, cluster: realtime, websocket: true, idle_timeout: 1h }
         - { name: plain, match: { prefix: /plain }, cluster: realtime }
+        - { name: slow, match: { prefix: /slow }, cluster: realtime, timeout: 30s }
         - { name: version, match: { prefix: / }, direct_response: { status: 200, body: %q } }
 clusters:
   - { name: realtime, endpoints: [%q] }
@@ -389,8 +393,30 @@ clusters:
 		t.Error("a route without websocket: true upgraded the connection")
 	}
 
+	// A request in flight across the change must finish normally too.
+	inflight := make(chan error, 1)
+	go func() {
+		res, err := httpGet(noRedirects(h1Transport(nil)), "http://"+listen+"/slow?d=3s", "ws.example", nil)
+		if err == nil && (res.status != 200 || !strings.HasPrefix(res.body, "rt: slept")) {
+			err = fmt.Errorf("status %d %q, want 200 from rt", res.status, res.body)
+		}
+		inflight <- err
+	}()
+	waitFor(t, 10*time.Second, "the slow request to reach the backend", func() error {
+		if n := rt.slowActive.Load(); n != 1 {
+			return fmt.Errorf("%d slow requests at the backend, want 1", n)
+		}
+		return nil
+	})
+
 	cp.apply(t, writeConfig(t, dir, "v2.yaml", bundle("v2")), "new route table")
 	waitFor(t, convergeTimeout, "the agent to serve v2", servesVersion("v2"))
+	if rt.slowActive.Load() != 1 {
+		t.Log("the in-flight request finished before the agent took v2: the change came late, the check below proves less")
+	}
+	if err := <-inflight; err != nil {
+		t.Errorf("a request in flight during the change: %v", err)
+	}
 	for i := range 3 {
 		say(ws, "after "+strconv.Itoa(i))
 	}
@@ -563,4 +589,176 @@ clusters:
 func firstLine(b []byte) string {
 	line, _, _ := strings.Cut(string(b), "\n")
 	return strings.TrimSpace(line)
+}
+
+// TestHTTPLimitsCompressionRetries: max_request_body (413), max_request_headers_kb
+// (431), gzip for the configured types only when the client accepts it,
+// retries on connect failure onto the other endpoint, and weighted clusters.
+func TestHTTPLimitsCompressionRetries(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	app := startHTTPBackend(t, "app")
+	blue := startHTTPBackend(t, "blue")
+	green := startHTTPBackend(t, "green")
+	cp := startControlPlane(t)
+	ag := startAgent(t, cp, "a1", "dc=ams")
+	listen := freeAddr(t)
+	down := freeAddr(t) // nothing listens there
+	cp.apply(t, writeConfig(t, dir, "limits.yaml", fmt.Sprintf(`
+listeners:
+  - name: web
+    address: %q
+    http:
+      max_request_body: 1KiB
+      max_request_headers_kb: 2
+      compression: { content_types: [application/json], min_length: 100 }
+      routes:
+        - { name: retry, match: { prefix: /retry }, cluster: flaky, retries: { on: [connect-failure], attempts: 2 } }
+        - { name: split, match: { prefix: /split }, weighted_clusters: [{ cluster: blue, weight: 1 }, { cluster: green, weight: 1 }] }
+        - { name: app, match: { prefix: / }, cluster: app }
+clusters:
+  - { name: app, endpoints: [%q] }
+  - { name: flaky, endpoints: [%q, %q] }
+  - { name: blue, endpoints: [%q] }
+  - { name: green, endpoints: [%q] }
+`, listen, app.addr, down, app.addr, blue.addr, green.addr)), "limits, gzip, retries, weights")
+	ag.waitReady(t)
+	c := noRedirects(h1Transport(nil))
+	waitFor(t, convergeTimeout, "the http listener to route", func() error {
+		res, err := httpGet(c, "http://"+listen+"/", "limits.example", nil)
+		if err != nil {
+			return err
+		}
+		if res.status != 200 || res.seen == nil {
+			return fmt.Errorf("GET /: %d %q", res.status, res.body)
+		}
+		return nil
+	})
+
+	t.Run("max_request_body", func(t *testing.T) {
+		tests := []struct {
+			name string
+			size int
+			want int
+		}{
+			{name: "at the limit", size: 1024, want: http.StatusOK},
+			{name: "over the limit", size: 1025, want: http.StatusRequestEntityTooLarge},
+			{name: "far over the limit", size: 64 << 10, want: http.StatusRequestEntityTooLarge},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				resp, err := c.Post("http://"+listen+"/upload", "application/octet-stream", strings.NewReader(strings.Repeat("x", tt.size)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tt.want {
+					t.Fatalf("POST of %d bytes: status %d, want %d", tt.size, resp.StatusCode, tt.want)
+				}
+			})
+		}
+	})
+
+	t.Run("max_request_headers_kb", func(t *testing.T) {
+		tests := []struct {
+			name string
+			size int
+			want int
+		}{
+			{name: "small headers", size: 512, want: http.StatusOK},
+			{name: "headers over 2 KiB", size: 4096, want: http.StatusRequestHeaderFieldsTooLarge},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				res, err := httpGet(noRedirects(h1Transport(nil)), "http://"+listen+"/", "limits.example",
+					map[string]string{"X-Big": strings.Repeat("b", tt.size)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.status != tt.want {
+					t.Fatalf("status %d, want %d", res.status, tt.want)
+				}
+			})
+		}
+	})
+
+	t.Run("gzip", func(t *testing.T) {
+		tests := []struct {
+			name, accept string
+			wantGzip     bool
+		}{
+			{name: "client accepts gzip", accept: "gzip, deflate", wantGzip: true},
+			{name: "client does not", accept: "identity", wantGzip: false},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				// The transport leaves Accept-Encoding alone when the request sets it, and
+				// then does not decompress: the test sees what went over the wire.
+				res, err := httpGet(c, "http://"+listen+"/json", "limits.example", map[string]string{"Accept-Encoding": tt.accept})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.status != 200 {
+					t.Fatalf("status %d %q", res.status, res.body)
+				}
+				gz := res.header.Get("Content-Encoding") == "gzip"
+				if gz != tt.wantGzip {
+					t.Fatalf("Content-Encoding %q, want gzip: %v", res.header.Get("Content-Encoding"), tt.wantGzip)
+				}
+				body := []byte(res.body)
+				if gz {
+					if !headerHasToken(res.header, "Vary", "Accept-Encoding") {
+						t.Errorf("gzipped response without Vary: Accept-Encoding (Vary %q)", res.header.Values("Vary"))
+					}
+					zr, err := gzip.NewReader(bytes.NewReader(body))
+					if err != nil {
+						t.Fatalf("gzip body: %v", err)
+					}
+					if body, err = io.ReadAll(zr); err != nil {
+						t.Fatalf("gunzip: %v", err)
+					}
+				}
+				if !bytes.Contains(body, []byte(`"id":"app"`)) {
+					t.Errorf("body %q, want app's JSON", body)
+				}
+			})
+		}
+	})
+
+	t.Run("retry on connect failure", func(t *testing.T) {
+		// Round robin sends every other first try to the endpoint nobody listens
+		// on; the retry goes to the other one, so every request succeeds.
+		for i := range 6 {
+			res, err := httpGet(c, "http://"+listen+"/retry", "limits.example", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.status != 200 || res.seen == nil || res.seen.ID != "app" {
+				t.Fatalf("request %d: status %d %q, want 200 from app after a retry", i, res.status, res.body)
+			}
+		}
+		if n, err := ag.metric("flotilla_agent_upstream_rq_retry", `cluster="flaky"`); err != nil || n < 1 {
+			t.Errorf("upstream_rq_retry{cluster=flaky} = %v (%v), want at least 1", n, err)
+		}
+	})
+
+	t.Run("weighted clusters", func(t *testing.T) {
+		seenBy := map[string]int{}
+		for range 40 {
+			res, err := httpGet(c, "http://"+listen+"/split", "limits.example", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.seen == nil {
+				t.Fatalf("status %d %q", res.status, res.body)
+			}
+			seenBy[res.seen.ID]++
+		}
+		// 50/50 over 40 requests: each side gets at least 5 but with a chance of
+		// about 1e-7 of a false failure.
+		if seenBy["blue"] < 5 || seenBy["green"] < 5 || seenBy["blue"]+seenBy["green"] != 40 {
+			t.Fatalf("requests per cluster %v, want about 20 each on blue and green", seenBy)
+		}
+	})
 }
