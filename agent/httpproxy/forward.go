@@ -136,7 +136,12 @@ func (roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		ch.stats.total.Inc()
 		sent := time.Now()
-		resp, err := ch.transport.RoundTrip(treq)
+		var resp *http.Response
+		if ch.h1 != nil && fastPathOK(treq) {
+			resp, err = ch.h1.roundTrip(treq, h.Addr())
+		} else {
+			resp, err = ch.transport.RoundTrip(treq)
+		}
 		stopTry := func() {
 			if ttimer != nil {
 				ttimer.Stop()

@@ -55,6 +55,8 @@ const retiredPoolLinger = time.Minute
 type Upstreams struct {
 	reg     *upstream.Registry
 	metrics *Metrics
+	stop    chan struct{} // ends the janitor
+	once    sync.Once
 
 	mu       sync.Mutex
 	clusters atomic.Pointer[map[string]*clusterHTTP]
@@ -65,6 +67,7 @@ type clusterHTTP struct {
 	cfg       Cluster
 	scheme    string
 	transport *http.Transport
+	h1        *h1Pool // the fast path of plain HTTP/1.1 clusters; nil for TLS and HTTP/2
 	stats     clusterStats
 
 	activeRq      atomic.Int64 // requests being forwarded to the cluster
@@ -76,9 +79,31 @@ func NewUpstreams(reg *upstream.Registry, m *Metrics) *Upstreams {
 	if m == nil {
 		m = NewMetrics(nil, nil)
 	}
-	u := &Upstreams{reg: reg, metrics: m}
+	u := &Upstreams{reg: reg, metrics: m, stop: make(chan struct{})}
 	u.clusters.Store(&map[string]*clusterHTTP{})
+	go u.janitor()
 	return u
+}
+
+// janitorInterval is how often idle fast-path connections past their idle timeout close.
+const janitorInterval = 30 * time.Second
+
+// janitor closes the fast path's expired idle connections until Close.
+func (u *Upstreams) janitor() {
+	t := time.NewTicker(janitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-u.stop:
+			return
+		case <-t.C:
+			for _, c := range *u.clusters.Load() {
+				if c.h1 != nil {
+					c.h1.closeIdle(true)
+				}
+			}
+		}
+	}
 }
 
 // Update installs the whole set of clusters. A cluster whose HTTP settings did not change
@@ -103,14 +128,21 @@ func (u *Upstreams) Update(cs []Cluster) {
 			// them once the requests have had time to finish.
 			o.transport.CloseIdleConnections()
 			time.AfterFunc(retiredPoolLinger, o.transport.CloseIdleConnections)
+			if o.h1 != nil {
+				o.h1.close()
+			}
 		}
 	}
 }
 
-// Close closes every idle pooled connection.
+// Close closes every idle pooled connection, and stops the pools' janitor.
 func (u *Upstreams) Close() {
+	u.once.Do(func() { close(u.stop) })
 	for _, c := range *u.clusters.Load() {
 		c.transport.CloseIdleConnections()
+		if c.h1 != nil {
+			c.h1.close()
+		}
 	}
 }
 
@@ -143,7 +175,10 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 		WriteBufferSize:       32 << 10,
 		ReadBufferSize:        32 << 10,
 	}
-	var p http.Protocols
+	var (
+		p  http.Protocols
+		h1 *h1Pool
+	)
 	scheme := "http"
 	switch {
 	case c.TLS != nil:
@@ -176,6 +211,7 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 		p.SetUnencryptedHTTP2(true)
 	default:
 		p.SetHTTP1(true)
+		h1 = newH1Pool(t.DialContext, c.IdleTimeout)
 	}
 	t.Protocols = &p
 	if c.HTTP2 {
@@ -185,7 +221,7 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 			PingTimeout:          15 * time.Second,
 		}
 	}
-	return &clusterHTTP{cfg: c, scheme: scheme, transport: t, stats: u.metrics.cluster(c.Name)}
+	return &clusterHTTP{cfg: c, scheme: scheme, transport: t, h1: h1, stats: u.metrics.cluster(c.Name)}
 }
 
 // retryAllowed reports whether the retry budget lets one more retry start, and counts it.
