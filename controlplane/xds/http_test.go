@@ -176,3 +176,40 @@ func TestGRPCClientsGroupedApart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDeltaRDS: over delta ADS too, a route-only change is an RDS delta, a
+// rejected one is held, and the next change of another type flows.
+func TestDeltaRDS(t *testing.T) {
+	s, conn := startServer(t)
+	if err := s.SetVersion(1, httpFiles(7001, "/", "127.0.0.1:9001")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDelta(t, conn, node("d1", nil))
+	for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType} {
+		d.send(typ, "", "")
+		r := d.recv(typ)
+		d.send(typ, r.GetNonce(), "")
+	}
+	if err := s.SetVersion(2, httpFiles(7001, "/v2", "127.0.0.1:9001")); err != nil {
+		t.Fatal(err)
+	}
+	r := d.recv(resource.RouteType)
+	if len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "l" {
+		t.Fatalf("RDS delta carried %v, want route configuration l", r.GetResources())
+	}
+	d.send(resource.RouteType, r.GetNonce(), "bad route")
+	waitFor(t, "delta RDS nacked", func() bool { st, _ := state(s, "d1", "RDS"); return st == adminv1.SyncState_SYNC_STATE_NACKED })
+	// The next change is of endpoints only: the stream carries EDS, not a
+	// resend of the rejected routes.
+	if err := s.SetVersion(3, httpFiles(7001, "/v2", "127.0.0.1:9002")); err != nil {
+		t.Fatal(err)
+	}
+	r = d.recv(resource.EndpointType)
+	d.send(resource.EndpointType, r.GetNonce(), "")
+	if err := s.SetVersion(4, httpFiles(7001, "/v4", "127.0.0.1:9002")); err != nil {
+		t.Fatal(err)
+	}
+	r = d.recv(resource.RouteType)
+	d.send(resource.RouteType, r.GetNonce(), "")
+	waitFor(t, "delta RDS synced", func() bool { st, _ := state(s, "d1", "RDS"); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
+}
