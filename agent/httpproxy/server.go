@@ -12,15 +12,24 @@
 // redirects, answers directly, or forwards: Forward picks a weighted cluster, and an
 // httputil.ReverseProxy whose Transport is roundTripper picks an endpoint (package upstream:
 // policy, health, ejections, circuit breaker), sends over the cluster's keep-alive pool
-// (Upstreams), and retries on another endpoint as the route's policy and the cluster's
-// retry budget allow. The response goes back through responseWriter (gzip, byte counts,
+// (Upstreams: an http.Transport per cluster, and for bodiless requests to plain HTTP/1.1
+// clusters a fast path that writes and reads in the handler's goroutine, pool.go), and
+// retries on another endpoint as the route's policy and the cluster's retry budget allow. The response goes back through responseWriter (gzip, byte counts,
 // stream idle tracking), and the request ends with one access log line and its stats.
 //
 // Local replies follow Envoy, except that a failure to connect is nginx's 502: no route
 // 404; cluster unknown, without endpoints or at its circuit breaker 503 "no healthy
 // upstream"; connect failure or reset before the response 502; route or per-try timeout
 // 504; body over the limit 413; headers over the limit 431 (net/http); upgrade not enabled
-// for the route 403; HTTP over a require_tls virtual host 301 to https.
+// for the route 403; HTTP over a require_tls virtual host 301 to https; a request body
+// not complete within request_timeout 408. The access log's status for a client that went
+// away before the response is nginx's 499.
+//
+// Not supported: WebSockets over HTTP/2 (extended CONNECT), the PROXY protocol towards HTTP
+// upstreams (keep-alive connections are shared by clients), 1xx responses other than 101 on
+// the fast path (they are dropped).
+//
+// Metrics are listed on Metrics.
 package httpproxy
 
 import (

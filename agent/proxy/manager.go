@@ -16,6 +16,10 @@
 // conn.serve returns, nothing touches either connection again; logEnd writes its access log
 // line.
 //
+// HTTP (http.go) branches off after the chain is chosen: a chain with an
+// http_connection_manager hands the connection (after TLS termination) to package
+// httpproxy, which routes and proxies each request.
+//
 // TLS (tls.go) branches off that path: a chain with a TLS server config terminates TLS after
 // the chain is chosen (conn.terminate, replaying the peeked ClientHello), a cluster with a
 // TLS client config originates it after the dial and its PROXY header (conn.originate), and
