@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -216,4 +217,39 @@ func TestCompileRandomHTTP(t *testing.T) {
 		t.Errorf("only %d of 3000 random bundles were valid: the generator needs better odds", valid)
 	}
 	t.Logf("%d valid bundles with %d routes compiled", valid, routes)
+}
+
+// bigHTTPBundle has one HTTP listener with n virtual hosts of three routes
+// each (prefix, regex with a method, weighted), over n clusters.
+func bigHTTPBundle(n int) *configv1.Bundle {
+	h := &configv1.HttpListener{}
+	b := &configv1.Bundle{Listeners: []*configv1.Listener{{Name: "web", Address: ":8080", Http: h}}}
+	for i := range n {
+		name := fmt.Sprintf("svc-%04d", i)
+		b.Clusters = append(b.Clusters, &configv1.Cluster{Name: name, Endpoints: []*configv1.Endpoint{{Address: fmt.Sprintf("10.%d.%d.1:8080", i/256, i%256)}}})
+		h.VirtualHosts = append(h.VirtualHosts, &configv1.VirtualHost{
+			Name:    name,
+			Domains: []string{name + ".example.com", "*." + name + ".example.com"},
+			Routes: []*configv1.HttpRoute{
+				{Match: &configv1.RouteMatch{Prefix: "/api/"}, Cluster: name, PrefixRewrite: "/", Retries: &configv1.RetryPolicy{}},
+				{Match: &configv1.RouteMatch{Regex: "^/v[0-9]+/.*", Methods: []string{"GET", "POST"}}, Cluster: name},
+				{WeightedClusters: []*configv1.WeightedCluster{{Cluster: name, Weight: 9}, {Cluster: "svc-0000", Weight: 1}}},
+			},
+		})
+	}
+	return b
+}
+
+func BenchmarkCompileHTTP1000VirtualHosts(b *testing.B) {
+	bb := bigHTTPBundle(1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := Compile(bb, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(r.Routes[0].GetVirtualHosts()) != 1000 {
+			b.Fatal(len(r.Routes[0].GetVirtualHosts()))
+		}
+	}
 }
