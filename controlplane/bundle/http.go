@@ -332,11 +332,13 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 	forwards := r.GetCluster() != "" || len(r.GetWeightedClusters()) > 0
 	if r.GetCluster() != "" {
 		v.clusterRef(at, f+".cluster", r.GetCluster())
+		v.httpUpstream(at, f+".cluster", r.GetCluster())
 	}
 	seen := map[string]int{}
 	for i, wc := range r.GetWeightedClusters() {
 		wf := fmt.Sprintf("%s.weighted_clusters[%d]", f, i)
 		v.clusterRef(at, wf+".cluster", wc.GetCluster())
+		v.httpUpstream(at, wf+".cluster", wc.GetCluster())
 		if first, ok := seen[wc.GetCluster()]; ok && wc.GetCluster() != "" {
 			v.add(at, wf+".cluster", "duplicate cluster %q: same as weighted_clusters[%d]", wc.GetCluster(), first)
 		} else {
@@ -423,6 +425,21 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 	}
 	v.headerOps(at, f+".request_headers", r.GetRequestHeaders())
 	v.headerOps(at, f+".response_headers", r.GetResponseHeaders())
+}
+
+// httpUpstream refuses a cluster an HTTP route cannot proxy to as
+// configured: HTTP routes send no PROXY protocol header (the client's
+// address goes in X-Forwarded-For and X-Real-IP) and no client SNI (there
+// is no ClientHello to take it from on plain HTTP).
+func (v *validator) httpUpstream(at site, f, name string) {
+	c := v.defs[name]
+	switch {
+	case c == nil:
+	case c.GetProxyProtocol() != "":
+		v.add(at, f, "cluster %q sends the PROXY protocol (proxy_protocol: %s), which HTTP routes do not: they pass the client's address in X-Forwarded-For and X-Real-IP; use a cluster without it", name, c.GetProxyProtocol())
+	case c.GetTls().GetPassClientSni():
+		v.add(at, f, "cluster %q passes the client's SNI (tls.pass_client_sni), which HTTP routes do not: give it a fixed tls.sni", name)
+	}
 }
 
 // routeMatch validates a route's match.

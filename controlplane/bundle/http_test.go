@@ -14,6 +14,7 @@ clusters:
   - { name: grpc, protocol: http2, endpoints: ["192.0.2.20:50051"] }
   - { name: static, endpoints: ["192.0.2.30:80"] }
   - { name: maglev, lb: maglev, endpoints: ["192.0.2.40:80"] }
+  - { name: pp, proxy_protocol: v2, endpoints: ["192.0.2.50:80"] }
 `
 
 func TestValidateHTTP(t *testing.T) {
@@ -187,6 +188,8 @@ listeners:
         - { direct_response: { status: 600 } }
         - { cluster: api, retries: { on: [timeout, 5xx, 5xx], attempts: 11, per_try_timeout: 0s } }
         - { redirect: { scheme: ftp, host: "a/b", port: 70000, path: p, prefix_rewrite: /q, code: 200 } }
+        - { cluster: pp }
+        - { weighted_clusters: [{ cluster: api, weight: 1 }, { cluster: pp, weight: 1 }] }
 `, want: []string{
 			`a.yaml: listeners[0].http.routes[0]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
 			`a.yaml: listeners[0].http.routes[1]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
@@ -212,6 +215,8 @@ listeners:
 			`a.yaml: listeners[0].http.routes[8].redirect.port: 70000 is not a port: use 1 to 65535`,
 			`a.yaml: listeners[0].http.routes[8].redirect.prefix_rewrite: cannot be combined with path: path replaces the whole path`,
 			`a.yaml: listeners[0].http.routes[8].redirect.scheme: "ftp" is not a scheme: use "http" or "https" (or leave it out to keep the request's)`,
+			`a.yaml: listeners[0].http.routes[9].cluster: cluster "pp" sends the PROXY protocol (proxy_protocol: v2), which HTTP routes do not: they pass the client's address in X-Forwarded-For and X-Real-IP; use a cluster without it`,
+			`a.yaml: listeners[0].http.routes[10].weighted_clusters[1].cluster: cluster "pp" sends the PROXY protocol (proxy_protocol: v2), which HTTP routes do not: they pass the client's address in X-Forwarded-For and X-Real-IP; use a cluster without it`,
 		}},
 		{name: "header ops", yaml: `
 listeners:

@@ -783,6 +783,8 @@ type HttpRoute struct {
 	// (prefix "/").
 	Match *RouteMatch `protobuf:"bytes,2,opt,name=match,proto3" json:"match,omitempty"`
 	// Cluster proxies matching requests to this cluster (nginx `proxy_pass`).
+	// It may not send the PROXY protocol nor pass the client's SNI: the
+	// client's address goes in X-Forwarded-For and X-Real-IP instead.
 	Cluster string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// WeightedClusters splits matching requests between clusters by weight
 	// (canary releases; nginx `split_clients`).
