@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
@@ -242,7 +243,10 @@ func (c *conn) connect(ctx context.Context, tcp runtime.TCPProxy, cs *clusterSta
 			hash = rand.Uint64() // no hash policy: Envoy picks a random host
 		}
 	}
-	d := net.Dialer{Timeout: cl.ConnectTimeout()}
+	// No TCP keepalive probes on upstream connections, as in Envoy (without
+	// upstream_connection_options), nginx and HAProxy: Go's default (15s probes) costs four
+	// setsockopt calls per connection and wakes idle connections for nothing.
+	d := net.Dialer{Timeout: cl.ConnectTimeout(), KeepAlive: -1}
 	var (
 		tried [4]netip.AddrPort
 		excl  = tried[:0]
@@ -324,8 +328,9 @@ func (c *conn) pipe(up *net.TCPConn) (tx, rx int64, err error) {
 	// one: two goroutines per connection (with serve's), not three, which is
 	// most of what an idle proxied connection costs.
 	toDown := make(chan copyResult, 1)
-	go proxyCopy(toDown, c.down, up)
-	tx, err = copyHalf(up, c.down)
+	var eofs atomic.Int32
+	go proxyCopy(toDown, c.down, up, &eofs)
+	tx, err = copyHalf(up, c.down, &eofs)
 	r := <-toDown
 	rx = r.n
 	if err == nil {
@@ -336,8 +341,8 @@ func (c *conn) pipe(up *net.TCPConn) (tx, rx int64, err error) {
 
 // proxyCopy runs copyHalf for one direction and reports on done. It is a named function so
 // that stack dumps show what each goroutine does.
-func proxyCopy(done chan<- copyResult, dst, src *net.TCPConn) {
-	n, err := copyHalf(dst, src)
+func proxyCopy(done chan<- copyResult, dst, src *net.TCPConn, eofs *atomic.Int32) {
+	n, err := copyHalf(dst, src, eofs)
 	done <- copyResult{n: n, err: err}
 }
 
@@ -345,9 +350,14 @@ func proxyCopy(done chan<- copyResult, dst, src *net.TCPConn) {
 // (passes the FIN on) so the other direction keeps flowing; on an error it closes both
 // connections, which ends the other direction too. dst and src are the raw *net.TCPConn
 // values so the copy uses splice(2) on Linux (copyIdleFree); the byte count comes from it.
-func copyHalf(dst, src *net.TCPConn) (int64, error) {
+//
+// eofs counts the directions of the connection that reached EOF. The second one skips the
+// half-close: both peers have sent their FIN and serve closes both sockets at once, and
+// that close sends dst's FIN (nginx, which does not half-close by default, spends no call
+// there either). A short connection saves one shutdown(2).
+func copyHalf(dst, src *net.TCPConn, eofs *atomic.Int32) (int64, error) {
 	n, err := copyIdleFree(dst, src)
-	if err == nil {
+	if err == nil && eofs.Add(1) == 1 {
 		err = dst.CloseWrite()
 	}
 	if err != nil {

@@ -175,13 +175,16 @@ func (e *entry) closeAll(reason string) int {
 // listenConfig is how l's socket is bound. IPv6 listeners get IPV6_V6ONLY set explicitly:
 // on for a plain "::" (IPv6 only, as in Envoy), off with ipv4_compat (dual stack). TCP
 // sockets get SO_REUSEPORT (see reusePortControl); UDP sockets do not, since the kernel
-// would spread one client's datagrams over the sockets sharing the port.
+// would spread one client's datagrams over the sockets sharing the port. Accepted
+// connections get no TCP keepalive probes (KeepAlive -1), as in Envoy, nginx (`so_keepalive`
+// off) and HAProxy (no `option clitcpka`): Go's default would cost four setsockopt calls per
+// connection; dead idle clients are found by the idle timeout instead.
 func listenConfig(l *runtime.Listener, reusePort bool) *net.ListenConfig {
 	var v6only func(network, address string, c syscall.RawConn) error
 	if l.Addr().Addr().Is6() {
 		v6only = v6onlyControl(l.V6Only())
 	}
-	return &net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+	return &net.ListenConfig{KeepAlive: -1, Control: func(network, address string, c syscall.RawConn) error {
 		if v6only != nil {
 			if err := v6only(network, address, c); err != nil {
 				return err
