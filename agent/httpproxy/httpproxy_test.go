@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -643,5 +644,64 @@ func TestGzipStreaming(t *testing.T) {
 	done()
 	if rest, err := io.ReadAll(br); err != nil || string(rest) != "second line\n" {
 		t.Fatalf("rest: %q, %v", rest, err)
+	}
+}
+
+// TestShutdown: Shutdown closes idle keep-alive connections at once and waits for requests
+// in flight until its deadline; Close then closes what is left.
+func TestShutdown(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	stalled := make(chan struct{}, 1)
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stall" {
+			stalled <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, "ok")
+	}))
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("r", "/", "be"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{be.addr}})
+
+	idle, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	ibr := bufio.NewReader(idle)
+	fmt.Fprintf(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, err := http.ReadResponse(ibr, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("keep-alive request: %v %v", resp, err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	busy, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	fmt.Fprintf(busy, "GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+	select {
+	case <-stalled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stalled request did not reach the backend")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := p.srv.Shutdown(ctx); err == nil {
+		t.Error("Shutdown returned nil with a request in flight")
+	}
+	idle.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := ibr.ReadByte(); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Errorf("idle connection after Shutdown: %v, want closed", err)
+	}
+	p.srv.Close()
+	if !closedWithin(busy, 5*time.Second) {
+		t.Error("connection with a request in flight still open after Close")
 	}
 }

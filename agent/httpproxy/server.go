@@ -192,9 +192,12 @@ func (s *Server) Update(cfg *Config) {
 // the others finish their request. It returns when all are closed or ctx is done.
 func (s *Server) retire(g *generation, ctx context.Context) error {
 	err := g.srv.Shutdown(ctx)
-	s.mu.Lock()
-	delete(s.gens, g)
-	s.mu.Unlock()
+	if err == nil {
+		// Else Close still has to close what is left.
+		s.mu.Lock()
+		delete(s.gens, g)
+		s.mu.Unlock()
+	}
 	return err
 }
 
