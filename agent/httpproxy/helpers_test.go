@@ -128,7 +128,9 @@ func manager() *httproute.Manager {
 
 // table returns a route table of one virtual host for every domain with routes.
 func table(routes ...*httproute.Route) *httproute.Table {
-	return &httproute.Table{Name: "web", VirtualHosts: []*httproute.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: routes}}}
+	t := &httproute.Table{Name: "web", VirtualHosts: []*httproute.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: routes}}}
+	t.Index() // as package runtime does
+	return t
 }
 
 // fwd returns a route sending prefix to cluster.
