@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -509,7 +510,7 @@ func BenchmarkLogFormat(b *testing.B) {
 // FuzzParseFormat checks that any format string either fails to parse or prints every entry
 // without panicking, and that a variable-free format prints itself.
 func FuzzParseFormat(f *testing.F) {
-	for _, s := range []string{DefaultFormat, "json", "$", "${", "${}", "$$remote_addr", "a$remote_port}b", "${cluster}x"} {
+	for _, s := range []string{DefaultFormat, "json", "combined", "$", "${", "${}", "$$remote_addr", "a$remote_port}b", "${cluster}x", "$http_", "$sent_http_x_y $request"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -517,12 +518,13 @@ func FuzzParseFormat(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, e := range []*Entry{&tcpEntry, &udpEntry, &hostileEntry, {}} {
+		httpEntry := Entry{Method: "GET", RequestURI: "/\"x\xff", Protocol: "HTTP/1.1", RequestHeader: http.Header{"X-Y": {"a\nb"}}}
+		for _, e := range []*Entry{&tcpEntry, &udpEntry, &hostileEntry, {}, &httpEntry} {
 			line := fm.Append(nil, e)
 			if s == "json" && !json.Valid(line) {
 				t.Fatalf("invalid JSON line %q", line)
 			}
-			if !strings.Contains(s, "$") && s != "json" && string(line) != s {
+			if !strings.Contains(s, "$") && s != "json" && s != "combined" && string(line) != s {
 				t.Fatalf("literal format %q printed %q", s, line)
 			}
 		}

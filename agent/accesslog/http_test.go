@@ -139,3 +139,33 @@ func TestHTTPJSON(t *testing.T) {
 		}
 	})
 }
+
+// FuzzParseEnvoyFormat checks that any Envoy format (as an xDS server may send) either fails
+// to parse or prints every entry without panicking, JSON formats as valid JSON.
+func FuzzParseEnvoyFormat(f *testing.F) {
+	for _, s := range []string{"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH):10%", "%RESP(X)%", "%REQ(", "%REQ()%",
+		"%REQ(A?B?C)%", "%REQ(A):0%", "%RESPONSE_DURATION% %ROUTE_NAME%", "%START_TIME(%s.%3f)%", "%%"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, asJSON bool) {
+		var (
+			fm  *accesslog.Format
+			err error
+		)
+		if asJSON {
+			fm, err = accesslog.ParseEnvoyFormat("", map[string]string{"k": s, "z": "%RESPONSE_CODE%"})
+		} else {
+			fm, err = accesslog.ParseEnvoyFormat(s, nil)
+		}
+		if err != nil {
+			return
+		}
+		for _, e := range []*accesslog.Entry{&httpEntry, &envoyEntry, {}} {
+			line := fm.Append(nil, e)
+			if asJSON && !json.Valid(line) {
+				t.Fatalf("invalid JSON line %q", line)
+			}
+		}
+	})
+}
