@@ -69,6 +69,11 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 	m.http.ups.Update(clusters)
 	for name, e := range entries {
 		l := g.Listener(name)
+		if !hasHTTP(l) {
+			if _, ok := m.http.entries.Load(e); !ok {
+				continue // an L4 listener, and it was one before
+			}
+		}
 		var old map[string]*httpproxy.Server
 		v, _ := m.http.entries.LoadOrStore(e, &httpServers{})
 		hs := v.(*httpServers)
@@ -98,6 +103,16 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 			}
 		}
 	}
+}
+
+// hasHTTP reports whether a listener has an HTTP chain.
+func hasHTTP(l *runtime.Listener) bool {
+	for _, fc := range append(l.Chains(), l.DefaultChain()) {
+		if fc != nil && fc.HTTP != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // retireHTTP shuts down the Servers of a retired entry: idle connections close now,
