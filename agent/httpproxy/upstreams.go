@@ -17,6 +17,7 @@ import (
 // Cluster is what the HTTP engine needs of a cluster besides what package upstream keeps
 // (endpoints, health, balancing): how to speak HTTP to its endpoints.
 type Cluster struct {
+	// Name is the cluster's name: its identity across updates, and its stats label.
 	Name string
 	// ConnectTimeout bounds one connection attempt; 0 means 5s.
 	ConnectTimeout time.Duration
@@ -29,8 +30,8 @@ type Cluster struct {
 	// limit. (Package runtime defaults it to Envoy's 1h.)
 	IdleTimeout time.Duration
 	// RetryBudgetPercent and RetryBudgetMinConcurrency are the circuit breaker's
-	// retry_budget: retries in flight may be at most max(min concurrency, percent × active
-	// requests); 0 means Envoy's 20% and 3.
+	// retry_budget: the requests being retried may be at most max(min concurrency,
+	// percent × active requests); 0 means Envoy's 20% and 3.
 	RetryBudgetPercent        float64
 	RetryBudgetMinConcurrency int
 }
