@@ -35,6 +35,7 @@ type h1Pool struct {
 // h1Conn is one upstream HTTP/1.1 connection.
 type h1Conn struct {
 	nc       net.Conn
+	lr       *limitReader // under br: bounds the response headers
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	idleAt   time.Time
@@ -86,7 +87,8 @@ func (p *h1Pool) get(ctx context.Context, ep netip.AddrPort) (*h1Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, h1ReadBuffer), bw: bufio.NewWriterSize(nc, h1WriteBuffer), endpoint: ep, pool: p}, nil
+	lr := &limitReader{r: nc, n: -1}
+	return &h1Conn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, h1ReadBuffer), bw: bufio.NewWriterSize(nc, h1WriteBuffer), endpoint: ep, pool: p}, nil
 }
 
 // put returns a connection whose response was read to the end.
@@ -162,6 +164,34 @@ func (p *h1Pool) roundTrip(req *http.Request, ep netip.AddrPort) (*http.Response
 	}
 }
 
+// maxResponseHeaderBytes bounds what the fast path reads from an endpoint before the end
+// of the response headers (http.Transport's default MaxResponseHeaderBytes is 10 MiB).
+const maxResponseHeaderBytes = 1 << 20
+
+// errHeadersTooLarge: an endpoint sent more than maxResponseHeaderBytes of headers.
+var errHeadersTooLarge = errors.New("upstream response headers too large")
+
+// limitReader fails reads once n bytes were read; n < 0 means no limit.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeadersTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
 // errStaleConn: a kept-alive connection ended before the response started.
 var errStaleConn = errors.New("upstream closed a kept-alive connection")
 
@@ -177,6 +207,7 @@ func (c *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respons
 		return nil, staleIf(c, err)
 	}
 	var resp *http.Response
+	c.lr.n = maxResponseHeaderBytes
 	for {
 		var err error
 		resp, err = http.ReadResponse(c.br, req)
@@ -193,6 +224,7 @@ func (c *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respons
 		// 1xx informational (103 Early Hints): not forwarded on this path.
 		resp.Body.Close()
 	}
+	c.lr.n = -1
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		stop()
 		return nil, errors.New("upstream switched protocols without an upgrade request")

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -81,5 +82,40 @@ func TestFastPath(t *testing.T) {
 	}
 	if resp, body := do(t, c, newRequest(t, "GET", p.url("/"), nil)); body != "hello" {
 		t.Errorf("after HEAD: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestFastPathHugeHeaders: an endpoint that never ends its response headers gets a 502, not
+// the proxy's memory.
+func TestFastPathHugeHeaders(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				c.Read(buf)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+				line := []byte("X-Junk: " + strings.Repeat("x", 1000) + "\r\n")
+				for {
+					if _, err := c.Write(line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("r", "/", "be"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{ln.Addr().String()}})
+	if resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/"), nil)); resp.StatusCode != 502 {
+		t.Errorf("got %d %q, want 502", resp.StatusCode, body)
 	}
 }
