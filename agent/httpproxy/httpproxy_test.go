@@ -705,3 +705,39 @@ func TestShutdown(t *testing.T) {
 		t.Error("connection with a request in flight still open after Close")
 	}
 }
+
+// TestExpectContinue: a client that waits for 100 Continue before its body (curl does for
+// bodies over 1 KiB) gets it, and the body reaches the upstream.
+func TestExpectContinue(t *testing.T) {
+	be := startEcho(t, "be")
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("r", "/", "be"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{addrOf(be)}})
+	conn, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(conn)
+	first, err := http.ReadResponse(br, nil)
+	if err != nil || first.StatusCode != 100 {
+		t.Fatalf("first response %v, %v; want 100 Continue", first, err)
+	}
+	io.WriteString(conn, "payload")
+	// Skip the rest of the 100 response, and any further 1xx.
+	var resp *http.Response
+	for {
+		resp, err = http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode >= 200 {
+			break
+		}
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"Body":"payload"`) {
+		t.Errorf("got %d %s", resp.StatusCode, b)
+	}
+}
