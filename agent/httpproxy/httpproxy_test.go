@@ -741,3 +741,39 @@ func TestExpectContinue(t *testing.T) {
 		t.Errorf("got %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestStreamIdleResponse: a response that stops moving for the route's idle timeout is
+// reset, its headers long sent.
+func TestStreamIdleResponse(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	route := fwd("r", "/", "be")
+	route.Forward.IdleTimeout, route.Forward.IdleTimeoutSet = 200*time.Millisecond, true
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(route)}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{be.addr}})
+	resp, err := noRedirect().Get(p.url("/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "first\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	start := time.Now()
+	if _, err := io.ReadAll(br); err == nil {
+		t.Error("idle response ended cleanly, want a reset")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("reset after %v, want within about 2 × 200ms", d)
+	}
+}
