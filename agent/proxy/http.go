@@ -10,6 +10,7 @@ import (
 
 	"github.com/flotilla-proxy/flotilla/agent/accesslog"
 	"github.com/flotilla-proxy/flotilla/agent/httpproxy"
+	"github.com/flotilla-proxy/flotilla/agent/httproute"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 )
 
@@ -86,6 +87,7 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 				continue
 			}
 			cfg := &httpproxy.Config{Listener: name, Manager: fc.HTTP, Table: g.RouteTable(fc.HTTP.RouteConfigName)}
+			m.warnHTTPProxyProtocol(g, name, cfg.Table)
 			if al := fc.HTTP.AccessLog; al != nil {
 				cfg.AccessLog = logs[al.Path]
 			}
@@ -100,6 +102,30 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 		for chain, s := range old {
 			if next[chain] != s {
 				go m.drainHTTP(s, context.Background())
+			}
+		}
+	}
+}
+
+// warnHTTPProxyProtocol logs the clusters with an upstream PROXY protocol that a route
+// table sends HTTP requests to: HTTP connections to endpoints are pooled and shared by
+// clients, so the agent sends them no PROXY header.
+func (m *Manager) warnHTTPProxyProtocol(g *runtime.Graph, listener string, t *httproute.Table) {
+	if t == nil {
+		return
+	}
+	warned := map[string]bool{}
+	for _, vh := range t.VirtualHosts {
+		for _, r := range vh.Routes {
+			if r.Forward == nil {
+				continue
+			}
+			for _, wc := range r.Forward.Clusters {
+				if c := g.Cluster(wc.Name); c != nil && c.ProxyProtocol() > 0 && !warned[wc.Name] {
+					warned[wc.Name] = true
+					m.log.Warn("HTTP routes send no PROXY protocol header to a cluster that has one (it applies to tcp_proxy only)",
+						"listener", listener, "cluster", wc.Name)
+				}
 			}
 		}
 	}
