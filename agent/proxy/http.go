@@ -39,6 +39,7 @@ type httpState struct {
 	ups     *httpproxy.Upstreams
 	metrics *httpproxy.Metrics
 	entries sync.Map // *entry → *httpServers
+	warned  sync.Map // "listener\x00cluster" → true: PROXY protocol warnings given
 }
 
 // httpServer returns the Server of chain fc of entry e, or nil.
@@ -114,15 +115,17 @@ func (m *Manager) warnHTTPProxyProtocol(g *runtime.Graph, listener string, t *ht
 	if t == nil {
 		return
 	}
-	warned := map[string]bool{}
 	for _, vh := range t.VirtualHosts {
 		for _, r := range vh.Routes {
 			if r.Forward == nil {
 				continue
 			}
 			for _, wc := range r.Forward.Clusters {
-				if c := g.Cluster(wc.Name); c != nil && c.ProxyProtocol() > 0 && !warned[wc.Name] {
-					warned[wc.Name] = true
+				c := g.Cluster(wc.Name)
+				if c == nil || c.ProxyProtocol() == 0 {
+					continue
+				}
+				if _, seen := m.http.warned.LoadOrStore(listener+"\x00"+wc.Name, true); !seen {
 					m.log.Warn("HTTP routes send no PROXY protocol header to a cluster that has one (it applies to tcp_proxy only)",
 						"listener", listener, "cluster", wc.Name)
 				}
