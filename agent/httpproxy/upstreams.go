@@ -65,10 +65,12 @@ type Upstreams struct {
 
 // clusterHTTP is one cluster's pool, budget counters and stats.
 type clusterHTTP struct {
-	cfg       Cluster
+	given     Cluster // as Update got it, for comparison
+	cfg       Cluster // with the defaults filled in
 	scheme    string
 	transport *http.Transport
-	h1        *h1Pool // the fast path of plain HTTP/1.1 clusters; nil for TLS and HTTP/2
+	h1        *h1Pool                        // the fast path of plain HTTP/1.1 clusters; nil for TLS and HTTP/2
+	tls       atomic.Pointer[tlsconf.Client] // the latest TLS client, for new connections
 	stats     clusterStats
 
 	activeRq      atomic.Int64 // requests being forwarded to the cluster
@@ -116,7 +118,10 @@ func (u *Upstreams) Update(cs []Cluster) {
 	old := *u.clusters.Load()
 	next := make(map[string]*clusterHTTP, len(cs))
 	for _, c := range cs {
-		if o := old[c.Name]; o != nil && o.cfg == c {
+		if o := old[c.Name]; o != nil && sameSettings(o.given, c) {
+			// Package runtime builds a new TLS client on every update: new connections
+			// take it, pooled ones are kept.
+			o.tls.Store(c.TLS)
 			next[c.Name] = o
 			continue
 		}
@@ -136,6 +141,16 @@ func (u *Upstreams) Update(cs []Cluster) {
 	}
 }
 
+// sameSettings reports whether a and b speak HTTP the same way, TLS clients aside as long
+// as both or neither have one.
+func sameSettings(a, b Cluster) bool {
+	if (a.TLS == nil) != (b.TLS == nil) {
+		return false
+	}
+	a.TLS, b.TLS = nil, nil
+	return a == b
+}
+
 // Close closes every idle pooled connection, and stops the pools' janitor.
 func (u *Upstreams) Close() {
 	u.once.Do(func() { close(u.stop) })
@@ -150,6 +165,7 @@ func (u *Upstreams) Close() {
 func (u *Upstreams) cluster(name string) *clusterHTTP { return (*u.clusters.Load())[name] }
 
 func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
+	given := c
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -159,6 +175,7 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 	if c.RetryBudgetMinConcurrency <= 0 {
 		c.RetryBudgetMinConcurrency = DefaultRetryMinConcurrent
 	}
+	ch := &clusterHTTP{given: given, cfg: c, stats: u.metrics.cluster(c.Name)}
 	d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
 		Proxy: nil,
@@ -184,22 +201,23 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 	switch {
 	case c.TLS != nil:
 		scheme = "https"
-		cfg := c.TLS.Config(c.TLS.SNI()).Clone() // shared with the L4 path: never modify it
+		alpn := []string{"http/1.1"}
 		if c.HTTP2 {
 			p.SetHTTP2(true)
-			cfg.NextProtos = []string{"h2"}
+			alpn = []string{"h2"}
 		} else {
 			p.SetHTTP1(true)
-			cfg.NextProtos = []string{"http/1.1"}
 		}
-		t.TLSClientConfig = cfg
 		t.TLSHandshakeTimeout = c.ConnectTimeout
 		t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nc, err := t.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
-			tc := tls.Client(nc, cfg.Clone())
+			client := ch.tls.Load()
+			cfg := client.Config(client.SNI()).Clone() // shared with the L4 path: never modify it
+			cfg.NextProtos = alpn
+			tc := tls.Client(nc, cfg)
 			hctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
 			defer cancel()
 			if err := tc.HandshakeContext(hctx); err != nil {
@@ -222,7 +240,9 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 			PingTimeout:          15 * time.Second,
 		}
 	}
-	return &clusterHTTP{cfg: c, scheme: scheme, transport: t, h1: h1, stats: u.metrics.cluster(c.Name)}
+	ch.scheme, ch.transport, ch.h1 = scheme, t, h1
+	ch.tls.Store(c.TLS)
+	return ch
 }
 
 // retryAllowed reports whether the retry budget lets one more retry start, and counts it.
