@@ -105,15 +105,16 @@ func (p *h1Pool) put(c *h1Conn) {
 }
 
 // closeIdle closes every idle connection; with expiredOnly, only those idle for longer
-// than the idle timeout.
-func (p *h1Pool) closeIdle(expiredOnly bool) {
+// than the idle timeout, and those to endpoints not in current (when not nil).
+func (p *h1Pool) closeIdle(expiredOnly bool, current map[netip.AddrPort]bool) {
 	now := time.Now()
 	var doomed []*h1Conn
 	p.mu.Lock()
 	for ep, conns := range p.idle {
 		keep := conns[:0]
 		for _, c := range conns {
-			if expiredOnly && (p.idleTimeout <= 0 || now.Sub(c.idleAt) <= p.idleTimeout) {
+			gone := current != nil && !current[ep]
+			if expiredOnly && !gone && (p.idleTimeout <= 0 || now.Sub(c.idleAt) <= p.idleTimeout) {
 				keep = append(keep, c)
 				continue
 			}
@@ -137,7 +138,7 @@ func (p *h1Pool) close() {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
-	p.closeIdle(false)
+	p.closeIdle(false, nil)
 }
 
 // roundTrip sends req (fastPathOK) to ep and reads the response headers, in the caller's

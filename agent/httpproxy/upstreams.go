@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,10 +89,11 @@ func NewUpstreams(reg *upstream.Registry, m *Metrics) *Upstreams {
 	return u
 }
 
-// janitorInterval is how often idle fast-path connections past their idle timeout close.
+// janitorInterval is how often idle fast-path connections past their idle timeout, or to
+// endpoints no longer in their cluster, close.
 const janitorInterval = 30 * time.Second
 
-// janitor closes the fast path's expired idle connections until Close.
+// janitor sweeps the fast path's idle connections until Close.
 func (u *Upstreams) janitor() {
 	t := time.NewTicker(janitorInterval)
 	defer t.Stop()
@@ -100,11 +102,7 @@ func (u *Upstreams) janitor() {
 		case <-u.stop:
 			return
 		case <-t.C:
-			for _, c := range *u.clusters.Load() {
-				if c.h1 != nil {
-					c.h1.closeIdle(true)
-				}
-			}
+			u.sweep()
 		}
 	}
 }
@@ -138,6 +136,25 @@ func (u *Upstreams) Update(cs []Cluster) {
 				o.h1.close()
 			}
 		}
+	}
+}
+
+// sweep closes the fast path's idle connections that are past their idle timeout or go
+// to endpoints their cluster no longer has.
+func (u *Upstreams) sweep() {
+	for name, c := range *u.clusters.Load() {
+		if c.h1 == nil {
+			continue
+		}
+		var current map[netip.AddrPort]bool
+		if ucl := u.reg.Cluster(name); ucl != nil {
+			hosts := ucl.Hosts()
+			current = make(map[netip.AddrPort]bool, len(hosts))
+			for _, h := range hosts {
+				current[h.Addr] = true
+			}
+		}
+		c.h1.closeIdle(true, current)
 	}
 }
 

@@ -1,6 +1,8 @@
 package httpproxy
 
 import (
+	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/flotilla-proxy/flotilla/agent/tlsconf"
@@ -32,3 +34,32 @@ func TestUpstreamsUpdateKeepsPools(t *testing.T) {
 		t.Error("removed cluster still there")
 	}
 }
+
+// TestSweep: idle fast-path connections to an endpoint removed from its cluster close at
+// the next sweep; those to current endpoints stay.
+func TestSweep(t *testing.T) {
+	reg := upstream.NewRegistry(nil, nil)
+	defer reg.Close()
+	u := NewUpstreams(reg, nil)
+	defer u.Close()
+	a, b := netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2")
+	reg.Update([]upstream.ClusterConfig{{Name: "c", Endpoints: []upstream.Endpoint{{Addr: a}, {Addr: b}}}})
+	u.Update([]Cluster{{Name: "c"}})
+	p := u.cluster("c").h1
+	ca, cb := &fakeConn{}, &fakeConn{}
+	p.put(&h1Conn{nc: ca, endpoint: a, pool: p})
+	p.put(&h1Conn{nc: cb, endpoint: b, pool: p})
+	reg.Update([]upstream.ClusterConfig{{Name: "c", Endpoints: []upstream.Endpoint{{Addr: a}}}})
+	u.sweep()
+	if ca.closed || !cb.closed {
+		t.Errorf("after b was removed: a closed %v, b closed %v; want false, true", ca.closed, cb.closed)
+	}
+}
+
+// fakeConn is a net.Conn that records Close.
+type fakeConn struct {
+	net.Conn
+	closed bool
+}
+
+func (c *fakeConn) Close() error { c.closed = true; return nil }
