@@ -165,6 +165,31 @@ clusters:
 		}
 	})
 
+	t.Run("stats per virtual host and route", func(t *testing.T) {
+		// The routes above: three 2xx on virtual host api, one on route canary, one 301
+		// on virtual host secure; the metrics are Prometheus counters on /metrics.
+		tests := []struct {
+			name   string
+			labels []string
+			min    float64
+		}{
+			{name: "vhost api 2xx", labels: []string{`listener="web"`, `virtual_host="api"`, `response_code_class="2xx"`}, min: 3},
+			{name: "route canary 2xx", labels: []string{`virtual_host="default"`, `route="canary"`, `response_code_class="2xx"`}, min: 1},
+			{name: "vhost secure 3xx", labels: []string{`virtual_host="secure"`, `response_code_class="3xx"`}, min: 1},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				n, err := ag.metric("flotilla_agent_vhost_rq_total", tt.labels...)
+				if err != nil || n < tt.min {
+					t.Errorf("vhost_rq_total{%s} = %v (%v), want at least %v", strings.Join(tt.labels, ","), n, err, tt.min)
+				}
+			})
+		}
+		if n, err := ag.metric("flotilla_agent_upstream_rq_xx", `cluster="api"`, `response_code_class="2xx"`); err != nil || n < 3 {
+			t.Errorf("upstream_rq_xx{cluster=api,2xx} = %v (%v), want at least 3", n, err)
+		}
+	})
+
 	t.Run("header operations", func(t *testing.T) {
 		res, err := httpGet(h1, "http://"+plain+"/hello", "web.example", nil)
 		if err != nil {
