@@ -23,9 +23,10 @@ import (
 // through a real agent: virtual hosts by domain (exact and wildcard), routes by
 // path prefix and by header, a prefix rewrite, a direct response, an
 // HTTP→HTTPS 301 and an HTTPS listener; X-Forwarded-For, X-Real-IP and
-// X-Forwarded-Proto as the backend sees them. Clients: Go net/http (HTTP/1.1,
-// h2 over TLS, h2c) and curl (--http1.1, --http2 over TLS,
-// --http2-prior-knowledge).
+// X-Forwarded-Proto as the backend sees them, also behind a trusted hop;
+// header add operations; the combined access log; stats per virtual host,
+// route and cluster. Clients: Go net/http (HTTP/1.1, h2 over TLS, h2c) and
+// curl (--http1.1, --http2 over TLS, --http2-prior-knowledge).
 func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
