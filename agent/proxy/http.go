@@ -10,7 +10,6 @@ import (
 
 	"github.com/flotilla-proxy/flotilla/agent/accesslog"
 	"github.com/flotilla-proxy/flotilla/agent/httpproxy"
-	"github.com/flotilla-proxy/flotilla/agent/httproute"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 )
 
@@ -39,7 +38,6 @@ type httpState struct {
 	ups     *httpproxy.Upstreams
 	metrics *httpproxy.Metrics
 	entries sync.Map // *entry → *httpServers
-	warned  sync.Map // "listener\x00cluster" → true: PROXY protocol warnings given
 }
 
 // httpServer returns the Server of chain fc of entry e, or nil.
@@ -88,7 +86,6 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 				continue
 			}
 			cfg := &httpproxy.Config{Listener: name, Manager: fc.HTTP, Table: g.RouteTable(fc.HTTP.RouteConfigName)}
-			m.warnHTTPProxyProtocol(g, name, cfg.Table)
 			if al := fc.HTTP.AccessLog; al != nil {
 				cfg.AccessLog = logs[al.Path]
 			}
@@ -103,32 +100,6 @@ func (m *Manager) applyHTTP(g *runtime.Graph, entries map[string]*entry, logs ma
 		for chain, s := range old {
 			if next[chain] != s {
 				go m.drainHTTP(s, context.Background())
-			}
-		}
-	}
-}
-
-// warnHTTPProxyProtocol logs the clusters with an upstream PROXY protocol that a route
-// table sends HTTP requests to: HTTP connections to endpoints are pooled and shared by
-// clients, so the agent sends them no PROXY header.
-func (m *Manager) warnHTTPProxyProtocol(g *runtime.Graph, listener string, t *httproute.Table) {
-	if t == nil {
-		return
-	}
-	for _, vh := range t.VirtualHosts {
-		for _, r := range vh.Routes {
-			if r.Forward == nil {
-				continue
-			}
-			for _, wc := range r.Forward.Clusters {
-				c := g.Cluster(wc.Name)
-				if c == nil || c.ProxyProtocol() == 0 {
-					continue
-				}
-				if _, seen := m.http.warned.LoadOrStore(listener+"\x00"+wc.Name, true); !seen {
-					m.log.Warn("HTTP routes send no PROXY protocol header to a cluster that has one (it applies to tcp_proxy only)",
-						"listener", listener, "cluster", wc.Name)
-				}
 			}
 		}
 	}

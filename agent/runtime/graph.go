@@ -381,6 +381,9 @@ func Build(r *Resources) (*Graph, error) {
 		g.clusters = append(g.clusters, cl)
 		g.clusterByName[name] = cl
 	}
+	if err := checkHTTPClusters(g); err != nil {
+		return nil, err
+	}
 	eds := make(map[string][]Endpoint, len(r.Endpoints))
 	for _, name := range sortedKeys(r.Endpoints) {
 		cla := r.Endpoints[name]
@@ -495,4 +498,32 @@ func Build(r *Resources) (*Graph, error) {
 		g.listenerByName[l.name] = l
 	}
 	return g, nil
+}
+
+// checkHTTPClusters rejects a route configuration that forwards HTTP to a cluster whose
+// transport socket sends the PROXY protocol: the HTTP engine pools upstream connections
+// and shares them between clients, so no PROXY header could name the right one. Envoy keys
+// its pools by the downstream address instead; flotilla-agent supports the PROXY protocol
+// towards upstreams for tcp_proxy only, and says so rather than dropping the header.
+func checkHTTPClusters(g *Graph) error {
+	for _, name := range sortedKeys(g.routes) {
+		t := g.routes[name]
+		for i, vh := range t.VirtualHosts {
+			for j, r := range vh.Routes {
+				if r.Forward == nil {
+					continue
+				}
+				for _, wc := range r.Forward.Clusters {
+					c := g.clusterByName[wc.Name]
+					if c == nil || c.proxyProtocol == 0 {
+						continue
+					}
+					return &ResourceError{TypeURL: resourcev3.RouteType, Name: name, Err: fmt.Errorf(
+						"virtual_hosts[%d].routes[%d].route: cluster %q sends the PROXY protocol (upstream_proxy_protocol transport socket), which flotilla-agent supports for tcp_proxy only: HTTP connections to endpoints are pooled and shared by clients",
+						i, j, wc.Name)}
+				}
+			}
+		}
+	}
+	return nil
 }

@@ -616,3 +616,17 @@ func TestRouteTableReuse(t *testing.T) {
 		t.Error("new message: old table reused")
 	}
 }
+
+// TestBuildHTTPRouteToProxyProtocolCluster: HTTP routes may not forward to a cluster that
+// sends the PROXY protocol (pooled HTTP connections are shared by clients); the route
+// configuration is rejected, naming the route and the cluster.
+func TestBuildHTTPRouteToProxyProtocolCluster(t *testing.T) {
+	r := httpResources()
+	r.Clusters["b"].TransportSocket = runtimetest.UpstreamProxyProtocol(2)
+	_, err := runtime.Build(r)
+	var re *runtime.ResourceError
+	want := `route configuration "web": virtual_hosts[0].routes[0].route: cluster "b" sends the PROXY protocol (upstream_proxy_protocol transport socket), which flotilla-agent supports for tcp_proxy only: HTTP connections to endpoints are pooled and shared by clients`
+	if !errors.As(err, &re) || re.TypeURL != resourcev3.RouteType || err.Error() != want {
+		t.Fatalf("Build() = %v\nwant %s", err, want)
+	}
+}
