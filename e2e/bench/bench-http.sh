@@ -366,8 +366,8 @@ wait_quiet() {
 }
 
 # measure_path PATH: one round for one path (start its proxy, one wrk run, stop it);
-# appends to the per-path lists RATE, P50, P99, CPU, OTHER and adds to ERR.
-declare -A RATE P50 P99 CPU OTHER ERR
+# appends to the per-path lists RATE, P50, P99, CPU, CPUREQ, OTHER and adds to ERR.
+declare -A RATE P50 P99 CPU CPUREQ OTHER ERR
 measure_path() {
   local path=$1 pid out r t0=0 t1=0 b0 b1 cpu other
   wait_quiet
@@ -385,9 +385,17 @@ measure_path() {
   # on the machine took from it (the proxy is pinned there, the others are not).
   cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$RATE_S" 'BEGIN {printf "%.0f", 100 * d / hz / s}')
   other=$(awk -v b=$((b1 - b0)) -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$RATE_S" \
-    'BEGIN {o = 100 * (b - d) / hz / s; printf "%.0f", (o < 0 ? 0 : o)}')
+    'BEGIN {o = 100 * (b - d) / hz / s; printf "%.0f", (o < 0 ? 0 : (o > 100 ? 100 : o))}')
   RATE[$path]+=" ${r[0]}" P50[$path]+=" ${r[1]}" P99[$path]+=" ${r[2]}" OTHER[$path]+=" $other"
-  if [[ -n $pid ]]; then CPU[$path]+=" $cpu"; else cpu="—"; fi # direct: no proxy
+  if [[ -n $pid ]]; then
+    CPU[$path]+=" $cpu"
+    # Proxy CPU time per request, in µs: what a request costs the proxy, which other load
+    # on the machine changes much less than the rate.
+    CPUREQ[$path]+=" $(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v rate="${r[0]}" -v s="$RATE_S" \
+      'BEGIN {printf "%.1f", (rate > 0 ? 1e6 * d / hz / (rate * s) : 0)}')"
+  else
+    cpu="—" # direct: no proxy
+  fi
   ERR[$path]=$((${ERR[$path]:-0} + r[3]))
   log "$path: ${r[0]} req/s, p50 ${r[1]} ms, p99 ${r[2]} ms, non-2xx/socket errors ${r[3]}, proxy CPU $cpu% of core $PROXY_CPU, others $other% of it (load $(cut -d' ' -f1 /proc/loadavg))"
 }
@@ -411,6 +419,7 @@ for path in "${PATHS[@]}"; do
   R[p50,$path]=$(median ${P50[$path]})
   R[p99,$path]=$(median ${P99[$path]})
   R[cpu,$path]=$(median ${CPU[$path]:-})
+  R[cpureq,$path]=$(median ${CPUREQ[$path]:-})
   R[other,$path]=$(median ${OTHER[$path]})
   R[errors,$path]=${ERR[$path]}
 done
@@ -460,6 +469,7 @@ TABLE=$(
   row rate "requests/s, keep-alive, c=$CONNS" 0
   row p50 "p50 latency (ms, lower is better)" 3
   row p99 "p99 latency (ms, lower is better)" 3
+  row cpureq "proxy CPU per request (µs, lower is better; steadier than the rate on a busy machine)" 1
   row cpu "proxy CPU (% of its core)" 0 no
   row other "other processes on the proxy core (%, noise: should be near 0)" 0 no
 )
@@ -470,12 +480,13 @@ VERDICTS=$(
 )
 
 RAW=$(
-  echo "| path | requests/s | p50 (ms) | p99 (ms) | proxy CPU (%) | others on its core (%) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| path | requests/s | p50 (ms) | p99 (ms) | proxy CPU/request (µs) | proxy CPU (%) | others on its core (%) |"
+  echo "|---|---|---|---|---|---|---|"
   for path in "${PATHS[@]}"; do
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$path" "$(echo ${RATE[$path]} | sed 's/ /, /g')" \
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$path" "$(echo ${RATE[$path]} | sed 's/ /, /g')" \
       "$(echo ${P50[$path]} | sed 's/ /, /g')" "$(echo ${P99[$path]} | sed 's/ /, /g')" \
-      "$(echo ${CPU[$path]:-—} | sed 's/ /, /g')" "$(echo ${OTHER[$path]} | sed 's/ /, /g')"
+      "$(echo ${CPUREQ[$path]:-—} | sed 's/ /, /g')" "$(echo ${CPU[$path]:-—} | sed 's/ /, /g')" \
+      "$(echo ${OTHER[$path]} | sed 's/ /, /g')"
   done
 )
 
@@ -529,7 +540,7 @@ $VERDICTS
   path wrk and the backend share core $LOAD_CPU with nothing on core $PROXY_CPU; a proxied path adds the
   proxy on its own core and a second loopback hop. "Proxy CPU" is utime+stime of the proxy's
   processes (nginx: master and worker) over the run from /proc/PID/stat, as a share of its
-  core: near 100% means the proxy is the bottleneck, well below means wrk and the backend on
+  core (and divided by the requests served, "proxy CPU per request"): near 100% means the proxy is the bottleneck, well below means wrk and the backend on
   core $LOAD_CPU are (or others took the core). "Other processes on the proxy core" is the
   core's busy time in /proc/stat minus the proxy's: work from elsewhere on the machine that
   competed with the proxy (direct: core $PROXY_CPU is otherwise idle). Runs where it is not near 0
