@@ -788,3 +788,53 @@ clusters:
 		}
 	})
 }
+
+// TestHTTPConfigErrors: bad HTTP listener configs are refused by flotctl
+// validate and by the control plane's apply, each error naming the file, the
+// field path and the reason.
+func TestHTTPConfigErrors(t *testing.T) {
+	t.Parallel()
+	cp := startControlPlane(t)
+	tests := []struct {
+		name  string
+		http  string // the listener's http block, indented under "http:"
+		want  string // in the error: field path and reason
+		extra string // more listener fields
+	}{
+		{name: "bad regex", http: `routes: [{ match: { regex: "^/v[0-9+" }, cluster: app }]`,
+			want: `listeners[0].http.routes[0].match.regex: "^/v[0-9+" is not a valid RE2 regular expression`},
+		{name: "unknown cluster", http: `routes: [{ match: { prefix: / }, cluster: nope }]`,
+			want: `listeners[0].http.routes[0].cluster: unknown cluster "nope"`},
+		{name: "websocket without a cluster", http: `routes: [{ match: { prefix: /ws }, direct_response: { status: 200 }, websocket: true }]`,
+			want: `listeners[0].http.routes[0].websocket:`},
+		{name: "bad size", http: "max_request_body: 10 MiBs\n      routes: [{ match: { prefix: / }, cluster: app }]",
+			want: `listeners[0].http.max_request_body: "10 MiBs" is not a size`},
+		{name: "http with tcp", http: `routes: [{ match: { prefix: / }, cluster: app }]`, extra: "    tcp: { cluster: app }\n",
+			want: `listeners[0].http: cannot be combined with tcp`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, t.TempDir(), "bad.yaml", fmt.Sprintf(`
+listeners:
+  - name: web
+    address: "127.0.0.1:1"
+%s    http:
+      %s
+clusters:
+  - { name: app, endpoints: ["127.0.0.1:2"] }
+`, tt.extra, tt.http))
+			for _, args := range [][]string{{"validate", path}, {"apply", path, "-m", "bad"}} {
+				r := cp.flotctl(t, args...)
+				if r.code == 0 {
+					t.Fatalf("flotctl %s accepted it: %s", args[0], r)
+				}
+				if !strings.Contains(r.stdout+r.stderr, tt.want) || !strings.Contains(r.stdout+r.stderr, "bad.yaml") {
+					t.Errorf("flotctl %s: want an error naming bad.yaml and %q, got %s", args[0], tt.want, r)
+				}
+			}
+		})
+	}
+	if r := cp.flotctl(t, "history"); r.code != 0 || strings.Contains(r.stdout, "bad") {
+		t.Errorf("a refused apply left a version: %s", r)
+	}
+}
