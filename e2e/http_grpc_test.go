@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -70,15 +71,17 @@ func startGRPCBackend(t *testing.T, id string) string {
 }
 
 // TestHTTPGRPCThroughAgent: grpc-go unary and server-streaming calls through
-// an http listener (h2c downstream) to a cluster with protocol http2, with
-// response headers, trailers and non-OK statuses intact.
+// an http listener (h2c downstream, and h2 over TLS) to a cluster with
+// protocol http2, with response headers, trailers and non-OK statuses intact.
 func TestHTTPGRPCThroughAgent(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	backend := startGRPCBackend(t, "g1")
+	ca := newTestCA(t)
+	ca.issue(t, dir, "grpc", "grpc.example")
 	cp := startControlPlane(t)
 	ag := startAgent(t, cp, "a1", "dc=ams")
-	listen := freeAddr(t)
+	listen, secure := freeAddr(t), freeAddr(t)
 	cp.apply(t, writeConfig(t, dir, "grpc.yaml", fmt.Sprintf(`
 listeners:
   - name: grpc
@@ -87,11 +90,18 @@ listeners:
       routes:
         - { name: grpc, match: { prefix: /, grpc: true }, cluster: greeter, timeout: 0s }
         - { name: other, match: { prefix: / }, direct_response: { status: 404, body: "not grpc\n" } }
+  - name: grpcs
+    address: %q
+    tls:
+      certificates: [{ cert: grpc.crt, key: grpc.key }]
+    http:
+      routes:
+        - { name: grpc, match: { prefix: /, grpc: true }, cluster: greeter }
 clusters:
   - name: greeter
     protocol: http2
     endpoints: [%q]
-`, listen, backend)), "grpc through the agent")
+`, listen, secure, backend)), "grpc through the agent")
 	ag.waitReady(t)
 
 	conn, err := grpc.NewClient("passthrough:///"+listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -202,6 +212,31 @@ clusters:
 					t.Errorf("trailer x-trailer %q, want [stream-g1]", tr)
 				}
 			})
+		}
+	})
+
+	t.Run("unary over TLS", func(t *testing.T) {
+		// HTTP/2 negotiated by ALPN on a TLS listener.
+		conn, err := grpc.NewClient("passthrough:///"+secure,
+			grpc.WithTransportCredentials(credentials.NewTLS(ca.clientConfig("grpc.example"))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var trailer metadata.MD
+		var resp *testgrpc.SimpleResponse
+		waitFor(t, convergeTimeout, "a unary call over TLS", func() (err error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			resp, err = testgrpc.NewTestServiceClient(conn).UnaryCall(ctx,
+				&testgrpc.SimpleRequest{Payload: &testgrpc.Payload{Body: []byte("tls")}}, grpc.Trailer(&trailer))
+			return err
+		})
+		if got := string(resp.GetPayload().GetBody()); got != "g1:tls" {
+			t.Errorf("payload %q, want g1:tls", got)
+		}
+		if got := trailer.Get("x-trailer"); len(got) != 1 || got[0] != "unary-g1" {
+			t.Errorf("trailer x-trailer %q, want [unary-g1]", got)
 		}
 	})
 }
