@@ -58,8 +58,26 @@ type httpBackend struct {
 // startHTTPBackend starts an httpBackend; it is closed at cleanup.
 func startHTTPBackend(t *testing.T, id string) *httpBackend {
 	t.Helper()
+	return startHTTPBackendWith(t, id, false)
+}
+
+// startH2CBackend starts an httpBackend that also speaks HTTP/2 in clear text
+// (prior knowledge), as a cluster with protocol http2 expects.
+func startH2CBackend(t *testing.T, id string) *httpBackend {
+	t.Helper()
+	return startHTTPBackendWith(t, id, true)
+}
+
+func startHTTPBackendWith(t *testing.T, id string, h2c bool) *httpBackend {
+	t.Helper()
 	b := &httpBackend{id: id, hijacked: make(map[net.Conn]bool)}
-	b.srv = httptest.NewServer(http.HandlerFunc(b.serveHTTP))
+	b.srv = httptest.NewUnstartedServer(http.HandlerFunc(b.serveHTTP))
+	if h2c {
+		b.srv.Config.Protocols = new(http.Protocols)
+		b.srv.Config.Protocols.SetHTTP1(true)
+		b.srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	}
+	b.srv.Start()
 	b.addr = b.srv.Listener.Addr().String()
 	t.Cleanup(b.close)
 	return b

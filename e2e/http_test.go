@@ -24,7 +24,7 @@ import (
 // path prefix and by header, a prefix rewrite, a direct response, an
 // HTTP→HTTPS 301 and an HTTPS listener; X-Forwarded-For, X-Real-IP and
 // X-Forwarded-Proto as the backend sees them, also behind a trusted hop;
-// header add operations; the combined access log; stats per virtual host,
+// HTTP/2 to an http2 cluster; header add operations; the combined access log; stats per virtual host,
 // route and cluster. Clients: Go net/http (HTTP/1.1, h2 over TLS, h2c) and
 // curl (--http1.1, --http2 over TLS, --http2-prior-knowledge).
 func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
@@ -36,6 +36,7 @@ func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
 	api := startHTTPBackend(t, "api")
 	canary := startHTTPBackend(t, "canary")
 	static := startHTTPBackend(t, "static")
+	h2 := startH2CBackend(t, "h2")
 
 	cp := startControlPlane(t)
 	ag := startAgent(t, cp, "a1", "dc=ams")
@@ -71,6 +72,9 @@ listeners:
               match: { prefix: /static/ }
               cluster: static
               prefix_rewrite: /
+            - name: h2
+              match: { prefix: /h2/ }
+              cluster: h2
             - name: app
               match: { prefix: / }
               cluster: app
@@ -93,7 +97,8 @@ clusters:
   - { name: api, endpoints: [%q] }
   - { name: canary, endpoints: [%q] }
   - { name: static, endpoints: [%q] }
-`, plain, secure, edge, accessLog, app.addr, api.addr, canary.addr, static.addr))
+  - { name: h2, protocol: http2, endpoints: [%q] }
+`, plain, secure, edge, accessLog, app.addr, api.addr, canary.addr, static.addr, h2.addr))
 	if r := cp.flotctl(t, "validate", cfg); r.code != 0 {
 		t.Fatalf("flotctl validate: %s", r)
 	}
@@ -303,6 +308,19 @@ clusters:
 		}
 		if res.proto != "HTTP/1.1" || res.status != 200 || res.seen == nil || res.seen.ID != "app" {
 			t.Fatalf("%s %d from %+v, want HTTP/1.1 200 from app", res.proto, res.status, res.seen)
+		}
+	})
+	t.Run("http2 upstream", func(t *testing.T) {
+		// HTTP/1.1 from the client, HTTP/2 (h2c) to a cluster with protocol http2.
+		res, err := httpGet(h1, "http://"+plain+"/h2/x", "web.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.status != 200 || res.seen == nil || res.seen.ID != "h2" || res.seen.Proto != "HTTP/2.0" {
+			t.Fatalf("status %d from %+v, want 200 from h2 over HTTP/2.0", res.status, res.seen)
+		}
+		if res.seen.Host != "web.example" {
+			t.Errorf("backend saw :authority %q, want web.example", res.seen.Host)
 		}
 	})
 	t.Run("go h2c", func(t *testing.T) {
