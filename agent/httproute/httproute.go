@@ -63,6 +63,16 @@ type Manager struct {
 	// whose body is larger gets 413 (at once when Content-Length says so; otherwise when the
 	// limit is crossed). The agent streams the body instead of buffering it.
 	MaxRequestBodyBytes int64
+	// NormalizePath (normalize_path) normalises the request path before routing and
+	// forwards the normalised path, as nginx does before `location` matching: percent-
+	// escapes of unreserved characters are decoded, "." and ".." segments removed (RFC 3986
+	// remove_dot_segments; a ".." above the root is dropped). MergeSlashes (merge_slashes)
+	// also collapses runs of "/" into one.
+	NormalizePath bool
+	MergeSlashes  bool
+	// EscapedSlashes is path_with_escaped_slashes_action: what a path containing %2F or
+	// %5C (either case) gets. EscapedSlashesKeep leaves it as it is.
+	EscapedSlashes EscapedSlashesAction
 	// Upgrades lists the upgrade types (lower case, e.g. "websocket") enabled for every
 	// route (upgrade_configs); a route may enable or disable one for itself.
 	Upgrades map[string]bool
@@ -72,6 +82,23 @@ type Manager struct {
 	// AccessLog, when not nil, gets one line per request.
 	AccessLog *AccessLog
 }
+
+// EscapedSlashesAction is an http_connection_manager's path_with_escaped_slashes_action.
+type EscapedSlashesAction int
+
+// The path_with_escaped_slashes_action values the agent honours
+// (IMPLEMENTATION_SPECIFIC_DEFAULT is Keep, as in Envoy).
+const (
+	// EscapedSlashesKeep forwards the path as it is.
+	EscapedSlashesKeep EscapedSlashesAction = iota
+	// EscapedSlashesReject answers 400.
+	EscapedSlashesReject
+	// EscapedSlashesUnescapeAndForward decodes %2F to "/" and %5C to "\" before
+	// normalisation and routing, and forwards the result.
+	EscapedSlashesUnescapeAndForward
+	// EscapedSlashesUnescapeAndRedirect answers a redirect to the unescaped path.
+	EscapedSlashesUnescapeAndRedirect
+)
 
 // Codec is a downstream codec_type.
 type Codec int
