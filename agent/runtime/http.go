@@ -99,10 +99,12 @@ func parseHTTPManager(h *hcmv3.HttpConnectionManager, path string) (*httproute.M
 	if err := fieldcheck.Only(h, path, "codec_type", "stat_prefix", "rds", "http_filters", "common_http_protocol_options",
 		"server_name", "server_header_transformation", "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
 		"request_headers_timeout", "access_log", "use_remote_address", "xff_num_trusted_hops", "skip_xff_append",
-		"upgrade_configs"); err != nil {
+		"upgrade_configs", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action"); err != nil {
 		return nil, nil, err
 	}
 	m := &httproute.Manager{
+		NormalizePath:          h.GetNormalizePath().GetValue(),
+		MergeSlashes:           h.GetMergeSlashes(),
 		StatPrefix:             h.GetStatPrefix(),
 		ServerName:             h.GetServerName(),
 		UseRemoteAddress:       h.GetUseRemoteAddress().GetValue(),
@@ -128,6 +130,18 @@ func parseHTTPManager(h *hcmv3.HttpConnectionManager, path string) (*httproute.M
 		m.ServerHeaderPassThrough = true
 	default:
 		return nil, nil, fmt.Errorf("%s.server_header_transformation %s is not supported by flotilla-agent (OVERWRITE or PASS_THROUGH)", path, t)
+	}
+	switch a := h.GetPathWithEscapedSlashesAction(); a {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
+		m.EscapedSlashes = httproute.EscapedSlashesKeep
+	case hcmv3.HttpConnectionManager_REJECT_REQUEST:
+		m.EscapedSlashes = httproute.EscapedSlashesReject
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		m.EscapedSlashes = httproute.EscapedSlashesUnescapeAndForward
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
+		m.EscapedSlashes = httproute.EscapedSlashesUnescapeAndRedirect
+	default:
+		return nil, nil, fmt.Errorf("%s.path_with_escaped_slashes_action %s is not supported by flotilla-agent", path, a)
 	}
 	name, err := parseRDS(h.GetRds(), path+".rds")
 	if err != nil {

@@ -317,6 +317,13 @@ func TestValidateHTTP(t *testing.T) {
 	}{
 		// The manager.
 		{"manager", lds, hcm(nil), ""},
+		{"path normalisation", lds, hcm(func(h *hcmv3.HttpConnectionManager) {
+			h.NormalizePath = wrapperspb.Bool(true)
+			h.MergeSlashes = true
+			h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT
+		}), ""},
+		{"prefix_rewrite without slash", rds, route(func(r *routev3.Route) { r.GetRoute().PrefixRewrite = "v2/" }),
+			rp + `.routes[0].route.prefix_rewrite: "v2/" must start with /`},
 		{"full manager", lds, httpResources().Listeners["web"], ""},
 		{"behind connection_limit", lds, runtimetest.WithConnectionLimit(hcm(nil), 10), ""},
 		{"inline route_config", lds, hcm(func(h *hcmv3.HttpConnectionManager) {
@@ -628,5 +635,24 @@ func TestBuildHTTPRouteToProxyProtocolCluster(t *testing.T) {
 	want := `route configuration "web": virtual_hosts[0].routes[0].route: cluster "b" sends the PROXY protocol (upstream_proxy_protocol transport socket), which flotilla-agent supports for tcp_proxy only: HTTP connections to endpoints are pooled and shared by clients`
 	if !errors.As(err, &re) || re.TypeURL != resourcev3.RouteType || err.Error() != want {
 		t.Fatalf("Build() = %v\nwant %s", err, want)
+	}
+}
+
+// TestBuildHTTPPathNormalisation: normalize_path, merge_slashes and
+// path_with_escaped_slashes_action reach the manager.
+func TestBuildHTTPPathNormalisation(t *testing.T) {
+	r := httpResources()
+	h := runtimetest.HTTPManagerOf(r.Listeners["web"])
+	h.NormalizePath = wrapperspb.Bool(true)
+	h.MergeSlashes = true
+	h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_REJECT_REQUEST
+	runtimetest.SetHTTPManager(r.Listeners["web"], h)
+	g, err := runtime.Build(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := g.Listener("web").Chains()[0].HTTP
+	if !m.NormalizePath || !m.MergeSlashes || m.EscapedSlashes != httproute.EscapedSlashesReject {
+		t.Errorf("manager = normalize %v, merge %v, escaped slashes %v; want true, true, reject", m.NormalizePath, m.MergeSlashes, m.EscapedSlashes)
 	}
 }

@@ -349,6 +349,9 @@ func parseRouteAction(a *routev3.RouteAction, path string) (*httproute.Forward, 
 		return nil, err
 	}
 	f := &httproute.Forward{Timeout: DefaultRouteTimeout, PrefixRewrite: a.GetPrefixRewrite()}
+	if pr := f.PrefixRewrite; pr != "" && pr[0] != '/' {
+		return nil, fmt.Errorf("%s.prefix_rewrite: %q must start with /", path, pr)
+	}
 	switch cs := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:
 		if cs.Cluster == "" {
@@ -503,8 +506,8 @@ func parseRedirect(r *routev3.RedirectAction, path string) (*httproute.Redirect,
 		}
 		out.Path = pr.PathRedirect
 	case *routev3.RedirectAction_PrefixRewrite:
-		if pr.PrefixRewrite == "" {
-			return nil, fmt.Errorf("%s.prefix_rewrite: must not be empty", path)
+		if pr.PrefixRewrite == "" || pr.PrefixRewrite[0] != '/' {
+			return nil, fmt.Errorf("%s.prefix_rewrite: %q must start with /", path, pr.PrefixRewrite)
 		}
 		out.PrefixRewrite = pr.PrefixRewrite
 	}

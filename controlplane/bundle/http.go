@@ -366,8 +366,11 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 		if m.GetRegex() != "" {
 			v.add(at, f+".prefix_rewrite", "cannot be combined with match.regex: there is no prefix to replace")
 		}
-		if !printable(r.GetPrefixRewrite()) {
-			v.add(at, f+".prefix_rewrite", "%q must not contain spaces or control characters", r.GetPrefixRewrite())
+		switch pr := r.GetPrefixRewrite(); {
+		case !strings.HasPrefix(pr, "/"):
+			v.add(at, f+".prefix_rewrite", "%q must start with \"/\"", pr)
+		case !printable(pr):
+			v.add(at, f+".prefix_rewrite", "%q must not contain spaces or control characters", pr)
 		}
 	}
 	if r.GetHostRewrite() != "" {
@@ -375,8 +378,8 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 		if r.GetAutoHostRewrite() {
 			v.add(at, f+".host_rewrite", "cannot be combined with auto_host_rewrite")
 		}
-		if !printable(r.GetHostRewrite()) {
-			v.add(at, f+".host_rewrite", "%q must not contain spaces or control characters", r.GetHostRewrite())
+		if !isHost(r.GetHostRewrite()) {
+			v.add(at, f+".host_rewrite", "%q is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)", r.GetHostRewrite())
 		}
 	}
 	if r.GetAutoHostRewrite() {
@@ -603,8 +606,8 @@ func (v *validator) redirect(at site, f string, rd *configv1.Redirect) {
 	default:
 		v.add(at, f+".scheme", "%q is not a scheme: use \"http\" or \"https\" (or leave it out to keep the request's)", s)
 	}
-	if h := rd.GetHost(); h != "" && (!printable(h) || strings.ContainsAny(h, "/?#@")) {
-		v.add(at, f+".host", "%q is not a host name", h)
+	if h := rd.GetHost(); h != "" && !isHost(h) {
+		v.add(at, f+".host", "%q is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)", h)
 	}
 	if p := rd.GetPort(); p > 65535 {
 		v.add(at, f+".port", "%d is not a port: use 1 to 65535", p)
@@ -663,4 +666,15 @@ func (v *validator) grpcService(at site, g *configv1.GrpcService, defined map[st
 		}
 	}
 	v.selector(at, g.GetAgents())
+}
+
+// isHost reports whether h can be sent as a Host header or redirect host: printable ASCII
+// without / ? # @ or * (what the agent accepts in host_rewrite_literal and host_redirect).
+func isHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("/?#@*", c) >= 0 {
+			return false
+		}
+	}
+	return h != ""
 }

@@ -190,6 +190,8 @@ listeners:
         - { redirect: { scheme: ftp, host: "a/b", port: 70000, path: p, prefix_rewrite: /q, code: 200 } }
         - { cluster: pp }
         - { weighted_clusters: [{ cluster: api, weight: 1 }, { cluster: pp, weight: 1 }] }
+        - { cluster: api, prefix_rewrite: v2/, host_rewrite: "internal/v1" }
+        - { cluster: api, host_rewrite: "*" }
 `, want: []string{
 			`a.yaml: listeners[0].http.routes[0]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
 			`a.yaml: listeners[0].http.routes[1]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
@@ -210,13 +212,16 @@ listeners:
 			`a.yaml: listeners[0].http.routes[7].retries.on[2]: duplicate "5xx": same as on[1]`,
 			`a.yaml: listeners[0].http.routes[7].retries.per_try_timeout: must be more than 0s (leave it out for the default)`,
 			`a.yaml: listeners[0].http.routes[8].redirect.code: 200 is not a redirect status: use 301 (the default), 302, 303, 307 or 308`,
-			`a.yaml: listeners[0].http.routes[8].redirect.host: "a/b" is not a host name`,
+			`a.yaml: listeners[0].http.routes[8].redirect.host: "a/b" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
 			`a.yaml: listeners[0].http.routes[8].redirect.path: "p" must start with "/"`,
 			`a.yaml: listeners[0].http.routes[8].redirect.port: 70000 is not a port: use 1 to 65535`,
 			`a.yaml: listeners[0].http.routes[8].redirect.prefix_rewrite: cannot be combined with path: path replaces the whole path`,
 			`a.yaml: listeners[0].http.routes[8].redirect.scheme: "ftp" is not a scheme: use "http" or "https" (or leave it out to keep the request's)`,
 			`a.yaml: listeners[0].http.routes[9].cluster: cluster "pp" sends the PROXY protocol (proxy_protocol: v2), which HTTP routes do not: they pass the client's address in X-Forwarded-For and X-Real-IP; use a cluster without it`,
 			`a.yaml: listeners[0].http.routes[10].weighted_clusters[1].cluster: cluster "pp" sends the PROXY protocol (proxy_protocol: v2), which HTTP routes do not: they pass the client's address in X-Forwarded-For and X-Real-IP; use a cluster without it`,
+			`a.yaml: listeners[0].http.routes[11].host_rewrite: "internal/v1" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
+			`a.yaml: listeners[0].http.routes[11].prefix_rewrite: "v2/" must start with "/"`,
+			`a.yaml: listeners[0].http.routes[12].host_rewrite: "*" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
 		}},
 		{name: "header ops", yaml: `
 listeners:

@@ -209,6 +209,11 @@ func connectionManager(l *configv1.Listener) (*hcmv3.HttpConnectionManager, erro
 		}},
 		UseRemoteAddress:  wrapperspb.Bool(true),
 		XffNumTrustedHops: h.GetXffTrustedHops(),
+		// Routes match, and upstreams get, the normalised path, as with nginx's
+		// `location` matching and `merge_slashes on`: /x/../admin, //admin and /%61dmin
+		// all match a route for /admin.
+		NormalizePath: wrapperspb.Bool(true),
+		MergeSlashes:  true,
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{
 			IdleTimeout: orDuration(h.GetIdleTimeout(), DefaultHTTPIdleTimeout),
 		},
