@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -21,6 +22,11 @@ import (
 // http.Transport does: GET, HEAD, OPTIONS and TRACE without a body, not upgrades.
 // Everything else (bodies, upgrades, HTTP/2, TLS) goes through the cluster's
 // http.Transport.
+//
+// Like http.Transport, the pool never lets bytes an endpoint sent beyond a response be read
+// as the next request's response: a connection goes back to the pool only with nothing
+// buffered and never after a HEAD or a bodiless status that declared a body, and an idle
+// connection is peeked at (without blocking) before reuse and dropped if anything arrived.
 
 // h1Pool keeps idle HTTP/1.1 connections per endpoint of one cluster.
 type h1Pool struct {
@@ -79,6 +85,14 @@ func (p *h1Pool) get(ctx context.Context, ep netip.AddrPort) (*h1Conn, error) {
 			continue
 		}
 		p.mu.Unlock()
+		if c.br.Buffered() > 0 || idleConnUnusable(c.nc) {
+			// The endpoint sent something nobody asked for (a 408 before closing, the
+			// rest of a response that framed itself wrong) or closed the connection:
+			// those bytes must never be read as the next request's response.
+			c.nc.Close()
+			p.mu.Lock()
+			continue
+		}
 		c.reused = true
 		return c, nil
 	}
@@ -224,19 +238,42 @@ func (c *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respons
 		}
 		// 1xx informational (103 Early Hints): not forwarded on this path.
 		resp.Body.Close()
+		if declaresBody(resp) {
+			stop()
+			return nil, errors.New("upstream sent a 1xx response with a body")
+		}
 	}
 	c.lr.n = -1
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		stop()
 		return nil, errors.New("upstream switched protocols without an upgrade request")
 	}
+	// After a HEAD, or a 204/304 that declared a body, the endpoint may send body bytes
+	// that are not part of the response (and may not have arrived yet): the connection
+	// cannot be trusted with another request.
+	closeConn := resp.Close || req.Close || req.Method == http.MethodHead ||
+		(resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified) && declaresBody(resp)
 	if resp.Body == http.NoBody || resp.ContentLength == 0 {
 		resp.Body = http.NoBody
-		c.release(stop, resp.Close || req.Close)
+		c.release(stop, closeConn)
 		return resp, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, c: c, stop: stop, close: resp.Close || req.Close}
+	resp.Body = &h1Body{rc: resp.Body, c: c, stop: stop, close: closeConn}
 	return resp, nil
+}
+
+// declaresBody reports whether a response's headers announce a body (a non-zero
+// Content-Length, or a Transfer-Encoding), whether or not its status allows one.
+func declaresBody(resp *http.Response) bool {
+	if len(resp.TransferEncoding) > 0 || len(resp.Header["Transfer-Encoding"]) > 0 {
+		return true
+	}
+	for _, v := range resp.Header["Content-Length"] {
+		if strings.TrimSpace(v) != "0" {
+			return true
+		}
+	}
+	return false
 }
 
 // staleIf wraps err as errStaleConn when c was kept alive and nothing of the response was
@@ -256,11 +293,12 @@ func isConnReset(err error) bool {
 // aLongTimeAgo is a deadline in the past: it ends blocked reads and writes at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// release gives the connection back to its pool, or closes it.
+// release gives the connection back to its pool, or closes it: when asked to, when the
+// request's context ended while it was in use (its deadline is spoiled), or when the
+// endpoint sent more than the response (unread bytes buffered), which would otherwise be
+// taken as the next request's response.
 func (c *h1Conn) release(stop func() bool, closeConn bool) {
-	if !stop() || closeConn {
-		// The request's context ended while the connection was in use: its deadline is
-		// spoiled.
+	if !stop() || closeConn || c.br.Buffered() > 0 {
 		c.nc.Close()
 		return
 	}

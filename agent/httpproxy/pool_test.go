@@ -1,6 +1,8 @@
 package httpproxy_test
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -117,5 +119,138 @@ func TestFastPathHugeHeaders(t *testing.T) {
 		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{ln.Addr().String()}})
 	if resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/"), nil)); resp.StatusCode != 502 {
 		t.Errorf("got %d %q, want 502", resp.StatusCode, body)
+	}
+}
+
+// rawBackend is an HTTP/1.1 endpoint that answers each request with the bytes reply
+// returns, verbatim (framing errors included); it reads each request's body first.
+func rawBackend(t *testing.T, reply func(req *http.Request) string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(c, reply(req)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestFastPathExtraBytes: an endpoint that sends more than the framed response (a body on
+// a HEAD response or on a 204, bytes after Content-Length) must not have the excess read
+// as the next request's response, which may be another client's.
+func TestFastPathExtraBytes(t *testing.T) {
+	smuggled := "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nX-Smuggled: 1\r\n\r\nhacked!"
+	tests := []struct {
+		name, method, path string
+		first              int // the first request's status
+	}{
+		{"body on HEAD", "HEAD", "/head", 200},
+		{"body on 204", "GET", "/204", 204},
+		{"body on 304", "GET", "/304", 304},
+		{"bytes after Content-Length", "GET", "/extra", 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := rawBackend(t, func(req *http.Request) string {
+				switch req.URL.Path {
+				case "/head":
+					return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+				case "/204":
+					return fmt.Sprintf("HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+				case "/304":
+					return fmt.Sprintf("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)
+				case "/extra":
+					return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + smuggled
+				}
+				return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+			})
+			p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("all", "/", "c"))}, nil,
+				cluster{Cluster: httpproxy.Cluster{Name: "c"}, endpoints: []string{addr}})
+			if resp, _ := do(t, noRedirect(), newRequest(t, tt.method, p.url(tt.path), nil)); resp.StatusCode != tt.first {
+				t.Fatalf("%s %s: %d, want %d", tt.method, tt.path, resp.StatusCode, tt.first)
+			}
+			for i := range 3 {
+				resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/victim"), nil))
+				if resp.StatusCode != 200 || body != "ok" || resp.Header.Get("X-Smuggled") != "" {
+					t.Fatalf("next request %d got %d %q X-Smuggled=%q, want 200 \"ok\"", i, resp.StatusCode, body, resp.Header.Get("X-Smuggled"))
+				}
+			}
+		})
+	}
+}
+
+// TestFastPathUnsolicitedResponse: a response an endpoint sends on an idle keep-alive
+// connection (a 408 before it would close it) is not given to the next request.
+func TestFastPathUnsolicitedResponse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg   sync.WaitGroup
+		sent = make(chan struct{}, 1)
+		stop = make(chan struct{})
+	)
+	t.Cleanup(func() { close(stop); ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for first := true; ; first = false {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func(first bool) {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				if first {
+					// Unasked, on the idle connection, which stays open.
+					io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+					sent <- struct{}{}
+					<-stop
+				}
+			}(first)
+		}
+	}()
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: manager(), Table: table(fwd("all", "/", "c"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "c"}, endpoints: []string{ln.Addr().String()}})
+	if resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/1"), nil)); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("first request: %d %q", resp.StatusCode, body)
+	}
+	<-sent
+	if resp, body := do(t, noRedirect(), newRequest(t, "GET", p.url("/2"), nil)); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("second request got %d %q, want 200 \"ok\" on a new connection", resp.StatusCode, body)
 	}
 }
