@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"net/url"
 	"sync"
 	"time"
 
@@ -56,11 +55,8 @@ func rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out
 	out.URL.Scheme = x.ch.scheme
 	out.URL.Host = x.wc.Name // replaced by the endpoint's address
-	if fw.PrefixRewrite != "" {
-		p := x.route.RewritePath(pr.In.URL.EscapedPath())
-		if u, err := url.Parse(p); err == nil {
-			out.URL.Path, out.URL.RawPath = u.Path, u.RawPath
-		}
+	if x.rewritten {
+		out.URL.Path, out.URL.RawPath = x.upPath, x.upRawPath
 	}
 	out.Host = pr.In.Host
 	if fw.HostRewrite != "" {

@@ -3,10 +3,12 @@ package httpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +60,9 @@ type exchange struct {
 	idleTimer    *time.Timer
 	renderBuf    []byte
 	upgradeReq   bool
+	rewritten    bool   // prefix_rewrite applies: upPath and upRawPath are the path to send
+	upPath       string // as url.URL.Path
+	upRawPath    string // as url.URL.RawPath
 }
 
 // ServeHTTP routes and serves one request.
@@ -79,8 +84,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.localReply(http.StatusNotFound, "")
 		return
 	}
+	target, ok := x.normalize(r)
+	if !ok {
+		return
+	}
 	vh, route := cfg.Table.Select(&httproute.Request{
-		Authority: r.Host, Path: r.RequestURI, Method: r.Method, Scheme: x.entry.Scheme, Header: r.Header,
+		Authority: r.Host, Path: target, Method: r.Method, Scheme: x.entry.Scheme, Header: r.Header,
 	})
 	x.vh, x.route = vh, route
 	if vh != nil && x.needsTLS(r) {
@@ -120,6 +129,61 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		x.localReply(http.StatusNotFound, "")
 	}
+}
+
+// normalize applies the manager's path normalisation (normalize_path, merge_slashes,
+// path_with_escaped_slashes_action) to r before it is routed: r.URL gets the normalised
+// path, which is forwarded, and the target to route on (path and query) comes back.
+// Without normalisation the target is r.RequestURI, as the client sent it. When the
+// request was answered (400 for a rejected or undecodable path, 307 to the unescaped
+// path) ok is false.
+func (x *exchange) normalize(r *http.Request) (target string, ok bool) {
+	m := x.cfg.Manager
+	if !m.NormalizePath && !m.MergeSlashes && m.EscapedSlashes == httproute.EscapedSlashesKeep {
+		return r.RequestURI, true
+	}
+	target = wirePath(r.URL)
+	if r.URL.ForceQuery || r.URL.RawQuery != "" {
+		target += "?" + r.URL.RawQuery
+	}
+	norm, verdict := normalizePath(target, m)
+	switch verdict {
+	case pathReject:
+		x.localReply(http.StatusBadRequest, "Bad Request")
+		return "", false
+	case pathRedirect:
+		x.w.Header().Set("Location", norm)
+		x.localReply(http.StatusTemporaryRedirect, "")
+		return "", false
+	}
+	if norm != target {
+		p, _, _ := strings.Cut(norm, "?")
+		if err := setEscapedPath(r.URL, p); err != nil {
+			x.localReply(http.StatusBadRequest, "Bad Request")
+			return "", false
+		}
+	}
+	return norm, true
+}
+
+// wirePath is u's path escaped as the client sent it (url.URL keeps RawPath only when it
+// differs from the default escaping of Path).
+func wirePath(u *url.URL) string {
+	if u.RawPath != "" {
+		return u.RawPath
+	}
+	return u.EscapedPath()
+}
+
+// setEscapedPath sets u's path from an escaped path, which is forwarded as it is when it
+// is a valid escaping (url.URL.EscapedPath).
+func setEscapedPath(u *url.URL, escaped string) error {
+	p, err := url.PathUnescape(escaped)
+	if err != nil {
+		return fmt.Errorf("path %q: %w", escaped, err)
+	}
+	u.Path, u.RawPath = p, escaped
+	return nil
 }
 
 // begin fills what the access log knows of the request before it is routed.
@@ -250,6 +314,22 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 			return
 		}
 		x.upgradeReq = true
+	}
+	if fw.PrefixRewrite != "" {
+		// Built as an escaped path, never parsed as a URL reference: "//x" is a path, not
+		// an authority. A rewrite that leaves no valid path is an error, never skipped.
+		p := x.route.RewritePath(wirePath(r.URL))
+		if !strings.HasPrefix(p, "/") {
+			p = "/" + p
+		}
+		var u url.URL
+		if err := setEscapedPath(&u, p); err != nil {
+			x.s.log.Error("route prefix_rewrite gives an invalid path", "listener", x.cfg.Listener,
+				"route", x.route.Name, "prefix_rewrite", fw.PrefixRewrite, "error", err)
+			x.localReply(http.StatusInternalServerError, "invalid path rewrite")
+			return
+		}
+		x.rewritten, x.upPath, x.upRawPath = true, u.Path, u.RawPath
 	}
 	if lim := m.MaxRequestBodyBytes; lim > 0 && r.ContentLength > lim {
 		x.localReply(http.StatusRequestEntityTooLarge, "Payload Too Large")
