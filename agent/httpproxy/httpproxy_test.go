@@ -396,6 +396,16 @@ func TestGzip(t *testing.T) {
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, "short")
 			return
+		case "/range":
+			w.Header().Set("Content-Type", "text/plain")
+			http.ServeContent(w, r, "x.txt", time.Time{}, strings.NewReader(text))
+			return
+		case "/notfound":
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusNotFound)
+		case "/content-range":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", len(text)-1, len(text)))
 		default:
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		}
@@ -406,20 +416,29 @@ func TestGzip(t *testing.T) {
 	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: m, Table: table(fwd("r", "/", "be"))}, nil,
 		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{be.addr}})
 	for _, tt := range []struct {
-		path, accept string
-		gzipped      bool
+		path, accept, rng string
+		gzipped           bool
 	}{
-		{"/text", "gzip, deflate", true},
-		{"/text", "", false},
-		{"/text", "gzip;q=0", false},
-		{"/png", "gzip", false},
-		{"/encoded", "gzip", false},
-		{"/short", "gzip", false},
+		{"/text", "gzip, deflate", "", true},
+		{"/text", "", "", false},
+		{"/text", "gzip;q=0", "", false},
+		{"/png", "gzip", "", false},
+		{"/encoded", "gzip", "", false},
+		{"/short", "gzip", "", false},
+		// Only 200s, and never a byte range: a 206's Content-Range counts identity bytes.
+		{"/range", "gzip", "bytes=0-999", false},
+		{"/range", "gzip", "", true},
+		{"/text", "gzip", "bytes=0-999", false}, // a 200 to a Range request
+		{"/content-range", "gzip", "", false},
+		{"/notfound", "gzip", "", false},
 	} {
-		t.Run(tt.path+" "+tt.accept, func(t *testing.T) {
+		t.Run(tt.path+" "+tt.accept+" "+tt.rng, func(t *testing.T) {
 			req := newRequest(t, "GET", p.url(tt.path), nil)
 			if tt.accept != "" {
 				req.Header.Set("Accept-Encoding", tt.accept)
+			}
+			if tt.rng != "" {
+				req.Header.Set("Range", tt.rng)
 			}
 			resp, body := do(t, noRedirect(), req)
 			gz := resp.Header.Get("Content-Encoding") == "gzip"
@@ -437,7 +456,7 @@ func TestGzip(t *testing.T) {
 				t.Fatal(err)
 			}
 			plain, err := io.ReadAll(zr)
-			if err != nil || string(plain) != text {
+			if err != nil || string(plain) != text || resp.StatusCode != 200 {
 				t.Errorf("decompressed %d bytes, %v", len(plain), err)
 			}
 		})

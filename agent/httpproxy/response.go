@@ -108,16 +108,20 @@ const defaultMinLength = 30
 // gzipPools pool gzip writers per level (index 0: the default level).
 var gzipPools [10]sync.Pool
 
-// maybeCompress switches the response to gzip when the client accepts it, the response has
-// a body of a listed type, is not encoded yet, not too short, and allows transformation.
+// maybeCompress switches the response to gzip when the client accepts it, the response is
+// a 200 with a body of a listed type, is not encoded yet, not too short, and allows
+// transformation. Only 200: a 206 (or any response to a Range request, or with a
+// Content-Range) describes byte ranges of the identity body, which compression would
+// make wrong.
 func (w *responseWriter) maybeCompress(c *httproute.Compression, code int) {
 	x := w.x
-	if code < 200 || code == http.StatusNoContent || code == http.StatusNotModified ||
-		x.entry.Method == http.MethodHead || !acceptsGzip(x.entry.RequestHeader) {
+	if code != http.StatusOK || x.entry.Method == http.MethodHead || !acceptsGzip(x.entry.RequestHeader) ||
+		len(x.entry.RequestHeader["Range"]) > 0 {
 		return
 	}
 	h := w.Header()
-	if h.Get("Content-Encoding") != "" || strings.Contains(h.Get("Cache-Control"), "no-transform") {
+	if h.Get("Content-Encoding") != "" || h.Get("Content-Range") != "" ||
+		strings.Contains(h.Get("Cache-Control"), "no-transform") {
 		return
 	}
 	mt, _, err := mime.ParseMediaType(h.Get("Content-Type"))
