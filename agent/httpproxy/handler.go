@@ -592,7 +592,8 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if n > 0 {
 		b.x.active.Store(true)
 		if total := b.n.Add(int64(n)); b.limit > 0 && total > b.limit {
-			return n, &http.MaxBytesError{Limit: b.limit}
+			// Hand on only the bytes up to the limit: none beyond it reaches the upstream.
+			return max(0, n-int(total-b.limit)), &http.MaxBytesError{Limit: b.limit}
 		}
 	}
 	if err == io.EOF && !b.done.Swap(true) {

@@ -383,6 +383,54 @@ func TestLimits(t *testing.T) {
 	})
 }
 
+// TestBodyLimitNothingBeyond: of a chunked body over max_request_body, no byte beyond the
+// limit reaches the upstream.
+func TestBodyLimitNothingBeyond(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c) // until the proxy gives up the request and closes
+		got <- string(b)
+	}()
+	m := manager()
+	m.MaxRequestBodyBytes = 10
+	p := startProxy(t, &httpproxy.Config{Listener: "web", Manager: m, Table: table(fwd("r", "/", "be"))}, nil,
+		cluster{Cluster: httpproxy.Cluster{Name: "be"}, endpoints: []string{ln.Addr().String()}})
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n%s\r\n0\r\n\r\n", strings.Repeat("Z", 100))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("status %d, want 413", resp.StatusCode)
+	}
+	select {
+	case up := <-got:
+		if n := strings.Count(up, "Z"); n > 10 {
+			t.Errorf("the upstream got %d body bytes of a request limited to 10", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proxy never closed the upstream connection")
+	}
+}
+
 func TestGzip(t *testing.T) {
 	text := strings.Repeat("hello flotilla ", 200)
 	be := startEchoFunc(t, func(w http.ResponseWriter, r *http.Request) {
