@@ -364,8 +364,8 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		x.timers = append(x.timers, x.idleTimer)
 		x.timerMu.Unlock()
 	}
-	x.ch.activeRq.Add(1)
-	defer x.ch.activeRq.Add(-1)
+	x.ch.requestStarted()
+	defer x.ch.requestDone()
 	x.s.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(ctx, exchangeKey, x)))
 }
 

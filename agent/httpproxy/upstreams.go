@@ -46,9 +46,11 @@ const (
 	MaxIdleConnsPerEndpoint = 1024
 )
 
-// retiredPoolLinger is how long after an update a replaced pool's connections still in use
-// may come back to it before it closes them.
-const retiredPoolLinger = time.Minute
+// retiredSweep is how often a replaced pool closes its idle connections while requests it
+// carried are still going: connections in use (long HTTP/2 streams, server-sent events)
+// come back to it when they end, and nothing else would close them before its idle
+// timeout, if ever.
+const retiredSweep = time.Second
 
 // Upstreams holds the HTTP side of every cluster: one keep-alive pool (http.Transport) per
 // cluster, with a connection pool per endpoint inside it, the retry budget's counters and
@@ -76,6 +78,7 @@ type clusterHTTP struct {
 
 	activeRq      atomic.Int64 // requests being forwarded to the cluster
 	activeRetries atomic.Int64 // retries in flight
+	retired       atomic.Bool  // replaced by an update: keeps no connection
 }
 
 // NewUpstreams returns the pools of no cluster; reg picks the endpoints. m may be nil.
@@ -128,14 +131,53 @@ func (u *Upstreams) Update(cs []Cluster) {
 	u.clusters.Store(&next)
 	for name, o := range old {
 		if next[name] != o {
-			// In-use connections go back to the old pool when their request ends: close
-			// them once the requests have had time to finish.
-			o.transport.CloseIdleConnections()
-			time.AfterFunc(retiredPoolLinger, o.transport.CloseIdleConnections)
-			if o.h1 != nil {
-				o.h1.close()
-			}
+			o.retire(u.stop)
 		}
+	}
+}
+
+// retire makes a replaced cluster's pools keep no connection: idle ones close now, and
+// those still in use as they come back. The fast path's pool closes what comes back
+// itself; for the http.Transport (whose HTTP/2 connections stay open once their last
+// stream ends), the last request to end closes the idle connections, and so does a sweep
+// every retiredSweep until the requests have ended and one sweep after (for a connection
+// that goes idle just after its request returned). stop ends the sweeps early.
+func (c *clusterHTTP) retire(stop <-chan struct{}) {
+	c.retired.Store(true)
+	c.transport.CloseIdleConnections()
+	if c.h1 != nil {
+		c.h1.close()
+	}
+	go c.drain(stop)
+}
+
+// drain is retire's sweep.
+func (c *clusterHTTP) drain(stop <-chan struct{}) {
+	t := time.NewTicker(retiredSweep)
+	defer t.Stop()
+	wasIdle := false
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		c.transport.CloseIdleConnections()
+		idle := c.activeRq.Load() == 0
+		if idle && wasIdle {
+			return
+		}
+		wasIdle = idle
+	}
+}
+
+// requestStarted and requestDone count a request forwarded to the cluster; when the last
+// request of a retired cluster ends, its connections close.
+func (c *clusterHTTP) requestStarted() { c.activeRq.Add(1) }
+
+func (c *clusterHTTP) requestDone() {
+	if c.activeRq.Add(-1) == 0 && c.retired.Load() {
+		c.transport.CloseIdleConnections()
 	}
 }
 
