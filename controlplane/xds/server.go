@@ -60,6 +60,9 @@ type Options struct {
 	// RejectionTimeout is how long a NACK of an agent that left is remembered.
 	// 0 means 1h.
 	RejectionTimeout time.Duration
+	// Observer is told about pushes, ACKs, NACKs and agents converging on a
+	// config version (fleet.Observer); nil means nobody.
+	Observer fleet.Observer
 }
 
 func (o Options) groupIdleTimeout() time.Duration {
@@ -107,6 +110,8 @@ type group struct {
 	// grpc is true for a group of proxyless gRPC clients.
 	grpc  bool
 	types map[string]typeVersion // replaced whole, never mutated
+	// number is the config version types was built from. Guarded by Server.groupsMu.
+	number uint64
 	// idleSince is when the group was first seen without agents; zero while
 	// it has some. Guarded by Server.groupsMu.
 	idleSince time.Time
@@ -135,9 +140,11 @@ func New(opts Options) *Server {
 	}
 	s := &Server{opts: opts, log: log, groups: map[string]*group{}}
 	s.registry = fleet.NewRegistry(fleet.Options{
-		Logger:     log,
-		Desired:    s.desired,
-		OnNodeSeen: s.nodeSeen,
+		Logger:        log,
+		Desired:       s.desired,
+		OnNodeSeen:    s.nodeSeen,
+		ConfigVersion: s.configVersion,
+		Observer:      opts.Observer,
 	})
 	snapshots := cache.NewSnapshotCache(true, groupHash{}, gcpLogger(log))
 	s.cache = newNACKAwareCache(snapshots, s)
@@ -324,7 +331,7 @@ func (s *Server) build(key string, cfg *configState) error {
 	// Publish the versions before the cache sees the snapshot: the cache asks
 	// held() about them while it answers the watches the snapshot triggers.
 	s.groupsMu.Lock()
-	g.types = next
+	g.types, g.number = next, cfg.number
 	s.groupsMu.Unlock()
 	return s.cache.SetSnapshot(context.Background(), key, snap)
 }
@@ -364,6 +371,31 @@ func (s *Server) desired(group, typeURL string) string {
 		return g.types[typeURL].version
 	}
 	return ""
+}
+
+// configVersion implements fleet.Options.ConfigVersion: the config version
+// of group's snapshot if acked covers it. Every type holding resources must
+// be ACKed at the snapshot's version; the types subscribed by name (EDS, RDS,
+// SDS) only once ACKed at all, since an agent asks for them only when a
+// cluster or listener names them (and ACKs those only with what they name).
+func (s *Server) configVersion(group string, acked map[string]string) uint64 {
+	s.groupsMu.RLock()
+	defer s.groupsMu.RUnlock()
+	g := s.groups[group]
+	if g == nil {
+		return 0
+	}
+	for typeURL, tv := range g.types {
+		v, ok := acked[typeURL]
+		switch {
+		case len(tv.resources) == 0:
+		case ok && v != tv.version:
+			return 0
+		case !ok && (typeURL == resource.ClusterType || typeURL == resource.ListenerType):
+			return 0
+		}
+	}
+	return g.number
 }
 
 // held implements heldVersions: the group's current version of a type, if
