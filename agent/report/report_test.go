@@ -283,3 +283,40 @@ func TestEndpointsBounded(t *testing.T) {
 		t.Fatalf("got %d clusters, truncated=%v", len(cs), truncated)
 	}
 }
+
+// TestFollowsXDS: reports go to the control plane the xDS client is
+// connected to, and move when it moves.
+func TestFollowsXDS(t *testing.T) {
+	var cols [2]*collector
+	var addrs [2]string
+	for i := range cols {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols[i], addrs[i] = &collector{}, lis.Addr().String()
+		serve(t, lis, cols[i])
+	}
+	var mu sync.Mutex
+	current := addrs[1] // not the first of Servers
+	dp := newDataPlane()
+	startReporter(t, Options{NodeID: "a1", Servers: addrs[:], Interval: 5 * time.Millisecond, Gatherer: dp.reg,
+		Current: func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			return current
+		}})
+	dp.cx.WithLabelValues("web").Add(1)
+	waitFor(t, "a report at the xDS client's control plane", func() bool { return sum(cols[1].all(), "web") == 1 })
+	mu.Lock()
+	current = addrs[0]
+	mu.Unlock()
+	dp.cx.WithLabelValues("web").Add(1)
+	waitFor(t, "reports to follow xDS", func() bool { return sum(cols[0].all(), "web") >= 1 })
+	if n := len(cols[0].all()); n == 0 {
+		t.Fatal("no report at the new control plane")
+	}
+	if total := sum(cols[0].all(), "web") + sum(cols[1].all(), "web"); total != 2 {
+		t.Errorf("%d connections reported over both control planes, want 2", total)
+	}
+}
