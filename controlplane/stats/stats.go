@@ -78,13 +78,17 @@ type Options struct {
 type Aggregator struct {
 	reportv1.UnimplementedReportServiceServer
 
-	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	windows  []time.Duration
-	longest  time.Duration
-	received func() // counts an accepted report, for Metrics
-	rejected func()
+	opts    Options
+	log     *slog.Logger
+	now     func() time.Time
+	windows []time.Duration
+	longest time.Duration
+	// spanWidth is how long a span may grow by merging consecutive
+	// reports: a quarter of the shortest window, so that an agent costs
+	// about 4 spans per shortest window of memory, whatever its interval.
+	spanWidth time.Duration
+	received  func() // counts an accepted report, for Metrics
+	rejected  func()
 
 	mu        sync.Mutex
 	agents    map[string]*agentStats
@@ -110,11 +114,15 @@ type agentStats struct {
 	spans      []span // oldest first, trimmed to the longest window
 }
 
-// span is one report's deltas and the time they cover, (from, to].
+// span is one report's deltas (or a few consecutive ones) and the time they
+// cover, (from, to], in Unix nanoseconds to keep it small.
 type span struct {
-	from, to time.Time
+	from, to int64
 	t        totals
 }
+
+func (s span) start() time.Time { return time.Unix(0, s.from) }
+func (s span) end() time.Time   { return time.Unix(0, s.to) }
 
 // totals are an agent's counter deltas summed over its listeners and clusters.
 type totals struct {
@@ -147,6 +155,7 @@ func NewAggregator(opts Options) *Aggregator {
 		a.windows = []time.Duration{time.Minute, 5 * time.Minute}
 	}
 	a.longest = slices.Max(a.windows)
+	a.spanWidth = slices.Min(a.windows) / 4
 	if a.opts.Forget <= 0 {
 		a.opts.Forget = 10 * time.Minute
 	}
@@ -226,7 +235,9 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 		if len(a.agents) >= a.opts.MaxAgents {
 			return status.Errorf(codes.ResourceExhausted, "report from %q: the control plane already tracks %d agents", rep.GetNodeId(), len(a.agents))
 		}
-		ag = &agentStats{}
+		// Room for the spans of the longest window, so that the slice,
+		// trimmed at the front, never grows.
+		ag = &agentStats{spans: make([]span, 0, int(a.longest/a.spanWidth)+4)}
 		a.agents[rep.GetNodeId()] = ag
 	}
 	seq := rep.GetSequence()
@@ -234,7 +245,9 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 		ag.missed += seq - ag.lastSeq - 1
 	}
 	ag.lastSeq = seq // a smaller number: the agent restarted
-	ag.labels = maps.Clone(rep.GetLabels())
+	if !maps.Equal(ag.labels, rep.GetLabels()) {
+		ag.labels = maps.Clone(rep.GetLabels())
+	}
 	ag.build = rep.GetBuildVersion()
 	ag.uptime = rep.GetUptime().AsDuration()
 	ag.resources = rep.GetResources()
@@ -246,19 +259,26 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 	ag.truncated = rep.GetTruncated()
 	ag.lastSeen = now
 	ag.downActive, ag.upActive, ag.epHealthy, ag.epTotal = downActive, upActive, healthy, total
-	// The deltas end now (the report just arrived) and cover period; a
-	// span never reaches back before the previous one ended.
+	// The deltas end now (the report just arrived) and cover period.
 	from := now.Add(-period)
-	if n := len(ag.spans); n > 0 && from.Before(ag.spans[n-1].to) {
-		from = ag.spans[n-1].to
+	// A span never reaches back before the previous one ended, and a gap
+	// shorter than a second (network jitter) is no gap.
+	if n := len(ag.spans); n > 0 && from.Before(ag.spans[n-1].end().Add(time.Second)) {
+		from = ag.spans[n-1].end()
 	}
 	if !from.Before(now) {
 		from = now.Add(-time.Millisecond)
 	}
-	ag.spans = append(ag.spans, span{from: from, to: now, t: t})
+	if n := len(ag.spans); n > 0 && ag.spans[n-1].end().Equal(from) && now.Sub(ag.spans[n-1].start()) <= a.spanWidth {
+		// A short report right after the last span: grow it.
+		ag.spans[n-1].to = now.UnixNano()
+		ag.spans[n-1].t.add(t, 1)
+	} else {
+		ag.spans = append(ag.spans, span{from: from.UnixNano(), to: now.UnixNano(), t: t})
+	}
 	cut := now.Add(-a.longest)
 	i := 0
-	for i < len(ag.spans) && !ag.spans[i].to.After(cut) {
+	for i < len(ag.spans) && !ag.spans[i].end().After(cut) {
 		i++
 	}
 	ag.spans = slices.Delete(ag.spans, 0, i)
@@ -456,21 +476,21 @@ func (ag *agentStats) window(now time.Time, w time.Duration) (totals, float64) {
 	var t totals
 	var covered time.Duration
 	for _, s := range ag.spans {
-		from := s.from
+		from := s.start()
 		if from.Before(start) {
 			from = start
 		}
-		if !s.to.After(from) {
+		if !s.end().After(from) {
 			continue
 		}
-		overlap := s.to.Sub(from)
+		overlap := s.end().Sub(from)
 		covered += overlap
-		t.add(s.t, float64(overlap)/float64(s.to.Sub(s.from)))
+		t.add(s.t, float64(overlap)/float64(s.to-s.from))
 	}
 	// The time since the last report is covered too: nothing was counted
 	// yet, and an idle agent's rate must fall.
 	if n := len(ag.spans); n > 0 {
-		if last := ag.spans[n-1].to; last.After(start) && now.After(last) {
+		if last := ag.spans[n-1].end(); last.After(start) && now.After(last) {
 			covered += now.Sub(last)
 		}
 	}
