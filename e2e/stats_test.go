@@ -108,6 +108,23 @@ func TestStatsAndConvergence(t *testing.T) {
 	if n, err := cpMetric(cp, `flotilla_controlplane_xds_nacks_total{type="lds"}`); err != nil || n < 1 {
 		t.Errorf("LDS NACKs on /metrics = %v (%v), want at least 1", n, err)
 	}
+
+	// An agent that stopped is named as not connected, from its reports.
+	f.agents[1].stop(t)
+	waitFor(t, convergeTimeout, "a2 to disconnect", func() error {
+		resp, err := cp.agents(t)
+		if err != nil {
+			return err
+		}
+		if n := len(resp.GetAgents()); n != 1 {
+			return fmt.Errorf("%d agents connected", n)
+		}
+		return nil
+	})
+	r = cp.flotctl(t, "wait", "--timeout", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "a2: not connected (last report ") || !strings.Contains(r.stderr, "a1: LDS NACKED v2") {
+		t.Errorf("flotctl wait with a2 gone: %s", r)
+	}
 }
 
 // stats returns `flotctl stats -o json`.
