@@ -70,6 +70,15 @@ func TestStatsAndConvergence(t *testing.T) {
 		t.Errorf("flotctl stats --by dc: want 2 agents in ams:\n%s", r.stdout)
 	}
 
+	r = cp.flotctl(t, "stats", "--by", "version", "-o", "json")
+	var cohorts adminv1.GetStatsResponse
+	if err := protojson.Unmarshal([]byte(r.stdout), &cohorts); err != nil || r.code != 0 {
+		t.Fatalf("flotctl stats --by version -o json: %v\n%s", err, r)
+	}
+	if g := cohorts.GetGroups(); len(g) != 1 || g[0].GetKey() != "1" || g[0].GetAgents() != 2 {
+		t.Errorf("cohorts %v, want both agents on version 1", g)
+	}
+
 	if n, err := cpMetric(cp, "flotilla_controlplane_proxy_convergence_seconds_count"); err != nil || n < 2 {
 		t.Fatalf("convergence observations = %v (%v), want at least 2", n, err)
 	}

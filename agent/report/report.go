@@ -133,14 +133,25 @@ func orDefault(v, d int) int {
 	return d
 }
 
-// Run reports every interval until ctx is done, then returns nil once its
-// sender goroutine has stopped.
+// Run reports every interval (the first time after a random part of it)
+// until ctx is done, then returns nil once its sender goroutine has stopped.
 func (r *Reporter) Run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		r.sendLoop(ctx)
 	}()
+	// The first report comes after a random part of the interval, so that
+	// agents started together (a fleet rollout) do not report in lockstep.
+	first := time.NewTimer(rand.N(r.opts.Interval) + time.Millisecond)
+	select {
+	case <-ctx.Done():
+		first.Stop()
+		<-done
+		return nil
+	case <-first.C:
+		r.tick()
+	}
 	t := time.NewTicker(r.opts.Interval)
 	defer t.Stop()
 	for {
