@@ -98,7 +98,11 @@ func (a *app) wait(ctx context.Context, c *client, target uint64, sel map[string
 		}
 		agents = resp.GetAgents()
 		if len(agents) > 0 && len(lagging(agents, target)) == 0 {
-			_, err := fmt.Fprintf(a.stdout, "converged: %s run version %d\n", plural(len(agents), "agent"), target)
+			verb := "run"
+			if len(agents) == 1 {
+				verb = "runs"
+			}
+			_, err := fmt.Fprintf(a.stdout, "converged: %s %s version %d\n", plural(len(agents), "agent"), verb, target)
 			return err
 		}
 		if !a.now().Before(deadline) {
