@@ -114,6 +114,18 @@ func TestStatsAndConvergence(t *testing.T) {
 	if r := cp.flotctl(t, "wait", "-l", "node=a2", "--timeout", "30s"); r.code != 0 {
 		t.Errorf("flotctl wait for a2 alone: %s", r)
 	}
+	// a1 rejected version 2 and still runs version 1: its cohort is 1.
+	if r := cp.flotctl(t, "wait", "1", "-l", "node=a1", "--timeout", "30s"); r.code != 0 {
+		t.Errorf("flotctl wait 1 for a1: %s", r)
+	}
+	r = cp.flotctl(t, "stats", "--by", "version", "-o", "json")
+	cohorts.Reset()
+	if err := protojson.Unmarshal([]byte(r.stdout), &cohorts); err != nil || r.code != 0 {
+		t.Fatalf("flotctl stats --by version -o json: %v\n%s", err, r)
+	}
+	if g := cohorts.GetGroups(); len(g) != 2 || g[0].GetKey() != "1" || g[0].GetAgents() != 1 || g[1].GetKey() != "2" || g[1].GetAgents() != 1 {
+		t.Errorf("cohorts %v, want a1 on version 1 and a2 on version 2", g)
+	}
 	if n, err := cpMetric(cp, `flotilla_controlplane_xds_nacks_total{type="lds"}`); err != nil || n < 1 {
 		t.Errorf("LDS NACKs on /metrics = %v (%v), want at least 1", n, err)
 	}

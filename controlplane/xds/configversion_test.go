@@ -56,8 +56,9 @@ func configVersionOf(s *Server, nodeID string) uint64 {
 
 // TestConfigVersion: an agent runs a config version once it ACKed every type
 // of its group's snapshot of that version, including a version that changed
-// only some types; a NACK leaves it on the previous one; the observer hears
-// each convergence once, and every push and answer.
+// only some types; while the next one is in flight or after a NACK it runs
+// the previous one; the observer hears each convergence once, and every push
+// and answer.
 func TestConfigVersion(t *testing.T) {
 	obs := &observer{}
 	s, conn := startServer(t, Options{Observer: obs})
@@ -86,14 +87,14 @@ func TestConfigVersion(t *testing.T) {
 	if err := s.SetVersion(2, files(7101, nil, "127.0.0.1:9002")); err != nil {
 		t.Fatal(err)
 	}
-	if v := configVersionOf(s, "a1"); v != 0 {
-		t.Fatalf("config version %d while EDS 2 is in flight, want 0", v)
+	if v := configVersionOf(s, "a1"); v != 1 {
+		t.Fatalf("config version %d while EDS 2 is in flight, want 1 (it runs all of it)", v)
 	}
 	eds = a.next(resource.EndpointType, "2")
 	a.send(resource.EndpointType, "2", eds.GetNonce(), []string{"c"}, "")
 	waitFor(t, "config version 2", func() bool { return configVersionOf(s, "a1") == 2 })
 
-	// Version 3 is NACKed: the agent runs no version entirely.
+	// Version 3 is NACKed: the agent still runs version 2.
 	if err := s.SetVersion(3, files(7102, nil, "127.0.0.1:9002")); err != nil {
 		t.Fatal(err)
 	}
@@ -104,8 +105,16 @@ func TestConfigVersion(t *testing.T) {
 		defer obs.mu.Unlock()
 		return slices.Contains(obs.answers, "a1 envoy.config.listener.v3.Listener 3 nack=true")
 	})
+	if v := configVersionOf(s, "a1"); v != 2 {
+		t.Fatalf("config version %d after a NACK of version 3, want 2", v)
+	}
+	// Version 4 changes the endpoints too: the agent runs neither 4 nor 3.
+	if err := s.SetVersion(4, files(7102, nil, "127.0.0.1:9004")); err != nil {
+		t.Fatal(err)
+	}
+	a.next(resource.EndpointType, "4")
 	if v := configVersionOf(s, "a1"); v != 0 {
-		t.Fatalf("config version %d after a NACK of version 3, want 0", v)
+		t.Fatalf("config version %d with EDS 4 in flight and LDS 3 rejected, want 0", v)
 	}
 	if got, want := obs.convergedList(), []string{"a1 1", "a1 2"}; !slices.Equal(got, want) {
 		t.Fatalf("converged %v, want %v", got, want)
@@ -113,7 +122,7 @@ func TestConfigVersion(t *testing.T) {
 	obs.mu.Lock()
 	pushes := len(obs.pushes)
 	obs.mu.Unlock()
-	if pushes != 5 {
-		t.Errorf("%d pushes observed, want 5 (CDS, EDS, LDS 1; EDS 2; LDS 3)", pushes)
+	if pushes != 6 {
+		t.Errorf("%d pushes observed, want 6 (CDS, EDS, LDS 1; EDS 2; LDS 3; EDS 4)", pushes)
 	}
 }

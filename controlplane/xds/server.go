@@ -110,8 +110,11 @@ type group struct {
 	// grpc is true for a group of proxyless gRPC clients.
 	grpc  bool
 	types map[string]typeVersion // replaced whole, never mutated
-	// number is the config version types was built from. Guarded by Server.groupsMu.
-	number uint64
+	// number is the config version types was built from; prev and
+	// prevNumber are the snapshot before it, which agents that rejected
+	// the current one still run. Guarded by Server.groupsMu.
+	number, prevNumber uint64
+	prev               map[string]typeVersion
 	// idleSince is when the group was first seen without agents; zero while
 	// it has some. Guarded by Server.groupsMu.
 	idleSince time.Time
@@ -331,6 +334,7 @@ func (s *Server) build(key string, cfg *configState) error {
 	// Publish the versions before the cache sees the snapshot: the cache asks
 	// held() about them while it answers the watches the snapshot triggers.
 	s.groupsMu.Lock()
+	g.prev, g.prevNumber = g.types, g.number
 	g.types, g.number = next, cfg.number
 	s.groupsMu.Unlock()
 	return s.cache.SetSnapshot(context.Background(), key, snap)
@@ -374,28 +378,44 @@ func (s *Server) desired(group, typeURL string) string {
 }
 
 // configVersion implements fleet.Options.ConfigVersion: the config version
-// of group's snapshot if acked covers it. Every type holding resources must
-// be ACKed at the snapshot's version; the types subscribed by name (EDS, RDS,
-// SDS) only once ACKed at all, since an agent asks for them only when a
-// cluster or listener names them (and ACKs those only with what they name).
+// of group's current snapshot if acked covers it, else that of the snapshot
+// before it (an agent that rejected the current one runs the previous one),
+// else 0.
 func (s *Server) configVersion(group string, acked map[string]string) uint64 {
 	s.groupsMu.RLock()
 	defer s.groupsMu.RUnlock()
 	g := s.groups[group]
-	if g == nil {
+	switch {
+	case g == nil:
 		return 0
+	case covers(acked, g.types):
+		return g.number
+	case g.prev != nil && covers(acked, g.prev):
+		return g.prevNumber
 	}
-	for typeURL, tv := range g.types {
+	return 0
+}
+
+// covers reports whether acked runs a snapshot's types: every type holding
+// resources ACKed at the snapshot's version; the types subscribed by name
+// (EDS, RDS, SDS) only once ACKed at all, since an agent asks for them only
+// when a cluster or listener names them (and ACKs those only with what they
+// name).
+func covers(acked map[string]string, types map[string]typeVersion) bool {
+	if len(types) == 0 {
+		return false
+	}
+	for typeURL, tv := range types {
 		v, ok := acked[typeURL]
 		switch {
 		case len(tv.resources) == 0:
 		case ok && v != tv.version:
-			return 0
+			return false
 		case !ok && (typeURL == resource.ClusterType || typeURL == resource.ListenerType):
-			return 0
+			return false
 		}
 	}
-	return g.number
+	return true
 }
 
 // held implements heldVersions: the group's current version of a type, if

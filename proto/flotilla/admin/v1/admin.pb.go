@@ -838,8 +838,9 @@ type Agent struct {
 	// Resources holds one status per xDS resource type.
 	Resources []*ResourceStatus `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
 	// ConfigVersion is the config version whose snapshot for the agent's group
-	// the agent runs entirely: every type that snapshot holds is SYNCED. 0 while
-	// it runs none entirely (a push in flight, a NACK).
+	// the agent runs entirely: every type of it ACKed. It is the version of the
+	// group's current snapshot, or of the one before while the current one is
+	// in flight or after the agent rejected it; 0 when it runs neither.
 	ConfigVersion uint64 `protobuf:"varint,7,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
