@@ -9,7 +9,9 @@
 //
 // A config change travels: xdsclient (a complete, consistent set) →
 // Agent.apply → runtime.Build → proxy.Manager.Apply → save the last good
-// snapshot → publish for /config_dump. When the agent starts and a snapshot
+// snapshot → publish for /config_dump. Statistics travel the other way: every
+// Options.ReportInterval package report sends counter deltas, endpoint health
+// and the xDS state to the control plane. When the agent starts and a snapshot
 // exists on disk, it is applied before the control plane is even dialled, so
 // an agent restarting while the control plane is away still serves.
 package agent
@@ -33,6 +35,7 @@ import (
 	"github.com/flotilla-proxy/flotilla/agent/admin"
 	"github.com/flotilla-proxy/flotilla/agent/lastgood"
 	"github.com/flotilla-proxy/flotilla/agent/proxy"
+	"github.com/flotilla-proxy/flotilla/agent/report"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 	"github.com/flotilla-proxy/flotilla/agent/xdsclient"
 )
@@ -65,6 +68,9 @@ type Options struct {
 	// DrainTimeout bounds how long connections may run on after their
 	// listener is removed, and after Run's context is done. 0 means 30s.
 	DrainTimeout time.Duration
+	// ReportInterval is how often the agent reports its statistics to the
+	// control plane (package report); 0 disables reports.
+	ReportInterval time.Duration
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -83,6 +89,7 @@ type Agent struct {
 	registry *prometheus.Registry
 	manager  *proxy.Manager
 	client   *xdsclient.Client
+	reporter *report.Reporter // nil when reports are off
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -104,6 +111,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.DrainTimeout < 0 {
 		return nil, fmt.Errorf("agent: negative drain timeout %s", opts.DrainTimeout)
+	}
+	if opts.ReportInterval < 0 {
+		return nil, fmt.Errorf("agent: negative report interval %s", opts.ReportInterval)
 	}
 	if len(opts.ControlPlanes) == 0 {
 		opts.ControlPlanes = []string{DefaultControlPlane}
@@ -146,6 +156,28 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.client = client
+	if opts.ReportInterval > 0 {
+		a.reporter, err = report.New(report.Options{
+			NodeID:       opts.NodeID,
+			Labels:       opts.Labels,
+			BuildVersion: Version,
+			Servers:      opts.ControlPlanes,
+			Current: func() string {
+				if st := client.Status(); st.Connected {
+					return st.Server
+				}
+				return ""
+			},
+			Status:     client.Status,
+			Interval:   opts.ReportInterval,
+			Gatherer:   a.registry,
+			Registerer: a.registry,
+			Logger:     opts.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	return a, nil
 }
 
@@ -171,7 +203,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		"control_planes", a.opts.ControlPlanes, "admin_address", srv.Addr().String())
 
 	a.loadLastGood()
+	reported := make(chan struct{})
+	go func() {
+		defer close(reported)
+		if a.reporter != nil {
+			a.reporter.Run(ctx)
+		}
+	}()
 	runErr := a.client.Run(ctx)
+	<-reported
 
 	a.draining.Store(true)
 	a.log.Info("shutting down: draining connections", "drain_timeout_seconds", a.opts.drainTimeout().Seconds())

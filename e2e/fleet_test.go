@@ -31,6 +31,7 @@ const (
 // directory, so it can be killed and started again as the same server.
 type controlPlane struct {
 	xdsAddr, adminAddr, dataDir string
+	metricsAddr                 string // Prometheus /metrics
 	proc                        *process
 	starts                      int
 }
@@ -39,7 +40,7 @@ type controlPlane struct {
 func startControlPlane(t *testing.T) *controlPlane {
 	t.Helper()
 	requireBinaries(t, controlplaneBin, flotctlBin)
-	cp := &controlPlane{xdsAddr: freeAddr(t), adminAddr: freeAddr(t), dataDir: t.TempDir()}
+	cp := &controlPlane{xdsAddr: freeAddr(t), adminAddr: freeAddr(t), metricsAddr: freeAddr(t), dataDir: t.TempDir()}
 	cp.start(t)
 	return cp
 }
@@ -49,7 +50,8 @@ func (cp *controlPlane) start(t *testing.T) {
 	t.Helper()
 	cp.starts++
 	cp.proc = startProcess(t, fmt.Sprintf("controlplane-%d", cp.starts), controlplaneBin.path,
-		"--xds-addr", cp.xdsAddr, "--admin-addr", cp.adminAddr, "--data-dir", cp.dataDir, "--log-level", "info")
+		"--xds-addr", cp.xdsAddr, "--admin-addr", cp.adminAddr, "--metrics-addr", cp.metricsAddr,
+		"--data-dir", cp.dataDir, "--log-level", "info")
 	waitFor(t, startTimeout, "the control plane to serve its ports", func() error {
 		if cp.proc.exited() {
 			t.Fatalf("the control plane exited: %v\n%s", cp.proc.waitErr, cp.proc.tail(20))

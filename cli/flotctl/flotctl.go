@@ -1,6 +1,7 @@
 // Package flotctl is the command line client of a Flotilla control plane:
 // validate and diff config bundles locally, apply them as new versions, read
-// the history, roll back, and see which version every agent runs.
+// the history, roll back, see which version every agent runs (and wait for
+// them to converge), and see the traffic they report.
 //
 // Everything a command prints goes to the writers given to Main, so the whole
 // CLI runs in tests without a process. Results go to stdout; failures go to
@@ -75,10 +76,11 @@ func (a *app) rootCommand() *cobra.Command {
 
 Config is YAML (listeners and clusters) kept in files, typically in Git:
 validate and diff it locally, apply it as a new numbered version, and check
-that every agent runs it with "flotctl agents".
+that every agent runs it with "flotctl agents" or "flotctl wait", and see
+the traffic agents report with "flotctl stats".
 
 -o json and -o yaml print the control plane's records (get, history, apply,
-rollback, agents); validate and diff always print text.`,
+rollback, agents, stats); validate and diff always print text.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -110,6 +112,8 @@ rollback, agents); validate and diff always print text.`,
 		a.historyCommand(),
 		a.rollbackCommand(),
 		a.agentsCommand(),
+		a.statsCommand(),
+		a.waitCommand(),
 	)
 	return root
 }

@@ -29,6 +29,19 @@ type Publisher interface {
 	Agents(selector map[string]string) []*adminv1.Agent
 }
 
+// Stats answers GetStats from the agents' reports (stats.Aggregator).
+type Stats interface {
+	// GetStats aggregates the reports of the selected agents.
+	GetStats(ctx context.Context, req *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error)
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithStats makes GetStats answer from st; without it GetStats is
+// Unimplemented.
+func WithStats(st Stats) Option { return func(s *Service) { s.stats = st } }
+
 // Service implements adminv1.AdminServiceServer.
 type Service struct {
 	adminv1.UnimplementedAdminServiceServer
@@ -36,6 +49,7 @@ type Service struct {
 	store store.Store
 	pub   Publisher
 	log   *slog.Logger
+	stats Stats
 
 	// mu makes "store, then publish" one step, so versions reach the xDS
 	// layer in the order they were stored.
@@ -46,11 +60,14 @@ var _ adminv1.AdminServiceServer = (*Service)(nil)
 
 // New returns a Service. It publishes the latest stored version, if any, so a
 // restarted control plane serves what it served before.
-func New(ctx context.Context, st store.Store, pub Publisher, log *slog.Logger) (*Service, error) {
+func New(ctx context.Context, st store.Store, pub Publisher, log *slog.Logger, opts ...Option) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Service{store: st, pub: pub, log: log}
+	for _, o := range opts {
+		o(s)
+	}
 	v, err := st.Get(ctx, 0)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -169,6 +186,14 @@ func (s *Service) ListVersions(ctx context.Context, req *adminv1.ListVersionsReq
 // ListAgents returns the connected agents matching the selector.
 func (s *Service) ListAgents(_ context.Context, req *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
 	return &adminv1.ListAgentsResponse{Agents: s.pub.Agents(req.GetSelector())}, nil
+}
+
+// GetStats aggregates the agents' reports.
+func (s *Service) GetStats(ctx context.Context, req *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error) {
+	if s.stats == nil {
+		return nil, status.Error(codes.Unimplemented, "this control plane does not aggregate agent reports")
+	}
+	return s.stats.GetStats(ctx, req)
 }
 
 func expect(v *uint64) *uint64 {

@@ -122,6 +122,30 @@ type Options struct {
 	// names its node, before the request is handed to the cache, so that the
 	// xDS layer can build the node's group snapshot. Nil means nothing is called.
 	OnNodeSeen func(node *corev3.Node)
+	// ConfigVersion returns the config version of a group's current snapshot
+	// when acked (type URL → version an agent ACKed, types never ACKed left
+	// out) covers all of it, else 0. It is called with the registry's lock
+	// held and must not call back into the registry. Nil means config
+	// versions are unknown: Agent.config_version stays 0 and
+	// Observer.Converged is never called.
+	ConfigVersion func(group string, acked map[string]string) uint64
+	// Observer is told about pushes, answers and convergence; nil means nobody.
+	Observer Observer
+}
+
+// Observer is told what the registry sees, for metrics. Its methods are
+// called outside the registry's lock, from the xDS server's goroutines, so
+// they must be safe for concurrent use and quick.
+type Observer interface {
+	// Pushed is called for every response sent to an agent.
+	Pushed(nodeID, typeURL, version string)
+	// Answered is called for every ACK (nack false) or NACK of the latest
+	// response of a type.
+	Answered(nodeID, typeURL, version string, nack bool)
+	// Converged is called when an agent's ACK completes a config version:
+	// it now runs all of the snapshot of version for its group. opened is
+	// when the agent's stream opened.
+	Converged(nodeID string, labels map[string]string, version uint64, opened time.Time)
 }
 
 // typeState is what happened to one resource type on one agent.
@@ -167,6 +191,9 @@ type stream struct {
 	group     string
 	userAgent string
 	types     map[string]*typeState
+	// converged is the config version the stream last reported to
+	// Observer.Converged, so that each is reported once.
+	converged uint64
 }
 
 // Registry tracks agents. It is safe for concurrent use.
@@ -259,6 +286,7 @@ func (r *Registry) Agents(selector map[string]string) []*adminv1.Agent {
 			ConnectedSince: timestamppb.New(s.opened),
 			Peer:           s.peer,
 			UserAgent:      s.userAgent,
+			ConfigVersion:  r.configVersion(s),
 		}
 		for _, t := range TrackedTypes {
 			pa.Resources = append(pa.Resources, r.status(a.nodeID, s, t))
@@ -276,6 +304,21 @@ func matches(selector, labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// configVersion is the config version the stream's agent runs entirely, or 0.
+// Callers hold r.mu.
+func (r *Registry) configVersion(s *stream) uint64 {
+	if r.opts.ConfigVersion == nil {
+		return 0
+	}
+	acked := make(map[string]string, len(s.types))
+	for t, ts := range s.types {
+		if ts.acked != "" {
+			acked[t] = ts.acked
+		}
+	}
+	return r.opts.ConfigVersion(s.group, acked)
 }
 
 // status summarises one type on one agent, like istioctl proxy-status.
@@ -405,22 +448,38 @@ func (r *Registry) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscover
 func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, version, nackMsg string, nack bool) {
 	r.mu.Lock()
 	nodeID, first := r.bind(key, node)
+	var ev answerEvent
 	if nodeID != "" && nonce != "" {
-		r.answer(r.streams[key], typeURL, nonce, version, nackMsg, nack)
+		ev = r.answer(r.streams[key], typeURL, nonce, version, nackMsg, nack)
 	}
 	r.mu.Unlock()
 	if first && r.opts.OnNodeSeen != nil {
 		r.opts.OnNodeSeen(node)
 	}
+	if o := r.opts.Observer; o != nil && ev.answered {
+		o.Answered(nodeID, typeURL, ev.version, nack)
+		if ev.converged != 0 {
+			o.Converged(nodeID, ev.labels, ev.converged, ev.opened)
+		}
+	}
+}
+
+// answerEvent is what an answer tells the Observer.
+type answerEvent struct {
+	answered  bool
+	version   string
+	converged uint64 // a config version the agent now runs entirely, for the first time on its stream
+	labels    map[string]string
+	opened    time.Time
 }
 
 // answer applies an ACK or NACK for the response with the given nonce. Answers
 // to older nonces are ignored, as go-control-plane ignores them.
-func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, nack bool) {
+func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, nack bool) answerEvent {
 	nodeID := s.nodeID
 	ts := s.types[typeURL]
 	if ts == nil || ts.sentNonce != nonce {
-		return
+		return answerEvent{}
 	}
 	if nack {
 		if len(nackMsg) > maxNackMessage {
@@ -432,7 +491,7 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 		r.rejected[nodeID][typeURL] = &adminv1.Nack{Version: ts.sent, Message: nackMsg, Time: timestamppb.Now()}
 		r.opts.Logger.Warn("agent rejected config", "node", nodeID, "type", ShortName(typeURL),
 			"version", ts.sent, "error", nackMsg)
-		return
+		return answerEvent{answered: true, version: ts.sent}
 	}
 	if version == "" { // delta ACKs carry no version: it is the one sent with the nonce
 		version = ts.sent
@@ -447,6 +506,14 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 	if rej := r.rejected[nodeID][typeURL]; rej != nil && version == ts.sent && rej.GetVersion() != version {
 		delete(r.rejected[nodeID], typeURL)
 	}
+	ev := answerEvent{answered: true, version: version}
+	if r.opts.Observer != nil {
+		if cv := r.configVersion(s); cv != 0 && cv != s.converged {
+			s.converged = cv
+			ev.converged, ev.labels, ev.opened = cv, maps.Clone(s.labels), s.opened
+		}
+	}
+	return ev
 }
 
 // OnStreamResponse records a state-of-the-world response about to be sent.
@@ -461,9 +528,9 @@ func (r *Registry) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscovery
 
 func (r *Registry) sent(key streamKey, typeURL, nonce, version string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	s := r.streams[key]
 	if s == nil || s.nodeID == "" {
+		r.mu.Unlock()
 		return
 	}
 	ts := s.types[typeURL]
@@ -472,6 +539,11 @@ func (r *Registry) sent(key streamKey, typeURL, nonce, version string) {
 		s.types[typeURL] = ts
 	}
 	ts.sent, ts.sentNonce = version, nonce
+	nodeID := s.nodeID
+	r.mu.Unlock()
+	if r.opts.Observer != nil {
+		r.opts.Observer.Pushed(nodeID, typeURL, version)
+	}
 }
 
 // OnFetchRequest is part of server.Callbacks; REST fetches are not tracked.

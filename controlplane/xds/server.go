@@ -60,6 +60,9 @@ type Options struct {
 	// RejectionTimeout is how long a NACK of an agent that left is remembered.
 	// 0 means 1h.
 	RejectionTimeout time.Duration
+	// Observer is told about pushes, ACKs, NACKs and agents converging on a
+	// config version (fleet.Observer); nil means nobody.
+	Observer fleet.Observer
 }
 
 func (o Options) groupIdleTimeout() time.Duration {
@@ -107,6 +110,11 @@ type group struct {
 	// grpc is true for a group of proxyless gRPC clients.
 	grpc  bool
 	types map[string]typeVersion // replaced whole, never mutated
+	// number is the config version types was built from; prev and
+	// prevNumber are the snapshot before it, which agents that rejected
+	// the current one still run. Guarded by Server.groupsMu.
+	number, prevNumber uint64
+	prev               map[string]typeVersion
 	// idleSince is when the group was first seen without agents; zero while
 	// it has some. Guarded by Server.groupsMu.
 	idleSince time.Time
@@ -135,9 +143,11 @@ func New(opts Options) *Server {
 	}
 	s := &Server{opts: opts, log: log, groups: map[string]*group{}}
 	s.registry = fleet.NewRegistry(fleet.Options{
-		Logger:     log,
-		Desired:    s.desired,
-		OnNodeSeen: s.nodeSeen,
+		Logger:        log,
+		Desired:       s.desired,
+		OnNodeSeen:    s.nodeSeen,
+		ConfigVersion: s.configVersion,
+		Observer:      opts.Observer,
 	})
 	snapshots := cache.NewSnapshotCache(true, groupHash{}, gcpLogger(log))
 	s.cache = newNACKAwareCache(snapshots, s)
@@ -324,7 +334,8 @@ func (s *Server) build(key string, cfg *configState) error {
 	// Publish the versions before the cache sees the snapshot: the cache asks
 	// held() about them while it answers the watches the snapshot triggers.
 	s.groupsMu.Lock()
-	g.types = next
+	g.prev, g.prevNumber = g.types, g.number
+	g.types, g.number = next, cfg.number
 	s.groupsMu.Unlock()
 	return s.cache.SetSnapshot(context.Background(), key, snap)
 }
@@ -364,6 +375,47 @@ func (s *Server) desired(group, typeURL string) string {
 		return g.types[typeURL].version
 	}
 	return ""
+}
+
+// configVersion implements fleet.Options.ConfigVersion: the config version
+// of group's current snapshot if acked covers it, else that of the snapshot
+// before it (an agent that rejected the current one runs the previous one),
+// else 0.
+func (s *Server) configVersion(group string, acked map[string]string) uint64 {
+	s.groupsMu.RLock()
+	defer s.groupsMu.RUnlock()
+	g := s.groups[group]
+	switch {
+	case g == nil:
+		return 0
+	case covers(acked, g.types):
+		return g.number
+	case g.prev != nil && covers(acked, g.prev):
+		return g.prevNumber
+	}
+	return 0
+}
+
+// covers reports whether acked runs a snapshot's types: every type holding
+// resources ACKed at the snapshot's version; the types subscribed by name
+// (EDS, RDS, SDS) only once ACKed at all, since an agent asks for them only
+// when a cluster or listener names them (and ACKs those only with what they
+// name).
+func covers(acked map[string]string, types map[string]typeVersion) bool {
+	if len(types) == 0 {
+		return false
+	}
+	for typeURL, tv := range types {
+		v, ok := acked[typeURL]
+		switch {
+		case len(tv.resources) == 0:
+		case ok && v != tv.version:
+			return false
+		case !ok && (typeURL == resource.ClusterType || typeURL == resource.ListenerType):
+			return false
+		}
+	}
+	return true
 }
 
 // held implements heldVersions: the group's current version of a type, if

@@ -7,6 +7,7 @@ BIN=${BIN:-$PWD/bin}
 STATE=${STATE:-$PWD/.run}
 XDS=127.0.0.1:18000
 ADMIN=127.0.0.1:18001
+METRICS=127.0.0.1:18002
 AGENT_ADMIN=127.0.0.1:9901
 mkdir -p "$STATE/logs"
 
@@ -40,13 +41,14 @@ wait_for() {
 
 start backend-1 "$BIN/echo-backend" -name backend-1 -listen 127.0.0.1:9001
 start backend-2 "$BIN/echo-backend" -name backend-2 -listen 127.0.0.1:9002
-start controlplane "$BIN/flotilla-controlplane" --xds-addr "$XDS" --admin-addr "$ADMIN" --data-dir "$STATE/controlplane"
+start controlplane "$BIN/flotilla-controlplane" --xds-addr "$XDS" --admin-addr "$ADMIN" --metrics-addr "$METRICS" --data-dir "$STATE/controlplane"
 start agent "$BIN/flotilla-agent" --control-plane "$XDS" --node-id demo-agent --labels dc=local,role=edge \
   --data-dir "$STATE/agent" --admin-addr "$AGENT_ADMIN" --drain-timeout 5s
 
 export FLOTILLA_SERVER=$ADMIN
 wait_for "the control plane" "$BIN/flotctl" history --limit 1
 "$BIN/flotctl" apply examples/quickstart.yaml -m "make run: quickstart"
+"$BIN/flotctl" wait --for=converged --timeout 30s
 wait_for "the agent's listener on 127.0.0.1:10000" bash -c 'exec 3<>/dev/tcp/127.0.0.1/10000' 
 "$BIN/flotctl" agents
 
@@ -59,6 +61,7 @@ Send traffic through the agent's listener on 127.0.0.1:10000 (each line comes ba
     # no nc? plain bash:  exec 3<>/dev/tcp/127.0.0.1/10000; echo hello >&3; head -1 <&3; exec 3>&-
 
 Then try:  bin/flotctl agents    bin/flotctl history    curl -s http://$AGENT_ADMIN/config_dump
+           bin/flotctl stats (a few seconds after some traffic)    curl -s http://$METRICS/metrics | grep flotilla_controlplane
            edit examples/quickstart.yaml and run  bin/flotctl diff examples/quickstart.yaml  and  bin/flotctl apply examples/quickstart.yaml -m "my change"
 (FLOTILLA_SERVER=$ADMIN is the default, so flotctl finds this control plane.)  Logs: $STATE/logs/.  Ctrl-C stops all.
 MSG

@@ -86,6 +86,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		dataDir       = fs.String("data-dir", "/var/lib/flotilla-agent", "`directory` for the last good snapshot")
 		adminAddr     = fs.String("admin-addr", admin.DefaultAddr, "admin HTTP `address` (/ready, /config_dump, /metrics)")
 		drainTimeout  = fs.Duration("drain-timeout", 30*time.Second, "how long open connections may run on after their listener goes away or on shutdown")
+		reportEvery   = fs.Duration("report-interval", 5*time.Second, "how often to report statistics (counter deltas, endpoint health, versions) to the control plane; 0 disables")
 		logLevel      = fs.String("log-level", "info", "log `level`: info or debug")
 		version       = fs.Bool("version", false, "print the version and exit")
 	)
@@ -132,6 +133,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if *drainTimeout < 0 {
 		return nil, fmt.Errorf("--drain-timeout must not be negative, got %s", *drainTimeout)
 	}
+	if *reportEvery < 0 {
+		return nil, fmt.Errorf("--report-interval must not be negative, got %s", *reportEvery)
+	}
 	cps, err := parseList(*controlPlanes)
 	if err != nil || len(cps) == 0 {
 		return nil, fmt.Errorf("--control-plane needs host:port[,host:port], got %q", *controlPlanes)
@@ -141,12 +145,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		return nil, err
 	}
 	cfg.opts = agent.Options{
-		NodeID:        *nodeID,
-		Labels:        lbls,
-		ControlPlanes: cps,
-		DataDir:       *dataDir,
-		AdminAddr:     *adminAddr,
-		DrainTimeout:  *drainTimeout,
+		NodeID:         *nodeID,
+		Labels:         lbls,
+		ControlPlanes:  cps,
+		DataDir:        *dataDir,
+		AdminAddr:      *adminAddr,
+		DrainTimeout:   *drainTimeout,
+		ReportInterval: *reportEvery,
 	}
 	return cfg, nil
 }

@@ -42,7 +42,7 @@ func TestParseFlags(t *testing.T) {
 			o := c.opts
 			if o.NodeID != host || len(o.ControlPlanes) != 1 || o.ControlPlanes[0] != "127.0.0.1:18000" ||
 				o.DataDir != "/var/lib/flotilla-agent" || o.AdminAddr != "127.0.0.1:9901" || o.DrainTimeout != 30*time.Second ||
-				len(o.Labels) != 0 || c.logLevel.String() != "INFO" || c.version {
+				o.ReportInterval != 5*time.Second || len(o.Labels) != 0 || c.logLevel.String() != "INFO" || c.version {
 				t.Errorf("defaults = %+v", c)
 			}
 		}},
@@ -72,6 +72,12 @@ func TestParseFlags(t *testing.T) {
 		{name: "unknown flag", args: []string{"--colour"}, wantErr: "flag provided but not defined"},
 		{name: "bad duration", args: []string{"--drain-timeout", "soon"}, wantErr: "drain-timeout"},
 		{name: "negative duration", args: []string{"--drain-timeout", "-1s"}, wantErr: "must not be negative"},
+		{name: "reports off", args: []string{"--report-interval", "0"}, check: func(t *testing.T, c *config) {
+			if c.opts.ReportInterval != 0 {
+				t.Errorf("report interval = %s, want 0", c.opts.ReportInterval)
+			}
+		}},
+		{name: "negative report interval", args: []string{"--report-interval", "-5s"}, wantErr: "--report-interval must not be negative"},
 		{name: "bad level", args: []string{"--log-level", "trace"}, wantErr: "--log-level must be info or debug"},
 		{name: "bad label", args: []string{"--labels", "dc"}, wantErr: "--labels needs k=v"},
 		{name: "duplicate label", args: []string{"--labels", "dc=ams,dc=fra"}, wantErr: "twice"},

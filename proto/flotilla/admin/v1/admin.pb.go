@@ -13,6 +13,7 @@ import (
 	v1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -835,7 +836,12 @@ type Agent struct {
 	// UserAgent is the agent's build, from its node's user agent fields.
 	UserAgent string `protobuf:"bytes,5,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
 	// Resources holds one status per xDS resource type.
-	Resources     []*ResourceStatus `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
+	Resources []*ResourceStatus `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
+	// ConfigVersion is the config version whose snapshot for the agent's group
+	// the agent runs entirely: every type of it ACKed. It is the version of the
+	// group's current snapshot, or of the one before while the current one is
+	// in flight or after the agent rejected it; 0 when it runs neither.
+	ConfigVersion uint64 `protobuf:"varint,7,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -910,6 +916,13 @@ func (x *Agent) GetResources() []*ResourceStatus {
 		return x.Resources
 	}
 	return nil
+}
+
+func (x *Agent) GetConfigVersion() uint64 {
+	if x != nil {
+		return x.ConfigVersion
+	}
+	return 0
 }
 
 // ResourceStatus is one resource type on one agent.
@@ -1076,11 +1089,534 @@ func (x *Nack) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// GetStatsRequest selects agents and how to group them.
+type GetStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Selector keeps agents whose labels include every key=value here.
+	Selector map[string]string `protobuf:"bytes,1,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// GroupBy is empty for one group per agent, "version" for one group per
+	// config version (cohort), or a label name (dc, role, ...) for one group
+	// per value of that label ("" for agents without it).
+	GroupBy       string `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetStatsRequest) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *GetStatsRequest) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+// GetStatsResponse holds the groups, sorted by key.
+type GetStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Groups are sorted by key.
+	Groups []*StatsGroup `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// GroupBy echoes the request's.
+	GroupBy string `protobuf:"bytes,2,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	// Time is when the control plane computed the stats.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetStatsResponse) GetGroups() []*StatsGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *GetStatsResponse) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+func (x *GetStatsResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// StatsGroup aggregates the reports of some agents.
+type StatsGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Key is the node id, the config version ("7", "" when unknown) or the
+	// label value the group stands for.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Agents counts the agents in the group that reported in the last 10 minutes.
+	Agents uint32 `protobuf:"varint,2,opt,name=agents,proto3" json:"agents,omitempty"`
+	// Windows are the sliding windows: 1m, then 5m.
+	Windows []*WindowStats `protobuf:"bytes,3,rep,name=windows,proto3" json:"windows,omitempty"`
+	// DownstreamCxActive sums the agents' open client connections, as last reported.
+	DownstreamCxActive uint64 `protobuf:"varint,4,opt,name=downstream_cx_active,json=downstreamCxActive,proto3" json:"downstream_cx_active,omitempty"`
+	// UpstreamCxActive sums the agents' open upstream connections, as last reported.
+	UpstreamCxActive uint64 `protobuf:"varint,5,opt,name=upstream_cx_active,json=upstreamCxActive,proto3" json:"upstream_cx_active,omitempty"`
+	// EndpointsHealthy counts the endpoints taking traffic, over every agent and cluster.
+	EndpointsHealthy uint32 `protobuf:"varint,6,opt,name=endpoints_healthy,json=endpointsHealthy,proto3" json:"endpoints_healthy,omitempty"`
+	// EndpointsTotal counts the endpoints reported.
+	EndpointsTotal uint32 `protobuf:"varint,7,opt,name=endpoints_total,json=endpointsTotal,proto3" json:"endpoints_total,omitempty"`
+	// LastReport is the newest report of the group.
+	LastReport *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
+	// Agent is set in per-agent groups.
+	Agent         *AgentReportInfo `protobuf:"bytes,9,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsGroup) Reset() {
+	*x = StatsGroup{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsGroup) ProtoMessage() {}
+
+func (x *StatsGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsGroup.ProtoReflect.Descriptor instead.
+func (*StatsGroup) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StatsGroup) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *StatsGroup) GetAgents() uint32 {
+	if x != nil {
+		return x.Agents
+	}
+	return 0
+}
+
+func (x *StatsGroup) GetWindows() []*WindowStats {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+func (x *StatsGroup) GetDownstreamCxActive() uint64 {
+	if x != nil {
+		return x.DownstreamCxActive
+	}
+	return 0
+}
+
+func (x *StatsGroup) GetUpstreamCxActive() uint64 {
+	if x != nil {
+		return x.UpstreamCxActive
+	}
+	return 0
+}
+
+func (x *StatsGroup) GetEndpointsHealthy() uint32 {
+	if x != nil {
+		return x.EndpointsHealthy
+	}
+	return 0
+}
+
+func (x *StatsGroup) GetEndpointsTotal() uint32 {
+	if x != nil {
+		return x.EndpointsTotal
+	}
+	return 0
+}
+
+func (x *StatsGroup) GetLastReport() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastReport
+	}
+	return nil
+}
+
+func (x *StatsGroup) GetAgent() *AgentReportInfo {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+// AgentReportInfo is what one agent says about itself in its latest report.
+type AgentReportInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Labels are the agent's labels.
+	Labels map[string]string `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// BuildVersion is the agent's build.
+	BuildVersion string `protobuf:"bytes,2,opt,name=build_version,json=buildVersion,proto3" json:"build_version,omitempty"`
+	// Uptime is the agent process's age at its latest report.
+	Uptime *durationpb.Duration `protobuf:"bytes,3,opt,name=uptime,proto3" json:"uptime,omitempty"`
+	// ConfigVersion is the config version the agent runs entirely (ListAgents), 0 if none.
+	ConfigVersion uint64 `protobuf:"varint,4,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
+	// Connected is true while the agent has an xDS stream to this control plane.
+	Connected bool `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Resources holds the version the agent says it runs per type, and its last NACK.
+	Resources []*ResourceStatus `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
+	// ReportsMissed counts reports that never arrived (gaps in the sequence).
+	ReportsMissed uint64 `protobuf:"varint,7,opt,name=reports_missed,json=reportsMissed,proto3" json:"reports_missed,omitempty"`
+	// Truncated is true when the latest report left listeners, clusters or endpoints out.
+	Truncated     bool `protobuf:"varint,8,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentReportInfo) Reset() {
+	*x = AgentReportInfo{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentReportInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentReportInfo) ProtoMessage() {}
+
+func (x *AgentReportInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentReportInfo.ProtoReflect.Descriptor instead.
+func (*AgentReportInfo) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AgentReportInfo) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *AgentReportInfo) GetBuildVersion() string {
+	if x != nil {
+		return x.BuildVersion
+	}
+	return ""
+}
+
+func (x *AgentReportInfo) GetUptime() *durationpb.Duration {
+	if x != nil {
+		return x.Uptime
+	}
+	return nil
+}
+
+func (x *AgentReportInfo) GetConfigVersion() uint64 {
+	if x != nil {
+		return x.ConfigVersion
+	}
+	return 0
+}
+
+func (x *AgentReportInfo) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *AgentReportInfo) GetResources() []*ResourceStatus {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *AgentReportInfo) GetReportsMissed() uint64 {
+	if x != nil {
+		return x.ReportsMissed
+	}
+	return 0
+}
+
+func (x *AgentReportInfo) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+// WindowStats are counts and rates over one sliding window. Rates divide by
+// the part of the window the agents' reports cover, so an agent that just
+// started is not diluted.
+type WindowStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Window is the window's length.
+	Window *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	// DownstreamCx counts client connections (UDP sessions) accepted.
+	DownstreamCx uint64 `protobuf:"varint,2,opt,name=downstream_cx,json=downstreamCx,proto3" json:"downstream_cx,omitempty"`
+	// UpstreamCx counts connection attempts to endpoints.
+	UpstreamCx uint64 `protobuf:"varint,3,opt,name=upstream_cx,json=upstreamCx,proto3" json:"upstream_cx,omitempty"`
+	// ConnectFailures counts failed connection attempts to endpoints.
+	ConnectFailures uint64 `protobuf:"varint,4,opt,name=connect_failures,json=connectFailures,proto3" json:"connect_failures,omitempty"`
+	// RxBytes counts bytes received (from endpoints, and from UDP clients).
+	RxBytes uint64 `protobuf:"varint,5,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	// TxBytes counts bytes sent (to endpoints, and to UDP clients).
+	TxBytes uint64 `protobuf:"varint,6,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	// HttpRequests counts HTTP responses sent to clients.
+	HttpRequests uint64 `protobuf:"varint,7,opt,name=http_requests,json=httpRequests,proto3" json:"http_requests,omitempty"`
+	// Http_2xx counts 2xx responses sent to clients.
+	Http_2Xx uint64 `protobuf:"varint,8,opt,name=http_2xx,json=http2xx,proto3" json:"http_2xx,omitempty"`
+	// Http_4xx counts 4xx responses sent to clients.
+	Http_4Xx uint64 `protobuf:"varint,9,opt,name=http_4xx,json=http4xx,proto3" json:"http_4xx,omitempty"`
+	// Http_5xx counts 5xx responses sent to clients.
+	Http_5Xx uint64 `protobuf:"varint,10,opt,name=http_5xx,json=http5xx,proto3" json:"http_5xx,omitempty"`
+	// ConnectionsPerSecond is the rate of DownstreamCx.
+	ConnectionsPerSecond float64 `protobuf:"fixed64,11,opt,name=connections_per_second,json=connectionsPerSecond,proto3" json:"connections_per_second,omitempty"`
+	// BytesPerSecond is the rate of RxBytes plus TxBytes.
+	BytesPerSecond float64 `protobuf:"fixed64,12,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
+	// RequestsPerSecond is the rate of HttpRequests.
+	RequestsPerSecond float64 `protobuf:"fixed64,13,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
+	// ConnectFailureRatio is ConnectFailures / UpstreamCx (0 without attempts).
+	ConnectFailureRatio float64 `protobuf:"fixed64,14,opt,name=connect_failure_ratio,json=connectFailureRatio,proto3" json:"connect_failure_ratio,omitempty"`
+	// Http_5xxRatio is Http_5xx / HttpRequests (0 without requests).
+	Http_5XxRatio float64 `protobuf:"fixed64,15,opt,name=http_5xx_ratio,json=http5xxRatio,proto3" json:"http_5xx_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowStats) Reset() {
+	*x = WindowStats{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowStats) ProtoMessage() {}
+
+func (x *WindowStats) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowStats.ProtoReflect.Descriptor instead.
+func (*WindowStats) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WindowStats) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *WindowStats) GetDownstreamCx() uint64 {
+	if x != nil {
+		return x.DownstreamCx
+	}
+	return 0
+}
+
+func (x *WindowStats) GetUpstreamCx() uint64 {
+	if x != nil {
+		return x.UpstreamCx
+	}
+	return 0
+}
+
+func (x *WindowStats) GetConnectFailures() uint64 {
+	if x != nil {
+		return x.ConnectFailures
+	}
+	return 0
+}
+
+func (x *WindowStats) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *WindowStats) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *WindowStats) GetHttpRequests() uint64 {
+	if x != nil {
+		return x.HttpRequests
+	}
+	return 0
+}
+
+func (x *WindowStats) GetHttp_2Xx() uint64 {
+	if x != nil {
+		return x.Http_2Xx
+	}
+	return 0
+}
+
+func (x *WindowStats) GetHttp_4Xx() uint64 {
+	if x != nil {
+		return x.Http_4Xx
+	}
+	return 0
+}
+
+func (x *WindowStats) GetHttp_5Xx() uint64 {
+	if x != nil {
+		return x.Http_5Xx
+	}
+	return 0
+}
+
+func (x *WindowStats) GetConnectionsPerSecond() float64 {
+	if x != nil {
+		return x.ConnectionsPerSecond
+	}
+	return 0
+}
+
+func (x *WindowStats) GetBytesPerSecond() float64 {
+	if x != nil {
+		return x.BytesPerSecond
+	}
+	return 0
+}
+
+func (x *WindowStats) GetRequestsPerSecond() float64 {
+	if x != nil {
+		return x.RequestsPerSecond
+	}
+	return 0
+}
+
+func (x *WindowStats) GetConnectFailureRatio() float64 {
+	if x != nil {
+		return x.ConnectFailureRatio
+	}
+	return 0
+}
+
+func (x *WindowStats) GetHttp_5XxRatio() float64 {
+	if x != nil {
+		return x.Http_5XxRatio
+	}
+	return 0
+}
+
 var File_flotilla_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/admin/v1/admin.proto\x12\x11flotilla.admin.v1\x1a\x1fflotilla/config/v1/config.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n" +
+	"\x1dflotilla/admin/v1/admin.proto\x12\x11flotilla.admin.v1\x1a\x1fflotilla/config/v1/config.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n" +
 	"\n" +
 	"ConfigFile\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x122\n" +
@@ -1129,7 +1665,7 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"F\n" +
 	"\x12ListAgentsResponse\x120\n" +
-	"\x06agents\x18\x01 \x03(\v2\x18.flotilla.admin.v1.AgentR\x06agents\"\xd2\x02\n" +
+	"\x06agents\x18\x01 \x03(\v2\x18.flotilla.admin.v1.AgentR\x06agents\"\xf9\x02\n" +
 	"\x05Agent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12<\n" +
 	"\x06labels\x18\x02 \x03(\v2$.flotilla.admin.v1.Agent.LabelsEntryR\x06labels\x12C\n" +
@@ -1137,7 +1673,8 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x04peer\x18\x04 \x01(\tR\x04peer\x12\x1d\n" +
 	"\n" +
 	"user_agent\x18\x05 \x01(\tR\tuserAgent\x12?\n" +
-	"\tresources\x18\x06 \x03(\v2!.flotilla.admin.v1.ResourceStatusR\tresources\x1a9\n" +
+	"\tresources\x18\x06 \x03(\v2!.flotilla.admin.v1.ResourceStatusR\tresources\x12%\n" +
+	"\x0econfig_version\x18\a \x01(\x04R\rconfigVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x01\n" +
@@ -1152,13 +1689,65 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x04Nack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\x84\x01\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xb7\x01\n" +
+	"\x0fGetStatsRequest\x12L\n" +
+	"\bselector\x18\x01 \x03(\v20.flotilla.admin.v1.GetStatsRequest.SelectorEntryR\bselector\x12\x19\n" +
+	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x01\n" +
+	"\x10GetStatsResponse\x125\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1d.flotilla.admin.v1.StatsGroupR\x06groups\x12\x19\n" +
+	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x9d\x03\n" +
+	"\n" +
+	"StatsGroup\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06agents\x18\x02 \x01(\rR\x06agents\x128\n" +
+	"\awindows\x18\x03 \x03(\v2\x1e.flotilla.admin.v1.WindowStatsR\awindows\x120\n" +
+	"\x14downstream_cx_active\x18\x04 \x01(\x04R\x12downstreamCxActive\x12,\n" +
+	"\x12upstream_cx_active\x18\x05 \x01(\x04R\x10upstreamCxActive\x12+\n" +
+	"\x11endpoints_healthy\x18\x06 \x01(\rR\x10endpointsHealthy\x12'\n" +
+	"\x0fendpoints_total\x18\a \x01(\rR\x0eendpointsTotal\x12;\n" +
+	"\vlast_report\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastReport\x128\n" +
+	"\x05agent\x18\t \x01(\v2\".flotilla.admin.v1.AgentReportInfoR\x05agent\"\xb7\x03\n" +
+	"\x0fAgentReportInfo\x12F\n" +
+	"\x06labels\x18\x01 \x03(\v2..flotilla.admin.v1.AgentReportInfo.LabelsEntryR\x06labels\x12#\n" +
+	"\rbuild_version\x18\x02 \x01(\tR\fbuildVersion\x121\n" +
+	"\x06uptime\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x12%\n" +
+	"\x0econfig_version\x18\x04 \x01(\x04R\rconfigVersion\x12\x1c\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x12?\n" +
+	"\tresources\x18\x06 \x03(\v2!.flotilla.admin.v1.ResourceStatusR\tresources\x12%\n" +
+	"\x0ereports_missed\x18\a \x01(\x04R\rreportsMissed\x12\x1c\n" +
+	"\ttruncated\x18\b \x01(\bR\ttruncated\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x04\n" +
+	"\vWindowStats\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12#\n" +
+	"\rdownstream_cx\x18\x02 \x01(\x04R\fdownstreamCx\x12\x1f\n" +
+	"\vupstream_cx\x18\x03 \x01(\x04R\n" +
+	"upstreamCx\x12)\n" +
+	"\x10connect_failures\x18\x04 \x01(\x04R\x0fconnectFailures\x12\x19\n" +
+	"\brx_bytes\x18\x05 \x01(\x04R\arxBytes\x12\x19\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\x12#\n" +
+	"\rhttp_requests\x18\a \x01(\x04R\fhttpRequests\x12\x19\n" +
+	"\bhttp_2xx\x18\b \x01(\x04R\ahttp2xx\x12\x19\n" +
+	"\bhttp_4xx\x18\t \x01(\x04R\ahttp4xx\x12\x19\n" +
+	"\bhttp_5xx\x18\n" +
+	" \x01(\x04R\ahttp5xx\x124\n" +
+	"\x16connections_per_second\x18\v \x01(\x01R\x14connectionsPerSecond\x12(\n" +
+	"\x10bytes_per_second\x18\f \x01(\x01R\x0ebytesPerSecond\x12.\n" +
+	"\x13requests_per_second\x18\r \x01(\x01R\x11requestsPerSecond\x122\n" +
+	"\x15connect_failure_ratio\x18\x0e \x01(\x01R\x13connectFailureRatio\x12$\n" +
+	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio*\x84\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
 	"\x11SYNC_STATE_NACKED\x10\x03\x12\x17\n" +
-	"\x13SYNC_STATE_NOT_SENT\x10\x042\xc6\x03\n" +
+	"\x13SYNC_STATE_NOT_SENT\x10\x042\x9b\x04\n" +
 	"\fAdminService\x12J\n" +
 	"\x05Apply\x12\x1f.flotilla.admin.v1.ApplyRequest\x1a .flotilla.admin.v1.ApplyResponse\x12Y\n" +
 	"\n" +
@@ -1166,7 +1755,8 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\fListVersions\x12&.flotilla.admin.v1.ListVersionsRequest\x1a'.flotilla.admin.v1.ListVersionsResponse\x12S\n" +
 	"\bRollback\x12\".flotilla.admin.v1.RollbackRequest\x1a#.flotilla.admin.v1.RollbackResponse\x12Y\n" +
 	"\n" +
-	"ListAgents\x12$.flotilla.admin.v1.ListAgentsRequest\x1a%.flotilla.admin.v1.ListAgentsResponseBDZBgithub.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1;adminv1b\x06proto3"
+	"ListAgents\x12$.flotilla.admin.v1.ListAgentsRequest\x1a%.flotilla.admin.v1.ListAgentsResponse\x12S\n" +
+	"\bGetStats\x12\".flotilla.admin.v1.GetStatsRequest\x1a#.flotilla.admin.v1.GetStatsResponseBDZBgithub.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_flotilla_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1181,7 +1771,7 @@ func file_flotilla_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flotilla_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_flotilla_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_flotilla_admin_v1_admin_proto_goTypes = []any{
 	(SyncState)(0),                // 0: flotilla.admin.v1.SyncState
 	(*ConfigFile)(nil),            // 1: flotilla.admin.v1.ConfigFile
@@ -1200,14 +1790,22 @@ var file_flotilla_admin_v1_admin_proto_goTypes = []any{
 	(*Agent)(nil),                 // 14: flotilla.admin.v1.Agent
 	(*ResourceStatus)(nil),        // 15: flotilla.admin.v1.ResourceStatus
 	(*Nack)(nil),                  // 16: flotilla.admin.v1.Nack
-	nil,                           // 17: flotilla.admin.v1.ListAgentsRequest.SelectorEntry
-	nil,                           // 18: flotilla.admin.v1.Agent.LabelsEntry
-	(*v1.Bundle)(nil),             // 19: flotilla.config.v1.Bundle
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*GetStatsRequest)(nil),       // 17: flotilla.admin.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),      // 18: flotilla.admin.v1.GetStatsResponse
+	(*StatsGroup)(nil),            // 19: flotilla.admin.v1.StatsGroup
+	(*AgentReportInfo)(nil),       // 20: flotilla.admin.v1.AgentReportInfo
+	(*WindowStats)(nil),           // 21: flotilla.admin.v1.WindowStats
+	nil,                           // 22: flotilla.admin.v1.ListAgentsRequest.SelectorEntry
+	nil,                           // 23: flotilla.admin.v1.Agent.LabelsEntry
+	nil,                           // 24: flotilla.admin.v1.GetStatsRequest.SelectorEntry
+	nil,                           // 25: flotilla.admin.v1.AgentReportInfo.LabelsEntry
+	(*v1.Bundle)(nil),             // 26: flotilla.config.v1.Bundle
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_flotilla_admin_v1_admin_proto_depIdxs = []int32{
-	19, // 0: flotilla.admin.v1.ConfigFile.bundle:type_name -> flotilla.config.v1.Bundle
-	20, // 1: flotilla.admin.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	26, // 0: flotilla.admin.v1.ConfigFile.bundle:type_name -> flotilla.config.v1.Bundle
+	27, // 1: flotilla.admin.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: flotilla.admin.v1.Version.info:type_name -> flotilla.admin.v1.VersionInfo
 	1,  // 3: flotilla.admin.v1.Version.files:type_name -> flotilla.admin.v1.ConfigFile
 	1,  // 4: flotilla.admin.v1.ApplyRequest.files:type_name -> flotilla.admin.v1.ConfigFile
@@ -1215,29 +1813,41 @@ var file_flotilla_admin_v1_admin_proto_depIdxs = []int32{
 	3,  // 6: flotilla.admin.v1.GetVersionResponse.version:type_name -> flotilla.admin.v1.Version
 	2,  // 7: flotilla.admin.v1.ListVersionsResponse.versions:type_name -> flotilla.admin.v1.VersionInfo
 	2,  // 8: flotilla.admin.v1.RollbackResponse.version:type_name -> flotilla.admin.v1.VersionInfo
-	17, // 9: flotilla.admin.v1.ListAgentsRequest.selector:type_name -> flotilla.admin.v1.ListAgentsRequest.SelectorEntry
+	22, // 9: flotilla.admin.v1.ListAgentsRequest.selector:type_name -> flotilla.admin.v1.ListAgentsRequest.SelectorEntry
 	14, // 10: flotilla.admin.v1.ListAgentsResponse.agents:type_name -> flotilla.admin.v1.Agent
-	18, // 11: flotilla.admin.v1.Agent.labels:type_name -> flotilla.admin.v1.Agent.LabelsEntry
-	20, // 12: flotilla.admin.v1.Agent.connected_since:type_name -> google.protobuf.Timestamp
+	23, // 11: flotilla.admin.v1.Agent.labels:type_name -> flotilla.admin.v1.Agent.LabelsEntry
+	27, // 12: flotilla.admin.v1.Agent.connected_since:type_name -> google.protobuf.Timestamp
 	15, // 13: flotilla.admin.v1.Agent.resources:type_name -> flotilla.admin.v1.ResourceStatus
 	0,  // 14: flotilla.admin.v1.ResourceStatus.state:type_name -> flotilla.admin.v1.SyncState
 	16, // 15: flotilla.admin.v1.ResourceStatus.last_nack:type_name -> flotilla.admin.v1.Nack
-	20, // 16: flotilla.admin.v1.Nack.time:type_name -> google.protobuf.Timestamp
-	4,  // 17: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
-	6,  // 18: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
-	8,  // 19: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
-	10, // 20: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
-	12, // 21: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
-	5,  // 22: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
-	7,  // 23: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
-	9,  // 24: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
-	11, // 25: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
-	13, // 26: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	27, // 16: flotilla.admin.v1.Nack.time:type_name -> google.protobuf.Timestamp
+	24, // 17: flotilla.admin.v1.GetStatsRequest.selector:type_name -> flotilla.admin.v1.GetStatsRequest.SelectorEntry
+	19, // 18: flotilla.admin.v1.GetStatsResponse.groups:type_name -> flotilla.admin.v1.StatsGroup
+	27, // 19: flotilla.admin.v1.GetStatsResponse.time:type_name -> google.protobuf.Timestamp
+	21, // 20: flotilla.admin.v1.StatsGroup.windows:type_name -> flotilla.admin.v1.WindowStats
+	27, // 21: flotilla.admin.v1.StatsGroup.last_report:type_name -> google.protobuf.Timestamp
+	20, // 22: flotilla.admin.v1.StatsGroup.agent:type_name -> flotilla.admin.v1.AgentReportInfo
+	25, // 23: flotilla.admin.v1.AgentReportInfo.labels:type_name -> flotilla.admin.v1.AgentReportInfo.LabelsEntry
+	28, // 24: flotilla.admin.v1.AgentReportInfo.uptime:type_name -> google.protobuf.Duration
+	15, // 25: flotilla.admin.v1.AgentReportInfo.resources:type_name -> flotilla.admin.v1.ResourceStatus
+	28, // 26: flotilla.admin.v1.WindowStats.window:type_name -> google.protobuf.Duration
+	4,  // 27: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
+	6,  // 28: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
+	8,  // 29: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
+	10, // 30: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
+	12, // 31: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
+	17, // 32: flotilla.admin.v1.AdminService.GetStats:input_type -> flotilla.admin.v1.GetStatsRequest
+	5,  // 33: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
+	7,  // 34: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
+	9,  // 35: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
+	11, // 36: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
+	13, // 37: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
+	18, // 38: flotilla.admin.v1.AdminService.GetStats:output_type -> flotilla.admin.v1.GetStatsResponse
+	33, // [33:39] is the sub-list for method output_type
+	27, // [27:33] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_admin_v1_admin_proto_init() }
@@ -1253,7 +1863,7 @@ func file_flotilla_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_admin_v1_admin_proto_rawDesc), len(file_flotilla_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
