@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -24,7 +25,7 @@ import (
 // path prefix and by header, a prefix rewrite, a direct response, an
 // HTTP→HTTPS 301 and an HTTPS listener; X-Forwarded-For, X-Real-IP and
 // X-Forwarded-Proto as the backend sees them, also behind a trusted hop;
-// HTTP/2 to an http2 cluster; header add operations; the combined access log; stats per virtual host,
+// HTTP/2 to an http2 cluster; path normalisation; header add operations; the combined access log; stats per virtual host,
 // route and cluster. Clients: Go net/http (HTTP/1.1, h2 over TLS, h2c) and
 // curl (--http1.1, --http2 over TLS, --http2-prior-knowledge).
 func TestHTTPRoutingAndForwardedHeaders(t *testing.T) {
@@ -65,6 +66,9 @@ listeners:
             - name: health
               match: { path: /healthz }
               direct_response: { status: 200, body: "ok\n" }
+            - name: admin
+              match: { prefix: /admin }
+              direct_response: { status: 403, body: "internal\n" }
             - name: canary
               match: { prefix: /, headers: [{ name: x-canary, exact: "1" }] }
               cluster: canary
@@ -193,6 +197,34 @@ clusters:
 		}
 		if n, err := ag.metric("flotilla_agent_upstream_rq_xx", `cluster="api"`, `response_code_class="2xx"`); err != nil || n < 3 {
 			t.Errorf("upstream_rq_xx{cluster=api,2xx} = %v (%v), want at least 3", n, err)
+		}
+	})
+
+	t.Run("path normalisation", func(t *testing.T) {
+		// Routes see the normalised path (nginx `location` matching, merge_slashes):
+		// no spelling of /admin reaches the backend. Raw requests, so that no
+		// client cleans the path first.
+		tests := []struct {
+			path       string
+			wantStatus int
+		}{
+			{path: "/admin", wantStatus: 403},
+			{path: "/x/../admin", wantStatus: 403},
+			{path: "//admin", wantStatus: 403},
+			{path: "/%61dmin", wantStatus: 403},
+			{path: "/./admin/", wantStatus: 403},
+			{path: "/administrivia/../hello", wantStatus: 200},
+		}
+		for _, tt := range tests {
+			t.Run(tt.path, func(t *testing.T) {
+				status, err := rawGet(plain, "web.example", tt.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if status != tt.wantStatus {
+					t.Fatalf("GET %s: status %d, want %d", tt.path, status, tt.wantStatus)
+				}
+			})
 		}
 	})
 
@@ -627,6 +659,26 @@ clusters:
 		}
 		wg.Wait()
 	})
+}
+
+// rawGet sends "GET path HTTP/1.1" exactly as given over a new connection to
+// addr and returns the response status.
+func rawGet(addr, host, path string) (int, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, host); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 // firstLine returns the first line of b, for logs.
