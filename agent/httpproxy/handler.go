@@ -58,6 +58,7 @@ type exchange struct {
 	timers       []*time.Timer
 	idle         time.Duration
 	idleTimer    *time.Timer
+	stallTimer   *time.Timer // see stallStart
 	renderBuf    []byte
 	upgradeReq   bool
 	rewritten    bool   // prefix_rewrite applies: upPath and upRawPath are the path to send
@@ -385,6 +386,45 @@ func (x *exchange) armRouteTimeout() {
 	})
 }
 
+// stallStart starts (again) the route timeout's bound on the upstream taking the request
+// body: the route timeout proper starts only when the body is complete, which an upstream
+// that stops reading it (a hung one, with socket buffers full) would put off for ever.
+// From each body read until the next one the transport is writing to the upstream; if
+// that takes a whole route timeout before the response headers came, the request ends
+// with a 504 as a route timeout would. Time spent waiting for the client does not count
+// (request_timeout and the stream idle timeout bound that).
+func (x *exchange) stallStart() {
+	if x.routeTimeout <= 0 || x.cancel == nil {
+		return
+	}
+	x.timerMu.Lock()
+	defer x.timerMu.Unlock()
+	switch {
+	case x.finished:
+	case x.stallTimer == nil:
+		x.stallTimer = time.AfterFunc(x.routeTimeout, func() {
+			if !x.gotHeaders.Load() {
+				x.cancel(errRouteTimeout)
+			}
+		})
+		x.timers = append(x.timers, x.stallTimer)
+	default:
+		x.stallTimer.Reset(x.routeTimeout)
+	}
+}
+
+// stallStop stops stallStart's bound while the transport waits for the client.
+func (x *exchange) stallStop() {
+	if x.routeTimeout <= 0 {
+		return
+	}
+	x.timerMu.Lock()
+	if x.stallTimer != nil {
+		x.stallTimer.Stop()
+	}
+	x.timerMu.Unlock()
+}
+
 // after runs f after d unless the request ends first.
 func (x *exchange) after(d time.Duration, f func()) {
 	x.timerMu.Lock()
@@ -588,7 +628,11 @@ type requestBody struct {
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.x.stallStop() // waiting for the client now, which the route timeout does not bound
 	n, err := b.rc.Read(p)
+	if n > 0 && err == nil {
+		b.x.stallStart() // the transport now writes these bytes upstream
+	}
 	if n > 0 {
 		b.x.active.Store(true)
 		if total := b.n.Add(int64(n)); b.limit > 0 && total > b.limit {
