@@ -23,11 +23,19 @@ import (
 //	versions/<big-endian uint64 n> → marshalled adminv1.Version n
 //	meta/latest                    → big-endian uint64, the latest version number
 //	meta/format                    → big-endian uint64, this layout's version (1)
+//	meta/active                    → big-endian uint64, the active version; absent: the latest
+//	rollouts/<big-endian uint64 id> → marshalled adminv1.Rollout
+//
+// meta/active and the rollouts bucket were added without changing the
+// format: a file written before them reads as "the latest is active, no
+// rollouts".
 var (
 	bucketVersions = []byte("versions")
 	bucketMeta     = []byte("meta")
+	bucketRollouts = []byte("rollouts")
 	keyLatest      = []byte("latest")
 	keyFormat      = []byte("format")
+	keyActive      = []byte("active")
 )
 
 const boltFormat = 1
@@ -61,6 +69,9 @@ func OpenBolt(path string) (*Bolt, error) {
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketVersions); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketRollouts); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -116,7 +127,10 @@ func (b *Bolt) Apply(ctx context.Context, p ApplyParams) (*adminv1.VersionInfo, 
 			}
 			if li.GetHash() == hash {
 				info, unchanged = li, true
-				return nil
+				if p.Stage {
+					return nil
+				}
+				return meta.Put(keyActive, key(latest))
 			}
 		}
 		n := latest + 1
@@ -140,6 +154,18 @@ func (b *Bolt) Apply(ctx context.Context, p ApplyParams) (*adminv1.VersionInfo, 
 		}
 		if err := meta.Put(keyLatest, key(n)); err != nil {
 			return fmt.Errorf("apply: %w", err)
+		}
+		if latest != 0 && meta.Get(keyActive) == nil {
+			// A file from before staging: its latest was active. Say so
+			// before the latest moves.
+			if err := meta.Put(keyActive, key(latest)); err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+		}
+		if !p.Stage {
+			if err := meta.Put(keyActive, key(n)); err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
 		}
 		return nil
 	})
@@ -197,6 +223,127 @@ func (b *Bolt) List(ctx context.Context, limit int) ([]*adminv1.VersionInfo, err
 	return infos, nil
 }
 
+// Active implements Store.
+func (b *Bolt) Active(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var n uint64
+	err := b.db.View(func(tx *bolt.Tx) error {
+		n = activeNumber(tx.Bucket(bucketMeta))
+		return nil
+	})
+	return n, err
+}
+
+// SetActive implements Store.
+func (b *Bolt) SetActive(ctx context.Context, n uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketVersions).Get(key(n)) == nil {
+			return fmt.Errorf("set active version %d: %w", n, ErrNotFound)
+		}
+		if err := tx.Bucket(bucketMeta).Put(keyActive, key(n)); err != nil {
+			return fmt.Errorf("set active version %d: %w", n, err)
+		}
+		return nil
+	})
+}
+
+// CreateRollout implements Store.
+func (b *Bolt) CreateRollout(ctx context.Context, r *adminv1.Rollout) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRollouts)
+		id, err := rb.NextSequence()
+		if err != nil {
+			return fmt.Errorf("create rollout: %w", err)
+		}
+		r.Id = id
+		return putRollout(rb, r)
+	})
+}
+
+// PutRollout implements Store.
+func (b *Bolt) PutRollout(ctx context.Context, r *adminv1.Rollout) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		rb := tx.Bucket(bucketRollouts)
+		if r.GetId() == 0 || rb.Get(key(r.GetId())) == nil {
+			return fmt.Errorf("put rollout %d: %w", r.GetId(), ErrRolloutNotFound)
+		}
+		return putRollout(rb, r)
+	})
+}
+
+func putRollout(rb *bolt.Bucket, r *adminv1.Rollout) error {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("rollout %d: %w", r.GetId(), err)
+	}
+	if err := rb.Put(key(r.GetId()), data); err != nil {
+		return fmt.Errorf("rollout %d: %w", r.GetId(), err)
+	}
+	return nil
+}
+
+// GetRollout implements Store.
+func (b *Bolt) GetRollout(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r := &adminv1.Rollout{}
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRollouts).Cursor()
+		var k, data []byte
+		if id == 0 {
+			k, data = c.Last()
+		} else {
+			k, data = c.Seek(key(id))
+		}
+		if k == nil || (id != 0 && binary.BigEndian.Uint64(k) != id) {
+			return fmt.Errorf("get rollout %d: %w", id, ErrRolloutNotFound)
+		}
+		if err := proto.Unmarshal(data, r); err != nil {
+			return fmt.Errorf("get rollout %d: %w", binary.BigEndian.Uint64(k), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ListRollouts implements Store.
+func (b *Bolt) ListRollouts(ctx context.Context, limit int) ([]*adminv1.Rollout, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []*adminv1.Rollout
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRollouts).Cursor()
+		for k, data := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, data = c.Prev() {
+			r := &adminv1.Rollout{}
+			if err := proto.Unmarshal(data, r); err != nil {
+				return fmt.Errorf("list rollouts: rollout %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Close implements Store.
 func (b *Bolt) Close() error {
 	if err := b.db.Close(); err != nil {
@@ -213,6 +360,15 @@ func latestNumber(meta *bolt.Bucket) uint64 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
+}
+
+// activeNumber is the active version: meta/active, or the latest in a file
+// written before staging existed.
+func activeNumber(meta *bolt.Bucket) uint64 {
+	if v := meta.Get(keyActive); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return latestNumber(meta)
 }
 
 // decodeInfo reads only the info (field 1) of a marshalled adminv1.Version,

@@ -3,6 +3,11 @@
 // a commit. Rollback is applying an old version's files again, recorded with
 // RollbackOf. Numbers count from 1 without gaps.
 //
+// The active version is the one the fleet is served outside rollouts: the
+// latest, unless versions were staged (ApplyParams.Stage) after it. Canary
+// rollouts (adminv1.Rollout) are stored too, so that a control plane
+// restarted in the middle of one carries on.
+//
 // Store is the contract; Bolt keeps versions in one bbolt file, the default
 // for a single control plane.
 package store
@@ -35,6 +40,19 @@ type Store interface {
 	Get(ctx context.Context, n uint64) (*adminv1.Version, error)
 	// List returns version infos newest first; limit 0 (or less) means all.
 	List(ctx context.Context, limit int) ([]*adminv1.VersionInfo, error)
+	// Active returns the active version, 0 when there is none.
+	Active(ctx context.Context) (uint64, error)
+	// SetActive makes stored version n the active one (ErrNotFound if absent).
+	SetActive(ctx context.Context, n uint64) error
+	// CreateRollout stores r as a new rollout, numbering it (r.Id is set).
+	CreateRollout(ctx context.Context, r *adminv1.Rollout) error
+	// PutRollout replaces the stored rollout r.Id (ErrRolloutNotFound if absent).
+	PutRollout(ctx context.Context, r *adminv1.Rollout) error
+	// GetRollout returns rollout id, or the latest when id is 0;
+	// ErrRolloutNotFound when absent.
+	GetRollout(ctx context.Context, id uint64) (*adminv1.Rollout, error)
+	// ListRollouts returns rollouts newest first; limit 0 (or less) means all.
+	ListRollouts(ctx context.Context, limit int) ([]*adminv1.Rollout, error)
 	// Close releases the store; other methods fail after it.
 	Close() error
 }
@@ -52,6 +70,10 @@ type ApplyParams struct {
 	ExpectVersion *uint64
 	// RollbackOf is the version this one restores, or 0. It must exist.
 	RollbackOf uint64
+	// Stage stores the version without making it the active one. Without
+	// it, the new version (or the latest, when the content is unchanged)
+	// becomes active.
+	Stage bool
 	// Now is the creation time; zero means time.Now().
 	Now time.Time
 }
@@ -65,6 +87,9 @@ func (p *ApplyParams) now() time.Time {
 
 // ErrNotFound is returned for a version that does not exist.
 var ErrNotFound = errors.New("version not found")
+
+// ErrRolloutNotFound is returned for a rollout that does not exist.
+var ErrRolloutNotFound = errors.New("rollout not found")
 
 // ConflictError is returned when ApplyParams.ExpectVersion is not the latest
 // version.

@@ -88,6 +88,122 @@ func (SyncState) EnumDescriptor() ([]byte, []int) {
 	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// RolloutState is where a rollout is in its life.
+type RolloutState int32
+
+const (
+	// ROLLOUT_STATE_UNSPECIFIED is not used.
+	RolloutState_ROLLOUT_STATE_UNSPECIFIED RolloutState = 0
+	// ROLLOUT_STATE_RUNNING: steps are being taken.
+	RolloutState_ROLLOUT_STATE_RUNNING RolloutState = 1
+	// ROLLOUT_STATE_PAUSED: assignments stay, nothing moves, the bake clock stops.
+	RolloutState_ROLLOUT_STATE_PAUSED RolloutState = 2
+	// ROLLOUT_STATE_COMPLETED: every selected agent runs the version.
+	RolloutState_ROLLOUT_STATE_COMPLETED RolloutState = 3
+	// ROLLOUT_STATE_ABORTED: stopped (by a NACK, the analysis or an operator);
+	// the canaries were put back on the version they ran before.
+	RolloutState_ROLLOUT_STATE_ABORTED RolloutState = 4
+)
+
+// Enum value maps for RolloutState.
+var (
+	RolloutState_name = map[int32]string{
+		0: "ROLLOUT_STATE_UNSPECIFIED",
+		1: "ROLLOUT_STATE_RUNNING",
+		2: "ROLLOUT_STATE_PAUSED",
+		3: "ROLLOUT_STATE_COMPLETED",
+		4: "ROLLOUT_STATE_ABORTED",
+	}
+	RolloutState_value = map[string]int32{
+		"ROLLOUT_STATE_UNSPECIFIED": 0,
+		"ROLLOUT_STATE_RUNNING":     1,
+		"ROLLOUT_STATE_PAUSED":      2,
+		"ROLLOUT_STATE_COMPLETED":   3,
+		"ROLLOUT_STATE_ABORTED":     4,
+	}
+)
+
+func (x RolloutState) Enum() *RolloutState {
+	p := new(RolloutState)
+	*p = x
+	return p
+}
+
+func (x RolloutState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutState) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_admin_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (RolloutState) Type() protoreflect.EnumType {
+	return &file_flotilla_admin_v1_admin_proto_enumTypes[1]
+}
+
+func (x RolloutState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutState.Descriptor instead.
+func (RolloutState) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// RolloutPhase is where a running rollout is within its current step.
+type RolloutPhase int32
+
+const (
+	// ROLLOUT_PHASE_UNSPECIFIED is not used.
+	RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED RolloutPhase = 0
+	// ROLLOUT_PHASE_WAITING: the step's agents are assigned; waiting for them
+	// to run the version (every type ACKed).
+	RolloutPhase_ROLLOUT_PHASE_WAITING RolloutPhase = 1
+	// ROLLOUT_PHASE_BAKING: every assigned agent runs the version; time passes.
+	RolloutPhase_ROLLOUT_PHASE_BAKING RolloutPhase = 2
+)
+
+// Enum value maps for RolloutPhase.
+var (
+	RolloutPhase_name = map[int32]string{
+		0: "ROLLOUT_PHASE_UNSPECIFIED",
+		1: "ROLLOUT_PHASE_WAITING",
+		2: "ROLLOUT_PHASE_BAKING",
+	}
+	RolloutPhase_value = map[string]int32{
+		"ROLLOUT_PHASE_UNSPECIFIED": 0,
+		"ROLLOUT_PHASE_WAITING":     1,
+		"ROLLOUT_PHASE_BAKING":      2,
+	}
+)
+
+func (x RolloutPhase) Enum() *RolloutPhase {
+	p := new(RolloutPhase)
+	*p = x
+	return p
+}
+
+func (x RolloutPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_flotilla_admin_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (RolloutPhase) Type() protoreflect.EnumType {
+	return &file_flotilla_admin_v1_admin_proto_enumTypes[2]
+}
+
+func (x RolloutPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutPhase.Descriptor instead.
+func (RolloutPhase) EnumDescriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
 // ConfigFile is one file of a bundle, as parsed by the CLI.
 type ConfigFile struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -302,7 +418,10 @@ type ApplyRequest struct {
 	// is this one (0: no version yet): compare-and-set for concurrent pushes.
 	ExpectVersion *uint64 `protobuf:"varint,4,opt,name=expect_version,json=expectVersion,proto3,oneof" json:"expect_version,omitempty"`
 	// DryRun validates and compiles without storing anything.
-	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Stage stores the version without serving it: the fleet keeps its
+	// active version until a rollout (or a later apply) moves it.
+	Stage         bool `protobuf:"varint,6,opt,name=stage,proto3" json:"stage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,13 +491,23 @@ func (x *ApplyRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *ApplyRequest) GetStage() bool {
+	if x != nil {
+		return x.Stage
+	}
+	return false
+}
+
 // ApplyResponse tells what the apply stored.
 type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Version is the new version, or the latest one when Unchanged.
 	Version *VersionInfo `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Unchanged is true when the files equal the latest version.
-	Unchanged     bool `protobuf:"varint,2,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	Unchanged bool `protobuf:"varint,2,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// Active is the version the fleet is served (outside rollouts) after the
+	// apply: Version, unless the apply was staged.
+	Active        uint64 `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +554,13 @@ func (x *ApplyResponse) GetUnchanged() bool {
 		return x.Unchanged
 	}
 	return false
+}
+
+func (x *ApplyResponse) GetActive() uint64 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
 }
 
 // GetVersionRequest names a version.
@@ -1612,6 +1748,935 @@ func (x *WindowStats) GetHttp_5XxRatio() float64 {
 	return 0
 }
 
+// Rollout is a canary rollout of one version to a growing share of agents.
+type Rollout struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id numbers rollouts from 1.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Version is the version rolled out.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// FromVersion is the active version when the rollout started: what the
+	// canaries go back to on abort, and the baseline cohort of the analysis.
+	FromVersion uint64 `protobuf:"varint,3,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// Selector keeps the agents whose labels include every key=value here;
+	// empty means every agent.
+	Selector map[string]string `protobuf:"bytes,4,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Steps are percentages of the selected agents, increasing, the last 100.
+	Steps []uint32 `protobuf:"varint,5,rep,packed,name=steps,proto3" json:"steps,omitempty"`
+	// Bake is how long each step runs before its analysis.
+	Bake *durationpb.Duration `protobuf:"bytes,6,opt,name=bake,proto3" json:"bake,omitempty"`
+	// MaxConnectFailureRatio fails a step whose canaries' connect-failure
+	// ratio (1m window) is above it and above the baseline's. 0 means 0.05.
+	MaxConnectFailureRatio float64 `protobuf:"fixed64,7,opt,name=max_connect_failure_ratio,json=maxConnectFailureRatio,proto3" json:"max_connect_failure_ratio,omitempty"`
+	// Max5xxRatio fails a step whose canaries' 5xx ratio is above it and
+	// above the baseline's. 0 means 0.05.
+	Max_5XxRatio float64 `protobuf:"fixed64,8,opt,name=max_5xx_ratio,json=max5xxRatio,proto3" json:"max_5xx_ratio,omitempty"`
+	// State is where the rollout is.
+	State RolloutState `protobuf:"varint,9,opt,name=state,proto3,enum=flotilla.admin.v1.RolloutState" json:"state,omitempty"`
+	// Step is the index in Steps of the current (or last) step.
+	Step uint32 `protobuf:"varint,10,opt,name=step,proto3" json:"step,omitempty"`
+	// Phase is where the current step is.
+	Phase RolloutPhase `protobuf:"varint,11,opt,name=phase,proto3,enum=flotilla.admin.v1.RolloutPhase" json:"phase,omitempty"`
+	// Threshold assigns Version to the selected agents whose hash
+	// (fnv64a of node id, "/", rollout id) is at most it.
+	Threshold uint64 `protobuf:"varint,12,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	// Baked is how much of the current step's bake has passed.
+	Baked *durationpb.Duration `protobuf:"bytes,13,opt,name=baked,proto3" json:"baked,omitempty"`
+	// Assigned counts the agents the current step assigned (when it started).
+	Assigned uint32 `protobuf:"varint,14,opt,name=assigned,proto3" json:"assigned,omitempty"`
+	// Selected counts the agents the selector matched (when the step started).
+	Selected uint32 `protobuf:"varint,15,opt,name=selected,proto3" json:"selected,omitempty"`
+	// Reason says why the rollout was aborted, or what it waits for.
+	Reason string `protobuf:"bytes,16,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Author is who started it.
+	Author string `protobuf:"bytes,17,opt,name=author,proto3" json:"author,omitempty"`
+	// CreatedAt is when it started.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// UpdatedAt is when its state last changed.
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// StepStartedAt is when the current step started.
+	StepStartedAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=step_started_at,json=stepStartedAt,proto3" json:"step_started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Rollout) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Rollout) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Rollout) GetFromVersion() uint64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+func (x *Rollout) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *Rollout) GetSteps() []uint32 {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Rollout) GetBake() *durationpb.Duration {
+	if x != nil {
+		return x.Bake
+	}
+	return nil
+}
+
+func (x *Rollout) GetMaxConnectFailureRatio() float64 {
+	if x != nil {
+		return x.MaxConnectFailureRatio
+	}
+	return 0
+}
+
+func (x *Rollout) GetMax_5XxRatio() float64 {
+	if x != nil {
+		return x.Max_5XxRatio
+	}
+	return 0
+}
+
+func (x *Rollout) GetState() RolloutState {
+	if x != nil {
+		return x.State
+	}
+	return RolloutState_ROLLOUT_STATE_UNSPECIFIED
+}
+
+func (x *Rollout) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Rollout) GetPhase() RolloutPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED
+}
+
+func (x *Rollout) GetThreshold() uint64 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *Rollout) GetBaked() *durationpb.Duration {
+	if x != nil {
+		return x.Baked
+	}
+	return nil
+}
+
+func (x *Rollout) GetAssigned() uint32 {
+	if x != nil {
+		return x.Assigned
+	}
+	return 0
+}
+
+func (x *Rollout) GetSelected() uint32 {
+	if x != nil {
+		return x.Selected
+	}
+	return 0
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rollout) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+func (x *Rollout) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetStepStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StepStartedAt
+	}
+	return nil
+}
+
+// StartRolloutRequest describes a rollout.
+type StartRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Version is a stored version, newer than the active one.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Selector keeps the agents whose labels include every key=value here.
+	Selector map[string]string `protobuf:"bytes,2,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Steps are increasing percentages ending at 100; empty means 1,10,50,100.
+	Steps []uint32 `protobuf:"varint,3,rep,packed,name=steps,proto3" json:"steps,omitempty"`
+	// Bake is how long each step runs before its analysis; unset means 2m.
+	Bake *durationpb.Duration `protobuf:"bytes,4,opt,name=bake,proto3" json:"bake,omitempty"`
+	// MaxConnectFailureRatio: see Rollout. 0 means 0.05.
+	MaxConnectFailureRatio float64 `protobuf:"fixed64,5,opt,name=max_connect_failure_ratio,json=maxConnectFailureRatio,proto3" json:"max_connect_failure_ratio,omitempty"`
+	// Max5xxRatio: see Rollout. 0 means 0.05.
+	Max_5XxRatio float64 `protobuf:"fixed64,6,opt,name=max_5xx_ratio,json=max5xxRatio,proto3" json:"max_5xx_ratio,omitempty"`
+	// Author is who starts it.
+	Author        string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRolloutRequest) Reset() {
+	*x = StartRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRolloutRequest) ProtoMessage() {}
+
+func (x *StartRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRolloutRequest.ProtoReflect.Descriptor instead.
+func (*StartRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StartRolloutRequest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *StartRolloutRequest) GetSteps() []uint32 {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *StartRolloutRequest) GetBake() *durationpb.Duration {
+	if x != nil {
+		return x.Bake
+	}
+	return nil
+}
+
+func (x *StartRolloutRequest) GetMaxConnectFailureRatio() float64 {
+	if x != nil {
+		return x.MaxConnectFailureRatio
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetMax_5XxRatio() float64 {
+	if x != nil {
+		return x.Max_5XxRatio
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetAuthor() string {
+	if x != nil {
+		return x.Author
+	}
+	return ""
+}
+
+// StartRolloutResponse holds the new rollout.
+type StartRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout as started.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartRolloutResponse) Reset() {
+	*x = StartRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRolloutResponse) ProtoMessage() {}
+
+func (x *StartRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRolloutResponse.ProtoReflect.Descriptor instead.
+func (*StartRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StartRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// GetRolloutRequest names a rollout.
+type GetRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the rollout; 0 means the latest.
+	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutRequest) Reset() {
+	*x = GetRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutRequest) ProtoMessage() {}
+
+func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// GetRolloutResponse holds the rollout.
+type GetRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutResponse) Reset() {
+	*x = GetRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutResponse) ProtoMessage() {}
+
+func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
+func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// ListRolloutsRequest asks for the rollouts.
+type ListRolloutsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Limit caps how many are returned; 0 means all.
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsRequest) Reset() {
+	*x = ListRolloutsRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsRequest) ProtoMessage() {}
+
+func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
+func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListRolloutsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ListRolloutsResponse holds rollouts, newest first.
+type ListRolloutsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollouts are newest first.
+	Rollouts      []*Rollout `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsResponse) Reset() {
+	*x = ListRolloutsResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsResponse) ProtoMessage() {}
+
+func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
+func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
+	if x != nil {
+		return x.Rollouts
+	}
+	return nil
+}
+
+// PauseRolloutRequest names a rollout.
+type PauseRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the rollout; 0 means the latest.
+	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseRolloutRequest) Reset() {
+	*x = PauseRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseRolloutRequest) ProtoMessage() {}
+
+func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
+func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PauseRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// PauseRolloutResponse holds the rollout.
+type PauseRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout after the change.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseRolloutResponse) Reset() {
+	*x = PauseRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseRolloutResponse) ProtoMessage() {}
+
+func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
+func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PauseRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// ResumeRolloutRequest names a rollout.
+type ResumeRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the rollout; 0 means the latest.
+	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRolloutRequest) Reset() {
+	*x = ResumeRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRolloutRequest) ProtoMessage() {}
+
+func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ResumeRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// ResumeRolloutResponse holds the rollout.
+type ResumeRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout after the change.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRolloutResponse) Reset() {
+	*x = ResumeRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRolloutResponse) ProtoMessage() {}
+
+func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
+func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ResumeRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// PromoteRolloutRequest names a rollout.
+type PromoteRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the rollout; 0 means the latest.
+	Id            uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRolloutRequest) Reset() {
+	*x = PromoteRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRolloutRequest) ProtoMessage() {}
+
+func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRolloutRequest.ProtoReflect.Descriptor instead.
+func (*PromoteRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *PromoteRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// PromoteRolloutResponse holds the rollout.
+type PromoteRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout after the change.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRolloutResponse) Reset() {
+	*x = PromoteRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRolloutResponse) ProtoMessage() {}
+
+func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRolloutResponse.ProtoReflect.Descriptor instead.
+func (*PromoteRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *PromoteRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// AbortRolloutRequest names a rollout.
+type AbortRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the rollout; 0 means the latest.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Reason says why; it is recorded.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRolloutRequest) Reset() {
+	*x = AbortRolloutRequest{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRolloutRequest) ProtoMessage() {}
+
+func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
+func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *AbortRolloutRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AbortRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// AbortRolloutResponse holds the rollout.
+type AbortRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout is the rollout after the change.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRolloutResponse) Reset() {
+	*x = AbortRolloutResponse{}
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRolloutResponse) ProtoMessage() {}
+
+func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
+func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AbortRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 var File_flotilla_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
@@ -1632,17 +2697,19 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"rollbackOf\"r\n" +
 	"\aVersion\x122\n" +
 	"\x04info\x18\x01 \x01(\v2\x1e.flotilla.admin.v1.VersionInfoR\x04info\x123\n" +
-	"\x05files\x18\x02 \x03(\v2\x1d.flotilla.admin.v1.ConfigFileR\x05files\"\xcd\x01\n" +
+	"\x05files\x18\x02 \x03(\v2\x1d.flotilla.admin.v1.ConfigFileR\x05files\"\xe3\x01\n" +
 	"\fApplyRequest\x123\n" +
 	"\x05files\x18\x01 \x03(\v2\x1d.flotilla.admin.v1.ConfigFileR\x05files\x12\x16\n" +
 	"\x06author\x18\x02 \x01(\tR\x06author\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12*\n" +
 	"\x0eexpect_version\x18\x04 \x01(\x04H\x00R\rexpectVersion\x88\x01\x01\x12\x17\n" +
-	"\adry_run\x18\x05 \x01(\bR\x06dryRunB\x11\n" +
-	"\x0f_expect_version\"g\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05stage\x18\x06 \x01(\bR\x05stageB\x11\n" +
+	"\x0f_expect_version\"\x7f\n" +
 	"\rApplyResponse\x128\n" +
 	"\aversion\x18\x01 \x01(\v2\x1e.flotilla.admin.v1.VersionInfoR\aversion\x12\x1c\n" +
-	"\tunchanged\x18\x02 \x01(\bR\tunchanged\"+\n" +
+	"\tunchanged\x18\x02 \x01(\bR\tunchanged\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\x04R\x06active\"+\n" +
 	"\x11GetVersionRequest\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x04R\x06number\"J\n" +
 	"\x12GetVersionResponse\x124\n" +
@@ -1741,13 +2808,88 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x10bytes_per_second\x18\f \x01(\x01R\x0ebytesPerSecond\x12.\n" +
 	"\x13requests_per_second\x18\r \x01(\x01R\x11requestsPerSecond\x122\n" +
 	"\x15connect_failure_ratio\x18\x0e \x01(\x01R\x13connectFailureRatio\x12$\n" +
-	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio*\x84\x01\n" +
+	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio\"\xf0\x06\n" +
+	"\aRollout\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
+	"\ffrom_version\x18\x03 \x01(\x04R\vfromVersion\x12D\n" +
+	"\bselector\x18\x04 \x03(\v2(.flotilla.admin.v1.Rollout.SelectorEntryR\bselector\x12\x14\n" +
+	"\x05steps\x18\x05 \x03(\rR\x05steps\x12-\n" +
+	"\x04bake\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x04bake\x129\n" +
+	"\x19max_connect_failure_ratio\x18\a \x01(\x01R\x16maxConnectFailureRatio\x12\"\n" +
+	"\rmax_5xx_ratio\x18\b \x01(\x01R\vmax5xxRatio\x125\n" +
+	"\x05state\x18\t \x01(\x0e2\x1f.flotilla.admin.v1.RolloutStateR\x05state\x12\x12\n" +
+	"\x04step\x18\n" +
+	" \x01(\rR\x04step\x125\n" +
+	"\x05phase\x18\v \x01(\x0e2\x1f.flotilla.admin.v1.RolloutPhaseR\x05phase\x12\x1c\n" +
+	"\tthreshold\x18\f \x01(\x04R\tthreshold\x12/\n" +
+	"\x05baked\x18\r \x01(\v2\x19.google.protobuf.DurationR\x05baked\x12\x1a\n" +
+	"\bassigned\x18\x0e \x01(\rR\bassigned\x12\x1a\n" +
+	"\bselected\x18\x0f \x01(\rR\bselected\x12\x16\n" +
+	"\x06reason\x18\x10 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06author\x18\x11 \x01(\tR\x06author\x129\n" +
+	"\n" +
+	"created_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n" +
+	"\x0fstep_started_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rstepStartedAt\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x02\n" +
+	"\x13StartRolloutRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12P\n" +
+	"\bselector\x18\x02 \x03(\v24.flotilla.admin.v1.StartRolloutRequest.SelectorEntryR\bselector\x12\x14\n" +
+	"\x05steps\x18\x03 \x03(\rR\x05steps\x12-\n" +
+	"\x04bake\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04bake\x129\n" +
+	"\x19max_connect_failure_ratio\x18\x05 \x01(\x01R\x16maxConnectFailureRatio\x12\"\n" +
+	"\rmax_5xx_ratio\x18\x06 \x01(\x01R\vmax5xxRatio\x12\x16\n" +
+	"\x06author\x18\a \x01(\tR\x06author\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
+	"\x14StartRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout\"#\n" +
+	"\x11GetRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"J\n" +
+	"\x12GetRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout\"+\n" +
+	"\x13ListRolloutsRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"N\n" +
+	"\x14ListRolloutsResponse\x126\n" +
+	"\brollouts\x18\x01 \x03(\v2\x1a.flotilla.admin.v1.RolloutR\brollouts\"%\n" +
+	"\x13PauseRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"L\n" +
+	"\x14PauseRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout\"&\n" +
+	"\x14ResumeRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"M\n" +
+	"\x15ResumeRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout\"'\n" +
+	"\x15PromoteRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"N\n" +
+	"\x16PromoteRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout\"=\n" +
+	"\x13AbortRolloutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"L\n" +
+	"\x14AbortRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.RolloutR\arollout*\x84\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
 	"\x11SYNC_STATE_NACKED\x10\x03\x12\x17\n" +
-	"\x13SYNC_STATE_NOT_SENT\x10\x042\x9b\x04\n" +
+	"\x13SYNC_STATE_NOT_SENT\x10\x04*\x9a\x01\n" +
+	"\fRolloutState\x12\x1d\n" +
+	"\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROLLOUT_STATE_RUNNING\x10\x01\x12\x18\n" +
+	"\x14ROLLOUT_STATE_PAUSED\x10\x02\x12\x1b\n" +
+	"\x17ROLLOUT_STATE_COMPLETED\x10\x03\x12\x19\n" +
+	"\x15ROLLOUT_STATE_ABORTED\x10\x04*b\n" +
+	"\fRolloutPhase\x12\x1d\n" +
+	"\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROLLOUT_PHASE_WAITING\x10\x01\x12\x18\n" +
+	"\x14ROLLOUT_PHASE_BAKING\x10\x022\xc5\t\n" +
 	"\fAdminService\x12J\n" +
 	"\x05Apply\x12\x1f.flotilla.admin.v1.ApplyRequest\x1a .flotilla.admin.v1.ApplyResponse\x12Y\n" +
 	"\n" +
@@ -1756,7 +2898,15 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\bRollback\x12\".flotilla.admin.v1.RollbackRequest\x1a#.flotilla.admin.v1.RollbackResponse\x12Y\n" +
 	"\n" +
 	"ListAgents\x12$.flotilla.admin.v1.ListAgentsRequest\x1a%.flotilla.admin.v1.ListAgentsResponse\x12S\n" +
-	"\bGetStats\x12\".flotilla.admin.v1.GetStatsRequest\x1a#.flotilla.admin.v1.GetStatsResponseBDZBgithub.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1;adminv1b\x06proto3"
+	"\bGetStats\x12\".flotilla.admin.v1.GetStatsRequest\x1a#.flotilla.admin.v1.GetStatsResponse\x12_\n" +
+	"\fStartRollout\x12&.flotilla.admin.v1.StartRolloutRequest\x1a'.flotilla.admin.v1.StartRolloutResponse\x12Y\n" +
+	"\n" +
+	"GetRollout\x12$.flotilla.admin.v1.GetRolloutRequest\x1a%.flotilla.admin.v1.GetRolloutResponse\x12_\n" +
+	"\fListRollouts\x12&.flotilla.admin.v1.ListRolloutsRequest\x1a'.flotilla.admin.v1.ListRolloutsResponse\x12_\n" +
+	"\fPauseRollout\x12&.flotilla.admin.v1.PauseRolloutRequest\x1a'.flotilla.admin.v1.PauseRolloutResponse\x12b\n" +
+	"\rResumeRollout\x12'.flotilla.admin.v1.ResumeRolloutRequest\x1a(.flotilla.admin.v1.ResumeRolloutResponse\x12e\n" +
+	"\x0ePromoteRollout\x12(.flotilla.admin.v1.PromoteRolloutRequest\x1a).flotilla.admin.v1.PromoteRolloutResponse\x12_\n" +
+	"\fAbortRollout\x12&.flotilla.admin.v1.AbortRolloutRequest\x1a'.flotilla.admin.v1.AbortRolloutResponseBDZBgithub.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_flotilla_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1770,84 +2920,134 @@ func file_flotilla_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_flotilla_admin_v1_admin_proto_rawDescData
 }
 
-var file_flotilla_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flotilla_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_flotilla_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_flotilla_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_flotilla_admin_v1_admin_proto_goTypes = []any{
-	(SyncState)(0),                // 0: flotilla.admin.v1.SyncState
-	(*ConfigFile)(nil),            // 1: flotilla.admin.v1.ConfigFile
-	(*VersionInfo)(nil),           // 2: flotilla.admin.v1.VersionInfo
-	(*Version)(nil),               // 3: flotilla.admin.v1.Version
-	(*ApplyRequest)(nil),          // 4: flotilla.admin.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 5: flotilla.admin.v1.ApplyResponse
-	(*GetVersionRequest)(nil),     // 6: flotilla.admin.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),    // 7: flotilla.admin.v1.GetVersionResponse
-	(*ListVersionsRequest)(nil),   // 8: flotilla.admin.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),  // 9: flotilla.admin.v1.ListVersionsResponse
-	(*RollbackRequest)(nil),       // 10: flotilla.admin.v1.RollbackRequest
-	(*RollbackResponse)(nil),      // 11: flotilla.admin.v1.RollbackResponse
-	(*ListAgentsRequest)(nil),     // 12: flotilla.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 13: flotilla.admin.v1.ListAgentsResponse
-	(*Agent)(nil),                 // 14: flotilla.admin.v1.Agent
-	(*ResourceStatus)(nil),        // 15: flotilla.admin.v1.ResourceStatus
-	(*Nack)(nil),                  // 16: flotilla.admin.v1.Nack
-	(*GetStatsRequest)(nil),       // 17: flotilla.admin.v1.GetStatsRequest
-	(*GetStatsResponse)(nil),      // 18: flotilla.admin.v1.GetStatsResponse
-	(*StatsGroup)(nil),            // 19: flotilla.admin.v1.StatsGroup
-	(*AgentReportInfo)(nil),       // 20: flotilla.admin.v1.AgentReportInfo
-	(*WindowStats)(nil),           // 21: flotilla.admin.v1.WindowStats
-	nil,                           // 22: flotilla.admin.v1.ListAgentsRequest.SelectorEntry
-	nil,                           // 23: flotilla.admin.v1.Agent.LabelsEntry
-	nil,                           // 24: flotilla.admin.v1.GetStatsRequest.SelectorEntry
-	nil,                           // 25: flotilla.admin.v1.AgentReportInfo.LabelsEntry
-	(*v1.Bundle)(nil),             // 26: flotilla.config.v1.Bundle
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(SyncState)(0),                 // 0: flotilla.admin.v1.SyncState
+	(RolloutState)(0),              // 1: flotilla.admin.v1.RolloutState
+	(RolloutPhase)(0),              // 2: flotilla.admin.v1.RolloutPhase
+	(*ConfigFile)(nil),             // 3: flotilla.admin.v1.ConfigFile
+	(*VersionInfo)(nil),            // 4: flotilla.admin.v1.VersionInfo
+	(*Version)(nil),                // 5: flotilla.admin.v1.Version
+	(*ApplyRequest)(nil),           // 6: flotilla.admin.v1.ApplyRequest
+	(*ApplyResponse)(nil),          // 7: flotilla.admin.v1.ApplyResponse
+	(*GetVersionRequest)(nil),      // 8: flotilla.admin.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),     // 9: flotilla.admin.v1.GetVersionResponse
+	(*ListVersionsRequest)(nil),    // 10: flotilla.admin.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),   // 11: flotilla.admin.v1.ListVersionsResponse
+	(*RollbackRequest)(nil),        // 12: flotilla.admin.v1.RollbackRequest
+	(*RollbackResponse)(nil),       // 13: flotilla.admin.v1.RollbackResponse
+	(*ListAgentsRequest)(nil),      // 14: flotilla.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 15: flotilla.admin.v1.ListAgentsResponse
+	(*Agent)(nil),                  // 16: flotilla.admin.v1.Agent
+	(*ResourceStatus)(nil),         // 17: flotilla.admin.v1.ResourceStatus
+	(*Nack)(nil),                   // 18: flotilla.admin.v1.Nack
+	(*GetStatsRequest)(nil),        // 19: flotilla.admin.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),       // 20: flotilla.admin.v1.GetStatsResponse
+	(*StatsGroup)(nil),             // 21: flotilla.admin.v1.StatsGroup
+	(*AgentReportInfo)(nil),        // 22: flotilla.admin.v1.AgentReportInfo
+	(*WindowStats)(nil),            // 23: flotilla.admin.v1.WindowStats
+	(*Rollout)(nil),                // 24: flotilla.admin.v1.Rollout
+	(*StartRolloutRequest)(nil),    // 25: flotilla.admin.v1.StartRolloutRequest
+	(*StartRolloutResponse)(nil),   // 26: flotilla.admin.v1.StartRolloutResponse
+	(*GetRolloutRequest)(nil),      // 27: flotilla.admin.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),     // 28: flotilla.admin.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),    // 29: flotilla.admin.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),   // 30: flotilla.admin.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),    // 31: flotilla.admin.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),   // 32: flotilla.admin.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),   // 33: flotilla.admin.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),  // 34: flotilla.admin.v1.ResumeRolloutResponse
+	(*PromoteRolloutRequest)(nil),  // 35: flotilla.admin.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil), // 36: flotilla.admin.v1.PromoteRolloutResponse
+	(*AbortRolloutRequest)(nil),    // 37: flotilla.admin.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),   // 38: flotilla.admin.v1.AbortRolloutResponse
+	nil,                            // 39: flotilla.admin.v1.ListAgentsRequest.SelectorEntry
+	nil,                            // 40: flotilla.admin.v1.Agent.LabelsEntry
+	nil,                            // 41: flotilla.admin.v1.GetStatsRequest.SelectorEntry
+	nil,                            // 42: flotilla.admin.v1.AgentReportInfo.LabelsEntry
+	nil,                            // 43: flotilla.admin.v1.Rollout.SelectorEntry
+	nil,                            // 44: flotilla.admin.v1.StartRolloutRequest.SelectorEntry
+	(*v1.Bundle)(nil),              // 45: flotilla.config.v1.Bundle
+	(*timestamppb.Timestamp)(nil),  // 46: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 47: google.protobuf.Duration
 }
 var file_flotilla_admin_v1_admin_proto_depIdxs = []int32{
-	26, // 0: flotilla.admin.v1.ConfigFile.bundle:type_name -> flotilla.config.v1.Bundle
-	27, // 1: flotilla.admin.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 2: flotilla.admin.v1.Version.info:type_name -> flotilla.admin.v1.VersionInfo
-	1,  // 3: flotilla.admin.v1.Version.files:type_name -> flotilla.admin.v1.ConfigFile
-	1,  // 4: flotilla.admin.v1.ApplyRequest.files:type_name -> flotilla.admin.v1.ConfigFile
-	2,  // 5: flotilla.admin.v1.ApplyResponse.version:type_name -> flotilla.admin.v1.VersionInfo
-	3,  // 6: flotilla.admin.v1.GetVersionResponse.version:type_name -> flotilla.admin.v1.Version
-	2,  // 7: flotilla.admin.v1.ListVersionsResponse.versions:type_name -> flotilla.admin.v1.VersionInfo
-	2,  // 8: flotilla.admin.v1.RollbackResponse.version:type_name -> flotilla.admin.v1.VersionInfo
-	22, // 9: flotilla.admin.v1.ListAgentsRequest.selector:type_name -> flotilla.admin.v1.ListAgentsRequest.SelectorEntry
-	14, // 10: flotilla.admin.v1.ListAgentsResponse.agents:type_name -> flotilla.admin.v1.Agent
-	23, // 11: flotilla.admin.v1.Agent.labels:type_name -> flotilla.admin.v1.Agent.LabelsEntry
-	27, // 12: flotilla.admin.v1.Agent.connected_since:type_name -> google.protobuf.Timestamp
-	15, // 13: flotilla.admin.v1.Agent.resources:type_name -> flotilla.admin.v1.ResourceStatus
+	45, // 0: flotilla.admin.v1.ConfigFile.bundle:type_name -> flotilla.config.v1.Bundle
+	46, // 1: flotilla.admin.v1.VersionInfo.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 2: flotilla.admin.v1.Version.info:type_name -> flotilla.admin.v1.VersionInfo
+	3,  // 3: flotilla.admin.v1.Version.files:type_name -> flotilla.admin.v1.ConfigFile
+	3,  // 4: flotilla.admin.v1.ApplyRequest.files:type_name -> flotilla.admin.v1.ConfigFile
+	4,  // 5: flotilla.admin.v1.ApplyResponse.version:type_name -> flotilla.admin.v1.VersionInfo
+	5,  // 6: flotilla.admin.v1.GetVersionResponse.version:type_name -> flotilla.admin.v1.Version
+	4,  // 7: flotilla.admin.v1.ListVersionsResponse.versions:type_name -> flotilla.admin.v1.VersionInfo
+	4,  // 8: flotilla.admin.v1.RollbackResponse.version:type_name -> flotilla.admin.v1.VersionInfo
+	39, // 9: flotilla.admin.v1.ListAgentsRequest.selector:type_name -> flotilla.admin.v1.ListAgentsRequest.SelectorEntry
+	16, // 10: flotilla.admin.v1.ListAgentsResponse.agents:type_name -> flotilla.admin.v1.Agent
+	40, // 11: flotilla.admin.v1.Agent.labels:type_name -> flotilla.admin.v1.Agent.LabelsEntry
+	46, // 12: flotilla.admin.v1.Agent.connected_since:type_name -> google.protobuf.Timestamp
+	17, // 13: flotilla.admin.v1.Agent.resources:type_name -> flotilla.admin.v1.ResourceStatus
 	0,  // 14: flotilla.admin.v1.ResourceStatus.state:type_name -> flotilla.admin.v1.SyncState
-	16, // 15: flotilla.admin.v1.ResourceStatus.last_nack:type_name -> flotilla.admin.v1.Nack
-	27, // 16: flotilla.admin.v1.Nack.time:type_name -> google.protobuf.Timestamp
-	24, // 17: flotilla.admin.v1.GetStatsRequest.selector:type_name -> flotilla.admin.v1.GetStatsRequest.SelectorEntry
-	19, // 18: flotilla.admin.v1.GetStatsResponse.groups:type_name -> flotilla.admin.v1.StatsGroup
-	27, // 19: flotilla.admin.v1.GetStatsResponse.time:type_name -> google.protobuf.Timestamp
-	21, // 20: flotilla.admin.v1.StatsGroup.windows:type_name -> flotilla.admin.v1.WindowStats
-	27, // 21: flotilla.admin.v1.StatsGroup.last_report:type_name -> google.protobuf.Timestamp
-	20, // 22: flotilla.admin.v1.StatsGroup.agent:type_name -> flotilla.admin.v1.AgentReportInfo
-	25, // 23: flotilla.admin.v1.AgentReportInfo.labels:type_name -> flotilla.admin.v1.AgentReportInfo.LabelsEntry
-	28, // 24: flotilla.admin.v1.AgentReportInfo.uptime:type_name -> google.protobuf.Duration
-	15, // 25: flotilla.admin.v1.AgentReportInfo.resources:type_name -> flotilla.admin.v1.ResourceStatus
-	28, // 26: flotilla.admin.v1.WindowStats.window:type_name -> google.protobuf.Duration
-	4,  // 27: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
-	6,  // 28: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
-	8,  // 29: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
-	10, // 30: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
-	12, // 31: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
-	17, // 32: flotilla.admin.v1.AdminService.GetStats:input_type -> flotilla.admin.v1.GetStatsRequest
-	5,  // 33: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
-	7,  // 34: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
-	9,  // 35: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
-	11, // 36: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
-	13, // 37: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
-	18, // 38: flotilla.admin.v1.AdminService.GetStats:output_type -> flotilla.admin.v1.GetStatsResponse
-	33, // [33:39] is the sub-list for method output_type
-	27, // [27:33] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	18, // 15: flotilla.admin.v1.ResourceStatus.last_nack:type_name -> flotilla.admin.v1.Nack
+	46, // 16: flotilla.admin.v1.Nack.time:type_name -> google.protobuf.Timestamp
+	41, // 17: flotilla.admin.v1.GetStatsRequest.selector:type_name -> flotilla.admin.v1.GetStatsRequest.SelectorEntry
+	21, // 18: flotilla.admin.v1.GetStatsResponse.groups:type_name -> flotilla.admin.v1.StatsGroup
+	46, // 19: flotilla.admin.v1.GetStatsResponse.time:type_name -> google.protobuf.Timestamp
+	23, // 20: flotilla.admin.v1.StatsGroup.windows:type_name -> flotilla.admin.v1.WindowStats
+	46, // 21: flotilla.admin.v1.StatsGroup.last_report:type_name -> google.protobuf.Timestamp
+	22, // 22: flotilla.admin.v1.StatsGroup.agent:type_name -> flotilla.admin.v1.AgentReportInfo
+	42, // 23: flotilla.admin.v1.AgentReportInfo.labels:type_name -> flotilla.admin.v1.AgentReportInfo.LabelsEntry
+	47, // 24: flotilla.admin.v1.AgentReportInfo.uptime:type_name -> google.protobuf.Duration
+	17, // 25: flotilla.admin.v1.AgentReportInfo.resources:type_name -> flotilla.admin.v1.ResourceStatus
+	47, // 26: flotilla.admin.v1.WindowStats.window:type_name -> google.protobuf.Duration
+	43, // 27: flotilla.admin.v1.Rollout.selector:type_name -> flotilla.admin.v1.Rollout.SelectorEntry
+	47, // 28: flotilla.admin.v1.Rollout.bake:type_name -> google.protobuf.Duration
+	1,  // 29: flotilla.admin.v1.Rollout.state:type_name -> flotilla.admin.v1.RolloutState
+	2,  // 30: flotilla.admin.v1.Rollout.phase:type_name -> flotilla.admin.v1.RolloutPhase
+	47, // 31: flotilla.admin.v1.Rollout.baked:type_name -> google.protobuf.Duration
+	46, // 32: flotilla.admin.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	46, // 33: flotilla.admin.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	46, // 34: flotilla.admin.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	44, // 35: flotilla.admin.v1.StartRolloutRequest.selector:type_name -> flotilla.admin.v1.StartRolloutRequest.SelectorEntry
+	47, // 36: flotilla.admin.v1.StartRolloutRequest.bake:type_name -> google.protobuf.Duration
+	24, // 37: flotilla.admin.v1.StartRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 38: flotilla.admin.v1.GetRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 39: flotilla.admin.v1.ListRolloutsResponse.rollouts:type_name -> flotilla.admin.v1.Rollout
+	24, // 40: flotilla.admin.v1.PauseRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 41: flotilla.admin.v1.ResumeRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 42: flotilla.admin.v1.PromoteRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 43: flotilla.admin.v1.AbortRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	6,  // 44: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
+	8,  // 45: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
+	10, // 46: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
+	12, // 47: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
+	14, // 48: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
+	19, // 49: flotilla.admin.v1.AdminService.GetStats:input_type -> flotilla.admin.v1.GetStatsRequest
+	25, // 50: flotilla.admin.v1.AdminService.StartRollout:input_type -> flotilla.admin.v1.StartRolloutRequest
+	27, // 51: flotilla.admin.v1.AdminService.GetRollout:input_type -> flotilla.admin.v1.GetRolloutRequest
+	29, // 52: flotilla.admin.v1.AdminService.ListRollouts:input_type -> flotilla.admin.v1.ListRolloutsRequest
+	31, // 53: flotilla.admin.v1.AdminService.PauseRollout:input_type -> flotilla.admin.v1.PauseRolloutRequest
+	33, // 54: flotilla.admin.v1.AdminService.ResumeRollout:input_type -> flotilla.admin.v1.ResumeRolloutRequest
+	35, // 55: flotilla.admin.v1.AdminService.PromoteRollout:input_type -> flotilla.admin.v1.PromoteRolloutRequest
+	37, // 56: flotilla.admin.v1.AdminService.AbortRollout:input_type -> flotilla.admin.v1.AbortRolloutRequest
+	7,  // 57: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
+	9,  // 58: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
+	11, // 59: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
+	13, // 60: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
+	15, // 61: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
+	20, // 62: flotilla.admin.v1.AdminService.GetStats:output_type -> flotilla.admin.v1.GetStatsResponse
+	26, // 63: flotilla.admin.v1.AdminService.StartRollout:output_type -> flotilla.admin.v1.StartRolloutResponse
+	28, // 64: flotilla.admin.v1.AdminService.GetRollout:output_type -> flotilla.admin.v1.GetRolloutResponse
+	30, // 65: flotilla.admin.v1.AdminService.ListRollouts:output_type -> flotilla.admin.v1.ListRolloutsResponse
+	32, // 66: flotilla.admin.v1.AdminService.PauseRollout:output_type -> flotilla.admin.v1.PauseRolloutResponse
+	34, // 67: flotilla.admin.v1.AdminService.ResumeRollout:output_type -> flotilla.admin.v1.ResumeRolloutResponse
+	36, // 68: flotilla.admin.v1.AdminService.PromoteRollout:output_type -> flotilla.admin.v1.PromoteRolloutResponse
+	38, // 69: flotilla.admin.v1.AdminService.AbortRollout:output_type -> flotilla.admin.v1.AbortRolloutResponse
+	57, // [57:70] is the sub-list for method output_type
+	44, // [44:57] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_admin_v1_admin_proto_init() }
@@ -1862,8 +3062,8 @@ func file_flotilla_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_admin_v1_admin_proto_rawDesc), len(file_flotilla_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   25,
+			NumEnums:      3,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
