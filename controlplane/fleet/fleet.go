@@ -131,6 +131,18 @@ type Options struct {
 	ConfigVersion func(group string, acked map[string]string) uint64
 	// Observer is told about pushes, answers and convergence; nil means nobody.
 	Observer Observer
+	// GroupOf returns the key of the snapshot a node is served (the group
+	// Desired and ConfigVersion are asked about). It is called with the
+	// registry's lock held and must not call back into the registry. Nil
+	// means NodeGroup.
+	GroupOf func(node *corev3.Node) string
+}
+
+func (o Options) groupOf(node *corev3.Node) string {
+	if o.GroupOf == nil {
+		return NodeGroup(node)
+	}
+	return o.GroupOf(node)
 }
 
 // Observer is told what the registry sees, for metrics. Its methods are
@@ -187,6 +199,7 @@ type stream struct {
 	peer      string
 	opened    time.Time
 	nodeID    string // "" until the first request names the node
+	node      *corev3.Node
 	labels    map[string]string
 	group     string
 	userAgent string
@@ -417,8 +430,9 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 		return "", false
 	}
 	s.nodeID = node.GetId()
+	s.node = node
 	s.labels = Labels(node)
-	s.group = NodeGroup(node)
+	s.group = r.opts.groupOf(node)
 	s.userAgent = strings.TrimSpace(node.GetUserAgentName() + " " + node.GetUserAgentVersion())
 	a := r.agents[s.nodeID]
 	if a == nil {
@@ -429,6 +443,39 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 	a.streams[key] = s
 	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", s.group)
 	return s.nodeID, true
+}
+
+// Moved is a node whose group changed in Regroup.
+type Moved struct {
+	NodeID   string
+	Labels   map[string]string
+	From, To string
+}
+
+// Regroup asks Options.GroupOf again for every stream (a rollout assigned
+// or took back a version) and returns the nodes whose group changed, each
+// once. Their streams are in the new group when it returns.
+func (r *Registry) Regroup() []Moved {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Moved
+	seen := map[string]bool{}
+	for _, s := range r.streams {
+		if s.node == nil {
+			continue
+		}
+		to := r.opts.groupOf(s.node)
+		if to == s.group {
+			continue
+		}
+		if !seen[s.nodeID] {
+			seen[s.nodeID] = true
+			out = append(out, Moved{NodeID: s.nodeID, Labels: maps.Clone(s.labels), From: s.group, To: to})
+		}
+		s.group = to
+		s.converged = 0
+	}
+	return out
 }
 
 // OnStreamRequest records ACKs and NACKs of state-of-the-world responses.

@@ -2,13 +2,13 @@ package xds
 
 import (
 	"maps"
+	"slices"
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
 )
 
 // heldVersions answers, without taking go-control-plane's cache lock, which
@@ -41,9 +41,14 @@ type heldVersions interface {
 //     Envoy and gRPC clients ignore resources they did not ask for.
 //   - After a delta NACK, the delta server believes the client holds what it
 //     was sent. The next delta is computed from what the client last ACKed.
+//
+// It also keeps every open watch by node, so that an agent a rollout moves to
+// another group (its snapshot key changed) is answered from the new group at
+// once (rewatch), on the stream it has.
 type nackAwareCache struct {
 	cache.SnapshotCache
-	held heldVersions
+	held    heldVersions
+	groupOf func(*corev3.Node) string
 
 	mu sync.Mutex
 	// deltaAcked is, per node and type, the resource versions a delta client
@@ -51,21 +56,100 @@ type nackAwareCache struct {
 	// it rejected a response since.
 	deltaAcked  map[deltaKey]map[string]string
 	deltaNacked map[deltaKey]bool
+	// watches are the open watches by node id.
+	watches map[string]map[*trackedWatch]struct{}
+}
+
+// trackedWatch is one open watch, which rewatch can create again in the
+// node's current group. The cancel function handed to go-control-plane
+// cancels whichever watch is current.
+type trackedWatch struct {
+	nodeID, typeURL string
+	create          func() (func(), error)
+
+	mu     sync.Mutex
+	cancel func()
+	closed bool
 }
 
 type deltaKey struct{ nodeID, typeURL string }
 
-func newNACKAwareCache(c cache.SnapshotCache, held heldVersions) *nackAwareCache {
+func newNACKAwareCache(c cache.SnapshotCache, held heldVersions, groupOf func(*corev3.Node) string) *nackAwareCache {
 	return &nackAwareCache{
 		SnapshotCache: c,
 		held:          held,
+		groupOf:       groupOf,
 		deltaAcked:    map[deltaKey]map[string]string{},
 		deltaNacked:   map[deltaKey]bool{},
+		watches:       map[string]map[*trackedWatch]struct{}{},
+	}
+}
+
+// track creates a watch and remembers it until go-control-plane cancels it.
+func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func(), error)) (func(), error) {
+	cancel, err := create()
+	if err != nil {
+		return nil, err
+	}
+	w := &trackedWatch{nodeID: nodeID, typeURL: typeURL, create: create, cancel: cancel}
+	c.mu.Lock()
+	if c.watches[nodeID] == nil {
+		c.watches[nodeID] = map[*trackedWatch]struct{}{}
+	}
+	c.watches[nodeID][w] = struct{}{}
+	c.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		w.closed = true
+		if w.cancel != nil {
+			w.cancel()
+		}
+		w.mu.Unlock()
+		c.mu.Lock()
+		delete(c.watches[nodeID], w)
+		if len(c.watches[nodeID]) == 0 {
+			delete(c.watches, nodeID)
+		}
+		c.mu.Unlock()
+	}, nil
+}
+
+// rewatch creates the open watches of a node again: after its snapshot key
+// changed, they are answered from its new group (at once when the versions
+// differ), and its old group no longer answers them.
+func (c *nackAwareCache) rewatch(nodeID string) {
+	c.mu.Lock()
+	ws := make([]*trackedWatch, 0, len(c.watches[nodeID]))
+	for w := range c.watches[nodeID] {
+		ws = append(ws, w)
+	}
+	c.mu.Unlock()
+	// Make before break: clusters before the listeners that name them.
+	slices.SortFunc(ws, func(a, b *trackedWatch) int {
+		return slices.Index(pushTypes, a.typeURL) - slices.Index(pushTypes, b.typeURL)
+	})
+	for _, w := range ws {
+		w.mu.Lock()
+		if !w.closed {
+			if w.cancel != nil {
+				w.cancel()
+			}
+			cancel, err := w.create()
+			if err != nil {
+				cancel = nil
+			}
+			w.cancel = cancel
+		}
+		w.mu.Unlock()
 	}
 }
 
 // CreateWatch parks state-of-the-world watches for rejected versions.
 func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), error) { return c.createWatch(req, sub, out) })
+}
+
+func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
@@ -86,6 +170,10 @@ func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription,
 // CreateDeltaWatch parks delta watches for rejected versions and makes the
 // next delta start from what the client accepted.
 func (c *nackAwareCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), error) { return c.createDeltaWatch(req, sub, out) })
+}
+
+func (c *nackAwareCache) createDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	key := deltaKey{hs.nodeID, hs.typeURL}
 	c.mu.Lock()
@@ -121,7 +209,7 @@ func (c *nackAwareCache) forget(nodeID string) {
 func (c *nackAwareCache) wrap(node *corev3.Node, typeURL string, sub cache.Subscription) *heldSubscription {
 	return &heldSubscription{
 		Subscription: sub,
-		group:        fleet.NodeGroup(node),
+		group:        c.groupOf(node),
 		nodeID:       node.GetId(),
 		typeURL:      typeURL,
 		held:         c.held,

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -97,6 +98,10 @@ type Server struct {
 	// the cache calls back into held() under its own lock.
 	groupsMu sync.RWMutex
 	groups   map[string]*group
+
+	// routing says which agents a rollout assigned a version to (nodeKey).
+	// Stored under mu, read without it.
+	routing atomic.Pointer[routing]
 }
 
 type configState struct {
@@ -108,8 +113,11 @@ type configState struct {
 type group struct {
 	labels map[string]string
 	// grpc is true for a group of proxyless gRPC clients.
-	grpc  bool
-	types map[string]typeVersion // replaced whole, never mutated
+	grpc bool
+	// pinned is the config version an assignment pins on the group's
+	// agents; 0: the group follows the active version.
+	pinned uint64
+	types  map[string]typeVersion // replaced whole, never mutated
 	// number is the config version types was built from; prev and
 	// prevNumber are the snapshot before it, which agents that rejected
 	// the current one still run. Guarded by Server.groupsMu.
@@ -148,9 +156,10 @@ func New(opts Options) *Server {
 		OnNodeSeen:    s.nodeSeen,
 		ConfigVersion: s.configVersion,
 		Observer:      opts.Observer,
+		GroupOf:       s.nodeKey,
 	})
-	snapshots := cache.NewSnapshotCache(true, groupHash{}, gcpLogger(log))
-	s.cache = newNACKAwareCache(snapshots, s)
+	snapshots := cache.NewSnapshotCache(true, groupHash{s}, gcpLogger(log))
+	s.cache = newNACKAwareCache(snapshots, s, s.nodeKey)
 	s.xds = serverv3.NewServer(context.Background(), s.cache, s.registry, sotw.WithOrderedADS())
 	return s
 }
@@ -170,19 +179,27 @@ func (s *Server) Agents(selector map[string]string) []*adminv1.Agent {
 	return s.registry.Agents(selector)
 }
 
-// SetVersion makes version number with the given files the fleet's
-// configuration: every known group gets a new snapshot. The files must be
-// valid (bundle.Validate).
+// SetVersion makes version number with the given files the fleet's active
+// configuration: every group not pinned to a version by an assignment
+// (SetAssignments) gets a new snapshot. The files must be valid
+// (bundle.Validate).
 func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
 	cfg := &configState{number: number, bundle: bundle.Merge(files)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.config = cfg
+	r := &routing{active: number}
+	if old := s.routing.Load(); old != nil {
+		r.assigns, r.bundles = old.assigns, old.bundles
+	}
+	s.routing.Store(r)
 	s.forgetIdle()
 	s.groupsMu.RLock()
 	keys := make([]string, 0, len(s.groups))
-	for k := range s.groups {
-		keys = append(keys, k)
+	for k, g := range s.groups {
+		if g.pinned == 0 {
+			keys = append(keys, k)
+		}
 	}
 	s.groupsMu.RUnlock()
 	var firstErr error
@@ -195,6 +212,11 @@ func (s *Server) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
 		}
 	}
 	s.log.Info("config version set", "version", number, "groups", len(keys))
+	// Agents pinned to the version that is now active join their labels'
+	// group again.
+	if err := s.regroup(); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	return firstErr
 }
 
@@ -264,7 +286,7 @@ func (s *Server) forgetIdle() {
 // seen, and marks a known group as in use.
 func (s *Server) nodeSeen(node *corev3.Node) {
 	labels := fleet.Labels(node)
-	key := fleet.NodeGroup(node)
+	key := s.nodeKey(node)
 	s.groupsMu.Lock()
 	g, ok := s.groups[key]
 	if ok {
@@ -279,19 +301,7 @@ func (s *Server) nodeSeen(node *corev3.Node) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.groupsMu.Lock()
-	if _, ok := s.groups[key]; ok {
-		s.groupsMu.Unlock()
-		return
-	}
-	s.groups[key] = &group{labels: labels, grpc: fleet.IsGRPCClient(node)}
-	s.groupsMu.Unlock()
-	if s.config == nil {
-		return
-	}
-	if err := s.build(key, s.config); err != nil {
-		s.log.Error("cannot build snapshot", "group", key, "version", s.config.number, "error", err)
-	}
+	_ = s.addGroup(key, labels) // logged; a no-op if built meanwhile
 }
 
 // build compiles cfg for one group and sets its snapshot. Types whose content
@@ -433,10 +443,10 @@ func (s *Server) held(group, nodeID, typeURL string) (string, map[string]string)
 	return tv.version, tv.resources
 }
 
-// groupHash maps a node to its group's snapshot key.
-type groupHash struct{}
+// groupHash maps a node to its group's snapshot key (Server.nodeKey).
+type groupHash struct{ s *Server }
 
-func (groupHash) ID(node *corev3.Node) string { return fleet.NodeGroup(node) }
+func (h groupHash) ID(node *corev3.Node) string { return h.s.nodeKey(node) }
 
 // gcpLogger sends go-control-plane's logs to slog at debug level.
 func gcpLogger(log *slog.Logger) gcplog.Logger {
