@@ -1,0 +1,670 @@
+// Package rollout runs canary rollouts: a stored version goes to a growing
+// share of the selected agents, step by step, and the rollout stops itself
+// when an agent rejects the version or the canaries do worse than the rest.
+//
+// A rollout orders the selected agents by a stable hash of their node id
+// and the rollout id (xds.Hash). A step of p% assigns the version to the
+// first ceil(p% × n) of the n selected agents that are connected when the
+// step starts, by raising the rollout's hash threshold: a step only adds
+// agents, and an agent that connects later is assigned when its hash is
+// under the threshold. Each step then waits until every assigned agent
+// runs the version (ACKed every type), bakes, and analyses the agents'
+// reports: the canary cohort against the baseline cohort (GetStats by
+// version, 1m window). Any NACK of the version by an assigned agent fails
+// the step at once; so does a canary connect-failure or 5xx ratio above the
+// rollout's threshold and above the baseline's. A failed step aborts the
+// rollout: its assignments are dropped, so the canaries run the active
+// version again. After the last step (100%) the rollout is COMPLETED; with
+// an empty selector its version becomes the active version; with a selector
+// its assignments stay while its version is newer than the active one.
+//
+// Rollouts are stored (store.Store), with the step, the phase and how much
+// of the bake has passed, so a control plane restarted mid-rollout carries
+// on: it waits for the ACKs again and bakes what is left.
+//
+// The Controller's state machine advances in Tick, which Run calls in a
+// loop; tests call Tick with a fake clock.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/store"
+	"github.com/flotilla-proxy/flotilla/controlplane/xds"
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
+)
+
+// Defaults of a rollout's settings.
+const (
+	DefaultBake                   = 2 * time.Minute
+	DefaultMaxConnectFailureRatio = 0.05
+	DefaultMax5xxRatio            = 0.05
+)
+
+// DefaultSteps are the steps of a rollout that names none.
+var DefaultSteps = []uint32{1, 10, 50, 100}
+
+// Fleet is what the controller needs of the xDS layer (xds.Server).
+type Fleet interface {
+	// Agents lists the connected agents whose labels include selector.
+	Agents(selector map[string]string) []*adminv1.Agent
+	// SetAssignments replaces the versions pinned on agents.
+	SetAssignments(as []*xds.Assignment) error
+}
+
+// Stats answers GetStats from the agents' reports (stats.Aggregator).
+type Stats interface {
+	GetStats(ctx context.Context, req *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error)
+}
+
+// Options configure a Controller.
+type Options struct {
+	// Store keeps versions and rollouts. Required.
+	Store store.Store
+	// Fleet is the xDS server. Required.
+	Fleet Fleet
+	// Activate makes a stored version the active one, stored and served
+	// (admin.Service.Activate). Required.
+	Activate func(ctx context.Context, version uint64) error
+	// Stats answers the analysis; nil skips it (only NACKs fail a step).
+	Stats Stats
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Interval is how often Run ticks while a rollout runs; 0 means 250ms.
+	Interval time.Duration
+}
+
+func (o Options) now() time.Time {
+	if o.Now == nil {
+		return time.Now()
+	}
+	return o.Now()
+}
+
+func (o Options) interval() time.Duration {
+	if o.Interval == 0 {
+		return 250 * time.Millisecond
+	}
+	return o.Interval
+}
+
+// checkpoint is how often the bake's progress is stored while baking.
+const checkpoint = 5 * time.Second
+
+// Controller runs rollouts, one at a time. It is safe for concurrent use.
+type Controller struct {
+	opts Options
+	log  *slog.Logger
+	wake chan struct{}
+
+	mu sync.Mutex
+	// lastTick is when the current rollout's bake last advanced; zero after
+	// a start, a pause or a restart (the time in between is not baked).
+	lastTick time.Time
+	// stored is the bake progress last written to the store.
+	stored time.Duration
+}
+
+// ErrConflict is returned when a rollout cannot change state (another one
+// runs, or it has ended).
+var ErrConflict = errors.New("rollout conflict")
+
+// ErrInvalid is returned for a StartRollout request that makes no sense.
+var ErrInvalid = errors.New("invalid rollout")
+
+// New returns a Controller and publishes the assignments of the stored
+// rollouts, so a restarted control plane serves what it served before.
+func New(ctx context.Context, opts Options) (*Controller, error) {
+	if opts.Store == nil || opts.Fleet == nil || opts.Activate == nil {
+		return nil, errors.New("rollout: Store, Fleet and Activate are required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Controller{opts: opts, log: log, wake: make(chan struct{}, 1)}
+	if err := c.publish(ctx); err != nil {
+		return nil, err
+	}
+	if r, err := c.current(ctx); err == nil && r != nil {
+		log.Info("rollout carries on", "rollout", r.GetId(), "version", r.GetVersion(),
+			"state", r.GetState().String(), "step", r.GetStep(), "phase", r.GetPhase().String())
+	}
+	return c, nil
+}
+
+// Run ticks until ctx is done.
+func (c *Controller) Run(ctx context.Context) error {
+	t := time.NewTicker(c.opts.interval())
+	defer t.Stop()
+	for {
+		if err := c.Tick(ctx); err != nil && ctx.Err() == nil {
+			c.log.Error("rollout tick", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-c.wake:
+		}
+	}
+}
+
+func (c *Controller) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// live reports whether a rollout has not ended.
+func live(r *adminv1.Rollout) bool {
+	s := r.GetState()
+	return s == adminv1.RolloutState_ROLLOUT_STATE_RUNNING || s == adminv1.RolloutState_ROLLOUT_STATE_PAUSED
+}
+
+// current returns the running or paused rollout, or nil.
+func (c *Controller) current(ctx context.Context) (*adminv1.Rollout, error) {
+	r, err := c.opts.Store.GetRollout(ctx, 0)
+	if errors.Is(err, store.ErrRolloutNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !live(r) {
+		return nil, nil
+	}
+	return r, nil
+}
+
+// publish computes the assignments from the stored rollouts and hands them
+// to the fleet: the live rollout's, and those of completed rollouts with a
+// selector whose version is newer than the active one (older ones first,
+// so later rollouts win where they overlap).
+func (c *Controller) publish(ctx context.Context) error {
+	active, err := c.opts.Store.Active(ctx)
+	if err != nil {
+		return fmt.Errorf("rollouts: %w", err)
+	}
+	all, err := c.opts.Store.ListRollouts(ctx, 0)
+	if err != nil {
+		return fmt.Errorf("rollouts: %w", err)
+	}
+	slices.Reverse(all)
+	var as []*xds.Assignment
+	files := map[uint64][]*adminv1.ConfigFile{}
+	for _, r := range all {
+		keep := live(r) || (r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_COMPLETED &&
+			len(r.GetSelector()) > 0 && r.GetVersion() > active)
+		if !keep || r.GetThreshold() == 0 {
+			continue
+		}
+		f, ok := files[r.GetVersion()]
+		if !ok {
+			v, err := c.opts.Store.Get(ctx, r.GetVersion())
+			if err != nil {
+				return fmt.Errorf("rollout %d: %w", r.GetId(), err)
+			}
+			f = v.GetFiles()
+			files[r.GetVersion()] = f
+		}
+		as = append(as, &xds.Assignment{
+			Version:   r.GetVersion(),
+			Files:     f,
+			Selector:  maps.Clone(r.GetSelector()),
+			Salt:      salt(r),
+			Threshold: r.GetThreshold(),
+		})
+	}
+	if err := c.opts.Fleet.SetAssignments(as); err != nil {
+		return fmt.Errorf("assign versions: %w", err)
+	}
+	return nil
+}
+
+func salt(r *adminv1.Rollout) string { return strconv.FormatUint(r.GetId(), 10) }
+
+// Start validates and stores a new rollout, and starts its first step.
+func (c *Controller) Start(ctx context.Context, req *adminv1.StartRolloutRequest) (*adminv1.Rollout, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if cur != nil {
+		return nil, fmt.Errorf("%w: rollout %d of version %d is %s; abort it or wait",
+			ErrConflict, cur.GetId(), cur.GetVersion(), stateName(cur.GetState()))
+	}
+	active, err := c.opts.Store.Active(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRollout(req, active)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.opts.Store.Get(ctx, r.GetVersion()); err != nil {
+		return nil, fmt.Errorf("%w: version %d: %w", ErrInvalid, r.GetVersion(), err)
+	}
+	now := c.opts.now()
+	r.CreatedAt, r.UpdatedAt = timestamppb.New(now), timestamppb.New(now)
+	if err := c.opts.Store.CreateRollout(ctx, r); err != nil {
+		return nil, err
+	}
+	c.log.Info("rollout started", "rollout", r.GetId(), "version", r.GetVersion(), "from", r.GetFromVersion(),
+		"selector", r.GetSelector(), "steps", r.GetSteps(), "bake_s", r.GetBake().AsDuration().Seconds())
+	c.lastTick, c.stored = time.Time{}, 0
+	if err := c.enterStep(ctx, r, 0); err != nil {
+		return nil, err
+	}
+	c.poke()
+	return r, nil
+}
+
+// newRollout checks a request and fills in the defaults.
+func newRollout(req *adminv1.StartRolloutRequest, active uint64) (*adminv1.Rollout, error) {
+	if req.GetVersion() == 0 {
+		return nil, fmt.Errorf("%w: version: a rollout needs a version", ErrInvalid)
+	}
+	if req.GetVersion() == active {
+		return nil, fmt.Errorf("%w: version: version %d is already the active version", ErrInvalid, active)
+	}
+	steps := req.GetSteps()
+	if len(steps) == 0 {
+		steps = DefaultSteps
+	}
+	for i, p := range steps {
+		switch {
+		case p == 0 || p > 100:
+			return nil, fmt.Errorf("%w: steps: step %d is %d%%, not in 1..100", ErrInvalid, i+1, p)
+		case i > 0 && p <= steps[i-1]:
+			return nil, fmt.Errorf("%w: steps: %d%% after %d%%: steps must increase", ErrInvalid, p, steps[i-1])
+		}
+	}
+	if steps[len(steps)-1] != 100 {
+		return nil, fmt.Errorf("%w: steps: the last step is %d%%, it must be 100", ErrInvalid, steps[len(steps)-1])
+	}
+	bake := DefaultBake
+	if req.GetBake() != nil {
+		if err := req.GetBake().CheckValid(); err != nil {
+			return nil, fmt.Errorf("%w: bake: %w", ErrInvalid, err)
+		}
+		bake = req.GetBake().AsDuration()
+	}
+	if bake < 0 {
+		return nil, fmt.Errorf("%w: bake: %s is negative", ErrInvalid, bake)
+	}
+	ratio := func(name string, v, def float64) (float64, error) {
+		switch {
+		case v == 0:
+			return def, nil
+		case v < 0 || v > 1 || math.IsNaN(v):
+			return 0, fmt.Errorf("%w: %s: %v is not a ratio in 0..1", ErrInvalid, name, v)
+		}
+		return v, nil
+	}
+	cfr, err := ratio("max_connect_failure_ratio", req.GetMaxConnectFailureRatio(), DefaultMaxConnectFailureRatio)
+	if err != nil {
+		return nil, err
+	}
+	r5, err := ratio("max_5xx_ratio", req.GetMax_5XxRatio(), DefaultMax5xxRatio)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.Rollout{
+		Version:                req.GetVersion(),
+		FromVersion:            active,
+		Selector:               maps.Clone(req.GetSelector()),
+		Steps:                  slices.Clone(steps),
+		Bake:                   durationpb.New(bake),
+		MaxConnectFailureRatio: cfr,
+		Max_5XxRatio:           r5,
+		State:                  adminv1.RolloutState_ROLLOUT_STATE_RUNNING,
+		Author:                 req.GetAuthor(),
+	}, nil
+}
+
+// candidates are the agents a rollout may assign: connected, matching its
+// selector, not proxyless gRPC clients.
+func (c *Controller) candidates(r *adminv1.Rollout) []*adminv1.Agent {
+	var out []*adminv1.Agent
+	for _, a := range c.opts.Fleet.Agents(r.GetSelector()) {
+		if !strings.HasPrefix(a.GetUserAgent(), "gRPC") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// enterStep makes step the rollout's current one: the threshold rises so
+// that the step's share of the connected selected agents is assigned.
+// Callers hold c.mu.
+func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int) error {
+	agents := c.candidates(r)
+	p := r.GetSteps()[step]
+	n := len(agents)
+	k := (int(p)*n + 99) / 100
+	threshold := r.GetThreshold()
+	if p >= 100 {
+		threshold = math.MaxUint64
+	} else if k > 0 {
+		hashes := make([]uint64, n)
+		for i, a := range agents {
+			hashes[i] = xds.Hash(a.GetNodeId(), salt(r))
+		}
+		slices.Sort(hashes)
+		threshold = max(threshold, hashes[k-1])
+	}
+	now := c.opts.now()
+	r.Step = uint32(step)
+	r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING
+	r.Threshold = threshold
+	r.Baked = durationpb.New(0)
+	r.Selected, r.Assigned = uint32(n), uint32(k)
+	r.StepStartedAt, r.UpdatedAt = timestamppb.New(now), timestamppb.New(now)
+	r.Reason = ""
+	c.lastTick, c.stored = time.Time{}, 0
+	if err := c.opts.Store.PutRollout(ctx, r); err != nil {
+		return err
+	}
+	c.log.Info("rollout step", "rollout", r.GetId(), "version", r.GetVersion(), "step", step+1,
+		"percent", p, "assigned", k, "selected", n)
+	return c.publish(ctx)
+}
+
+// Tick advances the live rollout, if any, by what the fleet and the clock
+// say: assigned agents that NACKed abort it; once every assigned agent runs
+// the version, the bake starts; after the bake, the analysis passes to the
+// next step or aborts.
+func (c *Controller) Tick(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.current(ctx)
+	if err != nil || r == nil || r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
+		return err
+	}
+	assigned, ready, nack := c.assigned(r)
+	if nack != "" {
+		return c.abort(ctx, r, nack)
+	}
+	now := c.opts.now()
+	switch r.GetPhase() {
+	case adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING:
+		if ready < assigned {
+			return nil
+		}
+		r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING
+		r.UpdatedAt = timestamppb.New(now)
+		c.lastTick, c.stored = now, r.GetBaked().AsDuration()
+		c.log.Info("rollout step acked; baking", "rollout", r.GetId(), "step", r.GetStep()+1,
+			"agents", assigned, "bake_s", (r.GetBake().AsDuration() - c.stored).Seconds())
+		return c.opts.Store.PutRollout(ctx, r)
+	case adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING:
+		baked := r.GetBaked().AsDuration()
+		if !c.lastTick.IsZero() && now.After(c.lastTick) {
+			baked += now.Sub(c.lastTick)
+		}
+		c.lastTick = now
+		r.Baked = durationpb.New(baked)
+		if baked < r.GetBake().AsDuration() {
+			if baked-c.stored >= checkpoint {
+				c.stored = baked
+				return c.opts.Store.PutRollout(ctx, r)
+			}
+			return nil
+		}
+		if reason, err := c.analyse(ctx, r); err != nil {
+			return err
+		} else if reason != "" {
+			return c.abort(ctx, r, reason)
+		}
+		return c.next(ctx, r)
+	}
+	return nil
+}
+
+// assigned counts the connected agents the rollout assigned and those that
+// run its version; nack describes the first that rejected it.
+func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack string) {
+	a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: r.GetThreshold()}
+	for _, ag := range c.candidates(r) {
+		if !a.Covers(ag.GetNodeId(), ag.GetLabels()) {
+			continue
+		}
+		assigned++
+		if ag.GetConfigVersion() == r.GetVersion() {
+			ready++
+		}
+		for _, rs := range ag.GetResources() {
+			if rs.GetState() == adminv1.SyncState_SYNC_STATE_NACKED && nack == "" {
+				nack = fmt.Sprintf("%s: %s NACKED v%d: %s", ag.GetNodeId(), rs.GetShort(),
+					r.GetVersion(), rs.GetLastNack().GetMessage())
+			}
+		}
+	}
+	return assigned, ready, nack
+}
+
+// analyse compares the canary cohort with the baseline cohort over the last
+// minute; it returns why the step fails, or "".
+func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (string, error) {
+	if c.opts.Stats == nil {
+		return "", nil
+	}
+	resp, err := c.opts.Stats.GetStats(ctx, &adminv1.GetStatsRequest{Selector: r.GetSelector(), GroupBy: "version"})
+	if err != nil {
+		c.log.Warn("rollout analysis without stats", "rollout", r.GetId(), "error", err)
+		return "", nil
+	}
+	canaryKey := strconv.FormatUint(r.GetVersion(), 10)
+	var canary, base cohort
+	for _, g := range resp.GetGroups() {
+		if len(g.GetWindows()) == 0 {
+			continue
+		}
+		w := g.GetWindows()[0]
+		switch g.GetKey() {
+		case canaryKey:
+			canary.add(w)
+		case "":
+		default:
+			base.add(w)
+		}
+	}
+	if cf, bf := canary.connectFailureRatio(), base.connectFailureRatio(); cf > r.GetMaxConnectFailureRatio() && cf > bf {
+		return fmt.Sprintf("analysis: canary connect-failure ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
+			cf*100, canary.failures, canary.attempts, r.GetMaxConnectFailureRatio()*100, bf*100), nil
+	}
+	if c5, b5 := canary.ratio5xx(), base.ratio5xx(); c5 > r.GetMax_5XxRatio() && c5 > b5 {
+		return fmt.Sprintf("analysis: canary 5xx ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
+			c5*100, canary.http5xx, canary.requests, r.GetMax_5XxRatio()*100, b5*100), nil
+	}
+	return "", nil
+}
+
+// cohort sums the counts of some stats groups over one window.
+type cohort struct{ attempts, failures, requests, http5xx uint64 }
+
+func (c *cohort) add(w *adminv1.WindowStats) {
+	c.attempts += w.GetUpstreamCx()
+	c.failures += w.GetConnectFailures()
+	c.requests += w.GetHttpRequests()
+	c.http5xx += w.GetHttp_5Xx()
+}
+
+func (c *cohort) connectFailureRatio() float64 {
+	if c.attempts == 0 {
+		return 0
+	}
+	return float64(c.failures) / float64(c.attempts)
+}
+
+func (c *cohort) ratio5xx() float64 {
+	if c.requests == 0 {
+		return 0
+	}
+	return float64(c.http5xx) / float64(c.requests)
+}
+
+// next goes to the next step, or completes the rollout after the last one.
+// Callers hold c.mu.
+func (c *Controller) next(ctx context.Context, r *adminv1.Rollout) error {
+	if int(r.GetStep())+1 < len(r.GetSteps()) {
+		return c.enterStep(ctx, r, int(r.GetStep())+1)
+	}
+	return c.complete(ctx, r)
+}
+
+// complete ends a rollout whose last step passed. Callers hold c.mu.
+func (c *Controller) complete(ctx context.Context, r *adminv1.Rollout) error {
+	if len(r.GetSelector()) == 0 {
+		// The version becomes the active one before the assignments go, so
+		// no agent runs the old version in between.
+		if err := c.opts.Activate(ctx, r.GetVersion()); err != nil {
+			return fmt.Errorf("rollout %d: activate version %d: %w", r.GetId(), r.GetVersion(), err)
+		}
+	}
+	now := c.opts.now()
+	r.State = adminv1.RolloutState_ROLLOUT_STATE_COMPLETED
+	r.UpdatedAt = timestamppb.New(now)
+	r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED
+	if err := c.opts.Store.PutRollout(ctx, r); err != nil {
+		return err
+	}
+	c.log.Info("rollout completed", "rollout", r.GetId(), "version", r.GetVersion(), "selector", r.GetSelector())
+	return c.publish(ctx)
+}
+
+// abort ends a rollout and drops its assignments. Callers hold c.mu.
+func (c *Controller) abort(ctx context.Context, r *adminv1.Rollout, reason string) error {
+	r.State = adminv1.RolloutState_ROLLOUT_STATE_ABORTED
+	r.Reason = reason
+	r.UpdatedAt = timestamppb.New(c.opts.now())
+	if err := c.opts.Store.PutRollout(ctx, r); err != nil {
+		return err
+	}
+	c.log.Warn("rollout aborted; canaries back on the active version", "rollout", r.GetId(),
+		"version", r.GetVersion(), "step", r.GetStep()+1, "reason", reason)
+	return c.publish(ctx)
+}
+
+// Get returns rollout id (0: the latest), with the live count of ready agents.
+func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.opts.Store.GetRollout(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if live(r) {
+		_, ready, _ := c.assigned(r)
+		r.Ready = uint32(ready)
+	}
+	return r, nil
+}
+
+// List returns rollouts newest first.
+func (c *Controller) List(ctx context.Context, limit int) ([]*adminv1.Rollout, error) {
+	return c.opts.Store.ListRollouts(ctx, limit)
+}
+
+// change applies an operator's action to rollout id (0: the latest).
+func (c *Controller) change(ctx context.Context, id uint64, verb string, f func(r *adminv1.Rollout) error) (*adminv1.Rollout, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.opts.Store.GetRollout(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !live(r) {
+		return nil, fmt.Errorf("%w: cannot %s rollout %d: it is %s", ErrConflict, verb, r.GetId(), stateName(r.GetState()))
+	}
+	before := proto.Clone(r)
+	if err := f(r); err != nil {
+		return nil, err
+	}
+	if !proto.Equal(before, r) {
+		r.UpdatedAt = timestamppb.New(c.opts.now())
+		if err := c.opts.Store.PutRollout(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	c.poke()
+	return r, nil
+}
+
+// Pause stops a running rollout where it is; the bake clock stops too.
+func (c *Controller) Pause(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
+	return c.change(ctx, id, "pause", func(r *adminv1.Rollout) error {
+		if r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
+			c.advanceBake(r)
+			r.State = adminv1.RolloutState_ROLLOUT_STATE_PAUSED
+			c.log.Info("rollout paused", "rollout", r.GetId())
+		}
+		return nil
+	})
+}
+
+// advanceBake adds the time baked since the last tick. Callers hold c.mu.
+func (c *Controller) advanceBake(r *adminv1.Rollout) {
+	if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING && !c.lastTick.IsZero() {
+		if now := c.opts.now(); now.After(c.lastTick) {
+			r.Baked = durationpb.New(r.GetBaked().AsDuration() + now.Sub(c.lastTick))
+		}
+	}
+	c.lastTick = time.Time{}
+}
+
+// Resume carries on with a paused rollout.
+func (c *Controller) Resume(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
+	return c.change(ctx, id, "resume", func(r *adminv1.Rollout) error {
+		if r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_PAUSED {
+			r.State = adminv1.RolloutState_ROLLOUT_STATE_RUNNING
+			c.lastTick = c.opts.now()
+			c.log.Info("rollout resumed", "rollout", r.GetId())
+		}
+		return nil
+	})
+}
+
+// Promote jumps a rollout to its last step (every selected agent) now; the
+// step waits for the ACKs and bakes as any other.
+func (c *Controller) Promote(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
+	return c.change(ctx, id, "promote", func(r *adminv1.Rollout) error {
+		r.State = adminv1.RolloutState_ROLLOUT_STATE_RUNNING
+		c.log.Info("rollout promoted", "rollout", r.GetId())
+		return c.enterStep(ctx, r, len(r.GetSteps())-1)
+	})
+}
+
+// Abort stops a rollout and puts its canaries back on the active version.
+func (c *Controller) Abort(ctx context.Context, id uint64, reason string) (*adminv1.Rollout, error) {
+	if reason == "" {
+		reason = "aborted by an operator"
+	}
+	return c.change(ctx, id, "abort", func(r *adminv1.Rollout) error {
+		return c.abort(ctx, r, reason)
+	})
+}
+
+func stateName(s adminv1.RolloutState) string {
+	return strings.TrimPrefix(s.String(), "ROLLOUT_STATE_")
+}

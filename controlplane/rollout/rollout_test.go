@@ -1,0 +1,422 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/store"
+	"github.com/flotilla-proxy/flotilla/controlplane/xds"
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
+	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
+)
+
+// fakeFleet is a fleet whose agents ACK whatever they are assigned at once,
+// except the ones in nack, which reject every version but the active one.
+type fakeFleet struct {
+	mu      sync.Mutex
+	active  uint64
+	ids     []string
+	labels  map[string]map[string]string
+	nack    map[string]bool
+	assigns []*xds.Assignment
+	sets    int
+}
+
+func newFakeFleet(n int) *fakeFleet {
+	f := &fakeFleet{labels: map[string]map[string]string{}, nack: map[string]bool{}}
+	for i := range n {
+		id := fmt.Sprintf("a%02d", i)
+		f.ids = append(f.ids, id)
+		f.labels[id] = map[string]string{"dc": []string{"ams", "fra"}[i%2]}
+	}
+	return f
+}
+
+// version is what an agent should run: the last assignment covering it wins.
+func (f *fakeFleet) version(id string) uint64 {
+	for i := len(f.assigns) - 1; i >= 0; i-- {
+		if f.assigns[i].Covers(id, f.labels[id]) {
+			return f.assigns[i].Version
+		}
+	}
+	return f.active
+}
+
+func (f *fakeFleet) Agents(selector map[string]string) []*adminv1.Agent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*adminv1.Agent
+	for _, id := range f.ids {
+		ok := true
+		for k, v := range selector {
+			ok = ok && f.labels[id][k] == v
+		}
+		if !ok {
+			continue
+		}
+		v := f.version(id)
+		a := &adminv1.Agent{NodeId: id, Labels: f.labels[id], ConfigVersion: v}
+		if f.nack[id] && v != f.active {
+			a.ConfigVersion = f.active
+			a.Resources = []*adminv1.ResourceStatus{{Short: "LDS", State: adminv1.SyncState_SYNC_STATE_NACKED,
+				LastNack: &adminv1.Nack{Version: fmt.Sprint(v), Message: "bind: address already in use"}}}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func (f *fakeFleet) SetAssignments(as []*xds.Assignment) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.assigns = as
+	f.sets++
+	return nil
+}
+
+// on returns the agents that run version v.
+func (f *fakeFleet) on(v uint64) []string {
+	var out []string
+	for _, a := range f.Agents(nil) {
+		if a.GetConfigVersion() == v {
+			out = append(out, a.GetNodeId())
+		}
+	}
+	return out
+}
+
+// fakeClock is a clock tests move.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// fakeStats answers GetStats with fixed windows per version key.
+type fakeStats struct{ groups map[string]*adminv1.WindowStats }
+
+func (s *fakeStats) GetStats(context.Context, *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error) {
+	resp := &adminv1.GetStatsResponse{GroupBy: "version"}
+	for k, w := range s.groups {
+		resp.Groups = append(resp.Groups, &adminv1.StatsGroup{Key: k, Windows: []*adminv1.WindowStats{w}})
+	}
+	return resp, nil
+}
+
+type env struct {
+	t     *testing.T
+	st    *store.Bolt
+	path  string
+	fleet *fakeFleet
+	clock *fakeClock
+	stats *fakeStats
+	c     *Controller
+}
+
+func version(port int) []*adminv1.ConfigFile {
+	return []*adminv1.ConfigFile{{Path: "v.yaml", Bundle: &configv1.Bundle{Clusters: []*configv1.Cluster{{
+		Name: "c", Endpoints: []*configv1.Endpoint{{Address: fmt.Sprintf("192.0.2.1:%d", port)}}}}}}}
+}
+
+// newEnv stores versions 1 (active) and 2 (staged) and starts a controller
+// on a fleet of n agents.
+func newEnv(t *testing.T, n int) *env {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "flotilla.db")
+	st, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	if _, _, err := st.Apply(ctx, store.ApplyParams{Files: version(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Apply(ctx, store.ApplyParams{Files: version(2), Stage: true}); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, st: st, path: path, fleet: newFakeFleet(n), clock: &fakeClock{now: time.Unix(1e9, 0)},
+		stats: &fakeStats{groups: map[string]*adminv1.WindowStats{}}}
+	e.fleet.active = 1
+	e.restart()
+	return e
+}
+
+// restart makes a new controller on the same store, as a restarted control
+// plane does.
+func (e *env) restart() {
+	e.t.Helper()
+	c, err := New(context.Background(), Options{
+		Store: e.st,
+		Fleet: e.fleet,
+		Activate: func(ctx context.Context, v uint64) error {
+			if err := e.st.SetActive(ctx, v); err != nil {
+				return err
+			}
+			e.fleet.mu.Lock()
+			e.fleet.active = v
+			e.fleet.mu.Unlock()
+			return nil
+		},
+		Stats: e.stats,
+		Now:   e.clock.Now,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.c = c
+}
+
+func (e *env) tick() *adminv1.Rollout {
+	e.t.Helper()
+	if err := e.c.Tick(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	r, err := e.c.Get(context.Background(), 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+func (e *env) start(req *adminv1.StartRolloutRequest) *adminv1.Rollout {
+	e.t.Helper()
+	r, err := e.c.Start(context.Background(), req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+func TestStepsAssignAGrowingShareThenActivate(t *testing.T) {
+	e := newEnv(t, 10)
+	r := e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 50, 100}, Bake: durationpb.New(time.Minute)})
+	if r.GetFromVersion() != 1 || r.GetAssigned() != 1 || r.GetSelected() != 10 {
+		t.Fatalf("started %v, want from 1, 1 of 10 assigned", r)
+	}
+	var prev []string
+	for step, want := range []int{1, 5, 10} {
+		canaries := e.fleet.on(2)
+		if len(canaries) != want {
+			t.Fatalf("step %d: %d agents on version 2 (%v), want %d", step+1, len(canaries), canaries, want)
+		}
+		for _, id := range prev {
+			if !slices.Contains(canaries, id) {
+				t.Errorf("step %d: %s left version 2; a step only adds agents", step+1, id)
+			}
+		}
+		prev = canaries
+		r = e.tick()
+		if r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING || r.GetReady() != uint32(want) {
+			t.Fatalf("step %d after a tick: %v, want baking with %d ready", step+1, r, want)
+		}
+		e.clock.add(40 * time.Second)
+		if r = e.tick(); int(r.GetStep()) != step {
+			t.Fatalf("step %d moved on after 40s of a 1m bake", step+1)
+		}
+		e.clock.add(21 * time.Second)
+		r = e.tick()
+	}
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_COMPLETED {
+		t.Fatalf("after the last step: %v, want COMPLETED", r)
+	}
+	if active, _ := e.st.Active(context.Background()); active != 2 {
+		t.Errorf("active version %d after a rollout without selector, want 2", active)
+	}
+	if len(e.fleet.assigns) != 0 {
+		t.Errorf("assignments left after completion: %d", len(e.fleet.assigns))
+	}
+}
+
+func TestSelectorAssignmentsStay(t *testing.T) {
+	e := newEnv(t, 6)
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Selector: map[string]string{"dc": "ams"}, Steps: []uint32{100}, Bake: durationpb.New(0)})
+	e.tick()
+	if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_COMPLETED {
+		t.Fatalf("rollout %v, want COMPLETED", r)
+	}
+	if got, want := e.fleet.on(2), []string{"a00", "a02", "a04"}; !slices.Equal(got, want) {
+		t.Errorf("on version 2: %v, want the ams agents %v", got, want)
+	}
+	if active, _ := e.st.Active(context.Background()); active != 1 {
+		t.Errorf("active version %d after a rollout with a selector, want 1", active)
+	}
+	e.restart()
+	if got := e.fleet.on(2); len(got) != 3 {
+		t.Errorf("after a restart on version 2: %v, want the 3 ams agents", got)
+	}
+}
+
+func TestNACKAbortsAndRollsBack(t *testing.T) {
+	e := newEnv(t, 4)
+	for _, id := range e.fleet.ids {
+		e.fleet.nack[id] = true
+	}
+	r := e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{25, 100}, Bake: durationpb.New(time.Minute)})
+	if r.GetAssigned() != 1 {
+		t.Fatalf("first step assigned %d, want 1", r.GetAssigned())
+	}
+	r = e.tick()
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), "LDS NACKED v2: bind: address already in use") {
+		t.Fatalf("after a NACK: %v, want ABORTED with the NACK as reason", r)
+	}
+	if got := e.fleet.on(1); len(got) != 4 {
+		t.Errorf("on version 1 after the abort: %v, want every agent", got)
+	}
+	if len(e.fleet.assigns) != 0 {
+		t.Errorf("assignments left after the abort: %d", len(e.fleet.assigns))
+	}
+	// A new rollout may start now.
+	e.start(&adminv1.StartRolloutRequest{Version: 2})
+}
+
+func TestAnalysis(t *testing.T) {
+	tests := []struct {
+		name       string
+		canary     *adminv1.WindowStats
+		baseline   *adminv1.WindowStats
+		wantReason string
+	}{
+		{"healthy", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 1}, &adminv1.WindowStats{UpstreamCx: 100}, ""},
+		{"connect failures", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 60}, &adminv1.WindowStats{UpstreamCx: 100},
+			"canary connect-failure ratio 60.0% (60 of 100) is above 5.0%"},
+		{"baseline as bad", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 60}, &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 70}, ""},
+		{"5xx", &adminv1.WindowStats{HttpRequests: 50, Http_5Xx: 10}, &adminv1.WindowStats{HttpRequests: 50, Http_5Xx: 1},
+			"canary 5xx ratio 20.0% (10 of 50) is above 5.0% and the baseline's 2.0%"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, 2)
+			e.stats.groups["2"], e.stats.groups["1"] = tt.canary, tt.baseline
+			e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(time.Second)})
+			e.tick()
+			e.clock.add(time.Second)
+			r := e.tick()
+			switch {
+			case tt.wantReason == "" && (r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING || r.GetStep() != 1):
+				t.Errorf("rollout %v, want running step 2", r)
+			case tt.wantReason != "" && (r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), tt.wantReason)):
+				t.Errorf("rollout %v, want ABORTED: %s", r, tt.wantReason)
+			}
+		})
+	}
+}
+
+func TestRestartCarriesOn(t *testing.T) {
+	e := newEnv(t, 4)
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(time.Minute)})
+	e.tick()
+	for range 8 { // 40s baked, checkpointed every 5s
+		e.clock.add(5 * time.Second)
+		e.tick()
+	}
+	// The control plane stops, and comes back 10 minutes later: the
+	// assignments are served again, the time away is not baked.
+	e.fleet.SetAssignments(nil)
+	e.clock.add(10 * time.Minute)
+	e.restart()
+	if got := e.fleet.on(2); len(got) != 2 {
+		t.Fatalf("after restart on version 2: %v, want the 2 canaries", got)
+	}
+	r := e.tick()
+	if r.GetStep() != 0 || r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING || r.GetBaked().AsDuration() != 40*time.Second {
+		t.Fatalf("after restart: %v, want step 1 baking with 40s baked", r)
+	}
+	e.clock.add(15 * time.Second)
+	if r = e.tick(); r.GetStep() != 0 {
+		t.Fatalf("moved on after 55s of a 1m bake: %v", r)
+	}
+	e.clock.add(5 * time.Second)
+	if r = e.tick(); r.GetStep() != 1 || r.GetAssigned() != 4 {
+		t.Fatalf("after the bake: %v, want step 2 with every agent", r)
+	}
+}
+
+func TestPauseResumePromoteAbort(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, 4)
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{25, 50, 100}, Bake: durationpb.New(time.Minute)})
+	e.tick()
+	e.clock.add(30 * time.Second)
+	e.tick()
+	if _, err := e.c.Pause(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.add(time.Hour)
+	if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_PAUSED || r.GetBaked().AsDuration() != 30*time.Second {
+		t.Fatalf("paused: %v, want PAUSED with 30s baked", r)
+	}
+	if _, err := e.c.Start(ctx, &adminv1.StartRolloutRequest{Version: 2}); !errors.Is(err, ErrConflict) {
+		t.Errorf("second Start while one is paused = %v, want ErrConflict", err)
+	}
+	if _, err := e.c.Resume(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.add(29 * time.Second)
+	if r := e.tick(); r.GetStep() != 0 {
+		t.Fatalf("resumed: moved on after 59s baked: %v", r)
+	}
+	r, err := e.c.Promote(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetStep() != 2 || len(e.fleet.on(2)) != 4 {
+		t.Fatalf("promoted: %v, on version 2: %v; want the last step, every agent", r, e.fleet.on(2))
+	}
+	r, err = e.c.Abort(ctx, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || r.GetReason() != "aborted by an operator" || len(e.fleet.on(1)) != 4 {
+		t.Fatalf("aborted: %v, on version 1: %v", r, e.fleet.on(1))
+	}
+	if _, err := e.c.Resume(ctx, 0); !errors.Is(err, ErrConflict) {
+		t.Errorf("Resume of an aborted rollout = %v, want ErrConflict", err)
+	}
+}
+
+func TestStartRefuses(t *testing.T) {
+	tests := []struct {
+		name string
+		req  *adminv1.StartRolloutRequest
+		want string
+	}{
+		{"no version", &adminv1.StartRolloutRequest{}, "version: a rollout needs a version"},
+		{"active version", &adminv1.StartRolloutRequest{Version: 1}, "version 1 is already the active version"},
+		{"unknown version", &adminv1.StartRolloutRequest{Version: 9}, "version 9"},
+		{"step over 100", &adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 101}}, "steps: step 2 is 101%"},
+		{"decreasing", &adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 10, 100}}, "steps must increase"},
+		{"no 100", &adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 50}}, "it must be 100"},
+		{"negative bake", &adminv1.StartRolloutRequest{Version: 2, Bake: durationpb.New(-time.Second)}, "bake: -1s is negative"},
+		{"ratio", &adminv1.StartRolloutRequest{Version: 2, MaxConnectFailureRatio: 2}, "max_connect_failure_ratio: 2 is not a ratio"},
+	}
+	e := newEnv(t, 1)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := e.c.Start(context.Background(), tt.req)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Start = %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
