@@ -113,7 +113,9 @@ func (c *fakeClock) add(d time.Duration) {
 }
 
 // fakeStats answers GetStats with fixed windows per version key.
-type fakeStats struct{ groups map[string]*adminv1.WindowStats }
+type fakeStats struct {
+	groups map[string]*adminv1.WindowStats
+}
 
 func (s *fakeStats) GetStats(context.Context, *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error) {
 	resp := &adminv1.GetStatsResponse{GroupBy: "version"}
