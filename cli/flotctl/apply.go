@@ -38,14 +38,16 @@ func (f *changeFlags) expected(cmd *cobra.Command) *uint64 {
 
 func (a *app) applyCommand() *cobra.Command {
 	var f changeFlags
-	var dryRun bool
+	var dryRun, stage bool
 	cmd := &cobra.Command{
 		Use:   "apply PATH... -m MESSAGE",
 		Short: "Store the files as a new version, which the control plane rolls out",
 		Long: `apply validates the files locally (as validate does), then sends them to the
 control plane, which stores them as a new numbered version unless they equal
 the latest one. --expect-version N makes it fail if someone else applied in
-the meantime; --dry-run has the control plane check them without storing.`,
+the meantime; --dry-run has the control plane check them without storing.
+--stage stores the version without serving it: the fleet keeps the active
+version until "flotctl rollout start VERSION" moves it (see docs/rollouts.md).`,
 		Args: pathArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if f.message == "" && !dryRun {
@@ -66,6 +68,7 @@ the meantime; --dry-run has the control plane check them without storing.`,
 				Message:       f.message,
 				ExpectVersion: f.expected(cmd),
 				DryRun:        dryRun,
+				Stage:         stage,
 			}
 			var resp *adminv1.ApplyResponse
 			if err := c.call(cmd.Context(), func(ctx context.Context) error {
@@ -82,6 +85,7 @@ the meantime; --dry-run has the control plane check them without storing.`,
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and compile on the control plane, store nothing")
+	cmd.Flags().BoolVar(&stage, "stage", false, "store the version without serving it (for flotctl rollout start)")
 	return cmd
 }
 
@@ -98,6 +102,9 @@ func writeApplied(w io.Writer, resp *adminv1.ApplyResponse, dryRun bool) error {
 		_, err = fmt.Fprintf(w, "dry run: would store version %d (sha256 %s…); nothing was stored\n", v.GetNumber(), shortHash(v.GetHash(), 8))
 	case dryRun:
 		_, err = fmt.Fprintln(w, "dry run: the control plane accepted the config; nothing was stored")
+	case resp.GetActive() != 0 && resp.GetActive() != v.GetNumber():
+		_, err = fmt.Fprintf(w, "staged version %d (sha256 %s…); agents keep running version %d: flotctl rollout start %d\n",
+			v.GetNumber(), shortHash(v.GetHash(), 8), resp.GetActive(), v.GetNumber())
 	default:
 		_, err = fmt.Fprintf(w, "applied version %d (sha256 %s…)\n", v.GetNumber(), shortHash(v.GetHash(), 8))
 	}

@@ -1,7 +1,7 @@
 // Package flotctl is the command line client of a Flotilla control plane:
 // validate and diff config bundles locally, apply them as new versions, read
 // the history, roll back, see which version every agent runs (and wait for
-// them to converge), and see the traffic they report.
+// them to converge), see the traffic they report, and run canary rollouts.
 //
 // Everything a command prints goes to the writers given to Main, so the whole
 // CLI runs in tests without a process. Results go to stdout; failures go to
@@ -114,6 +114,7 @@ rollback, agents, stats); validate and diff always print text.`,
 		a.agentsCommand(),
 		a.statsCommand(),
 		a.waitCommand(),
+		a.rolloutCommand(),
 	)
 	return root
 }

@@ -26,7 +26,8 @@ func (a *app) waitCommand() *cobra.Command {
 		Short: "Wait until every agent runs a version (the latest by default)",
 		Long: `wait --for=converged returns when every connected agent (those matching
 --selector) runs VERSION or a newer one entirely: every resource type of its
-group's snapshot ACKed. VERSION defaults to the latest version.
+group's snapshot ACKed. VERSION defaults to the active version (the latest
+one, unless later ones were staged with apply --stage).
 
 Exit 0 when they do. At --timeout it names each agent that does not and why
 (a NACK with the agent's message, a push not yet ACKed, an older version),
@@ -85,6 +86,10 @@ func (a *app) wait(ctx context.Context, c *client, target uint64, sel map[string
 			return c.explain(err, "the control plane has no version yet: flotctl apply one first")
 		}
 		target = resp.GetVersion().GetInfo().GetNumber()
+		if active := resp.GetActive(); active != 0 {
+			// Staged versions after it are served only by rollouts.
+			target = active
+		}
 	}
 	var agents []*adminv1.Agent
 	for {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla-proxy/flotilla/controlplane/bundle"
+	"github.com/flotilla-proxy/flotilla/controlplane/rollout"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 )
@@ -42,6 +43,25 @@ type Option func(*Service)
 // Unimplemented.
 func WithStats(st Stats) Option { return func(s *Service) { s.stats = st } }
 
+// Rollouts runs canary rollouts (rollout.Controller).
+type Rollouts interface {
+	Start(ctx context.Context, req *adminv1.StartRolloutRequest) (*adminv1.Rollout, error)
+	Get(ctx context.Context, id uint64) (*adminv1.Rollout, error)
+	List(ctx context.Context, limit int) ([]*adminv1.Rollout, error)
+	Pause(ctx context.Context, id uint64) (*adminv1.Rollout, error)
+	Resume(ctx context.Context, id uint64) (*adminv1.Rollout, error)
+	Promote(ctx context.Context, id uint64) (*adminv1.Rollout, error)
+	Abort(ctx context.Context, id uint64, reason string) (*adminv1.Rollout, error)
+}
+
+// SetRollouts makes the rollout RPCs answer from r; without it they are
+// Unimplemented. The controller needs Activate, so it is set after New.
+func (s *Service) SetRollouts(r Rollouts) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rollouts = r
+}
+
 // Service implements adminv1.AdminServiceServer.
 type Service struct {
 	adminv1.UnimplementedAdminServiceServer
@@ -54,12 +74,15 @@ type Service struct {
 	// mu makes "store, then publish" one step, so versions reach the xDS
 	// layer in the order they were stored.
 	mu sync.Mutex
+	// active is the version last published as active; guarded by mu.
+	active   uint64
+	rollouts Rollouts
 }
 
 var _ adminv1.AdminServiceServer = (*Service)(nil)
 
-// New returns a Service. It publishes the latest stored version, if any, so a
-// restarted control plane serves what it served before.
+// New returns a Service. It publishes the active stored version, if any, so
+// a restarted control plane serves what it served before.
 func New(ctx context.Context, st store.Store, pub Publisher, log *slog.Logger, opts ...Option) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
@@ -68,18 +91,43 @@ func New(ctx context.Context, st store.Store, pub Publisher, log *slog.Logger, o
 	for _, o := range opts {
 		o(s)
 	}
-	v, err := st.Get(ctx, 0)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		log.Info("store is empty: agents wait for the first apply")
-	case err != nil:
-		return nil, fmt.Errorf("load latest version: %w", err)
-	default:
-		if err := pub.SetVersion(v.GetInfo().GetNumber(), v.GetFiles()); err != nil {
-			return nil, fmt.Errorf("publish version %d: %w", v.GetInfo().GetNumber(), err)
-		}
+	active, err := st.Active(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load active version: %w", err)
 	}
+	if active == 0 {
+		log.Info("store is empty: agents wait for the first apply")
+		return s, nil
+	}
+	v, err := st.Get(ctx, active)
+	if err != nil {
+		return nil, fmt.Errorf("load active version %d: %w", active, err)
+	}
+	if err := pub.SetVersion(active, v.GetFiles()); err != nil {
+		return nil, fmt.Errorf("publish version %d: %w", active, err)
+	}
+	s.active = active
 	return s, nil
+}
+
+// Activate makes stored version n the active one: stored as such, and served
+// to every agent no assignment pins (a rollout completing).
+func (s *Service) Activate(ctx context.Context, n uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.store.Get(ctx, n)
+	if err != nil {
+		return err
+	}
+	if err := s.store.SetActive(ctx, n); err != nil {
+		return err
+	}
+	if err := s.pub.SetVersion(n, v.GetFiles()); err != nil {
+		return fmt.Errorf("version %d is active but not pushed: %w", n, err)
+	}
+	s.active = n
+	s.log.Info("version activated", "version", n)
+	return nil
 }
 
 // Apply validates the files and stores them as a new version.
@@ -102,16 +150,27 @@ func (s *Service) Apply(ctx context.Context, req *adminv1.ApplyRequest) (*adminv
 		}
 		return &adminv1.ApplyResponse{Version: info, Unchanged: unchanged}, nil
 	}
+	if req.GetStage() {
+		// A staged version is served later, by a rollout: say now that it
+		// does not compile, not then.
+		if err := s.pub.Check(req.GetFiles()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "does not compile: %v", err)
+		}
+	}
 	info, unchanged, err := s.storeAndPublish(ctx, store.ApplyParams{
 		Files:         req.GetFiles(),
 		Author:        req.GetAuthor(),
 		Message:       req.GetMessage(),
 		ExpectVersion: expect(req.ExpectVersion),
+		Stage:         req.GetStage(),
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &adminv1.ApplyResponse{Version: info, Unchanged: unchanged}, nil
+	s.mu.Lock()
+	active := s.active
+	s.mu.Unlock()
+	return &adminv1.ApplyResponse{Version: info, Unchanged: unchanged, Active: active}, nil
 }
 
 // Rollback stores a new version whose content equals an older one.
@@ -151,16 +210,19 @@ func (s *Service) storeAndPublish(ctx context.Context, p store.ApplyParams) (*ad
 	if err != nil {
 		return nil, false, storeError(err)
 	}
-	if unchanged {
-		return info, true, nil
+	if !unchanged {
+		s.log.Info("version stored", "version", info.GetNumber(), "hash", info.GetHash(),
+			"author", info.GetAuthor(), "message", info.GetMessage(), "rollback_of", info.GetRollbackOf(), "staged", p.Stage)
 	}
-	s.log.Info("version stored", "version", info.GetNumber(), "hash", info.GetHash(),
-		"author", info.GetAuthor(), "message", info.GetMessage(), "rollback_of", info.GetRollbackOf())
+	if p.Stage || s.active == info.GetNumber() {
+		return info, unchanged, nil
+	}
 	if err := s.pub.SetVersion(info.GetNumber(), p.Files); err != nil {
 		// The version is stored; it will be published again on restart.
 		return nil, false, status.Errorf(codes.Internal, "version %d stored but not pushed: %v", info.GetNumber(), err)
 	}
-	return info, false, nil
+	s.active = info.GetNumber()
+	return info, unchanged, nil
 }
 
 // GetVersion returns one version with its files, private keys redacted
@@ -171,7 +233,11 @@ func (s *Service) GetVersion(ctx context.Context, req *adminv1.GetVersionRequest
 	if err != nil {
 		return nil, storeError(err)
 	}
-	return &adminv1.GetVersionResponse{Version: &adminv1.Version{Info: v.GetInfo(), Files: bundle.Redact(v.GetFiles())}}, nil
+	active, err := s.store.Active(ctx)
+	if err != nil {
+		return nil, storeError(err)
+	}
+	return &adminv1.GetVersionResponse{Version: &adminv1.Version{Info: v.GetInfo(), Files: bundle.Redact(v.GetFiles())}, Active: active}, nil
 }
 
 // ListVersions returns the history, newest first.
@@ -194,6 +260,112 @@ func (s *Service) GetStats(ctx context.Context, req *adminv1.GetStatsRequest) (*
 		return nil, status.Error(codes.Unimplemented, "this control plane does not aggregate agent reports")
 	}
 	return s.stats.GetStats(ctx, req)
+}
+
+func (s *Service) rolloutsOrNil() Rollouts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rollouts
+}
+
+func (s *Service) withRollouts(f func(r Rollouts) (*adminv1.Rollout, error)) (*adminv1.Rollout, error) {
+	r := s.rolloutsOrNil()
+	if r == nil {
+		return nil, status.Error(codes.Unimplemented, "this control plane does not run rollouts")
+	}
+	ro, err := f(r)
+	if err != nil {
+		return nil, rolloutError(err)
+	}
+	return ro, nil
+}
+
+// StartRollout starts a canary rollout.
+func (s *Service) StartRollout(ctx context.Context, req *adminv1.StartRolloutRequest) (*adminv1.StartRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) {
+		if req.GetAuthor() == "" {
+			req.Author = "unknown"
+		}
+		return r.Start(ctx, req)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.StartRolloutResponse{Rollout: ro}, nil
+}
+
+// GetRollout returns a rollout, or the latest.
+func (s *Service) GetRollout(ctx context.Context, req *adminv1.GetRolloutRequest) (*adminv1.GetRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) { return r.Get(ctx, req.GetId()) })
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.GetRolloutResponse{Rollout: ro}, nil
+}
+
+// ListRollouts returns the rollouts, newest first.
+func (s *Service) ListRollouts(ctx context.Context, req *adminv1.ListRolloutsRequest) (*adminv1.ListRolloutsResponse, error) {
+	r := s.rolloutsOrNil()
+	if r == nil {
+		return nil, status.Error(codes.Unimplemented, "this control plane does not run rollouts")
+	}
+	list, err := r.List(ctx, int(req.GetLimit()))
+	if err != nil {
+		return nil, rolloutError(err)
+	}
+	return &adminv1.ListRolloutsResponse{Rollouts: list}, nil
+}
+
+// PauseRollout pauses a rollout.
+func (s *Service) PauseRollout(ctx context.Context, req *adminv1.PauseRolloutRequest) (*adminv1.PauseRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) { return r.Pause(ctx, req.GetId()) })
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.PauseRolloutResponse{Rollout: ro}, nil
+}
+
+// ResumeRollout resumes a paused rollout.
+func (s *Service) ResumeRollout(ctx context.Context, req *adminv1.ResumeRolloutRequest) (*adminv1.ResumeRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) { return r.Resume(ctx, req.GetId()) })
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.ResumeRolloutResponse{Rollout: ro}, nil
+}
+
+// PromoteRollout jumps a rollout to its last step.
+func (s *Service) PromoteRollout(ctx context.Context, req *adminv1.PromoteRolloutRequest) (*adminv1.PromoteRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) { return r.Promote(ctx, req.GetId()) })
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.PromoteRolloutResponse{Rollout: ro}, nil
+}
+
+// AbortRollout aborts a rollout.
+func (s *Service) AbortRollout(ctx context.Context, req *adminv1.AbortRolloutRequest) (*adminv1.AbortRolloutResponse, error) {
+	ro, err := s.withRollouts(func(r Rollouts) (*adminv1.Rollout, error) { return r.Abort(ctx, req.GetId(), req.GetReason()) })
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.AbortRolloutResponse{Rollout: ro}, nil
+}
+
+// rolloutError maps the rollout controller's errors to gRPC status codes.
+func rolloutError(err error) error {
+	switch {
+	case errors.Is(err, rollout.ErrInvalid), errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, rollout.ErrConflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, store.ErrRolloutNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case status.Code(err) != codes.Unknown:
+		return err
+	default:
+		return status.Errorf(codes.Internal, "rollout: %v", err)
+	}
 }
 
 func expect(v *uint64) *uint64 {

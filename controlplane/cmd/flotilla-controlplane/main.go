@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla-proxy/flotilla/controlplane/admin"
+	"github.com/flotilla-proxy/flotilla/controlplane/rollout"
 	"github.com/flotilla-proxy/flotilla/controlplane/stats"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	"github.com/flotilla-proxy/flotilla/controlplane/xds"
@@ -121,6 +122,24 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	rollouts, err := rollout.New(ctx, rollout.Options{Store: st, Fleet: xdsServer, Activate: svc.Activate, Stats: reports, Logger: log})
+	if err != nil {
+		return err
+	}
+	svc.SetRollouts(rollouts)
+	if err := rollout.RegisterMetrics(reg, st); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	rolloutCtx, stopRollouts := context.WithCancel(ctx)
+	rolloutDone := make(chan struct{})
+	go func() {
+		defer close(rolloutDone)
+		rollouts.Run(rolloutCtx)
+	}()
+	defer func() {
+		stopRollouts()
+		<-rolloutDone
+	}()
 
 	xdsLis, err := net.Listen("tcp", cfg.xdsAddr)
 	if err != nil {

@@ -613,7 +613,10 @@ func (x *GetVersionRequest) GetNumber() uint64 {
 type GetVersionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Version is the stored version.
-	Version       *Version `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Version *Version `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Active is the version the fleet is served outside rollouts (the latest
+	// unless later versions were staged).
+	Active        uint64 `protobuf:"varint,2,opt,name=active,proto3" json:"active,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +656,13 @@ func (x *GetVersionResponse) GetVersion() *Version {
 		return x.Version
 	}
 	return nil
+}
+
+func (x *GetVersionResponse) GetActive() uint64 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
 }
 
 // ListVersionsRequest asks for the history.
@@ -2720,9 +2730,10 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\tunchanged\x18\x02 \x01(\bR\tunchanged\x12\x16\n" +
 	"\x06active\x18\x03 \x01(\x04R\x06active\"+\n" +
 	"\x11GetVersionRequest\x12\x16\n" +
-	"\x06number\x18\x01 \x01(\x04R\x06number\"J\n" +
+	"\x06number\x18\x01 \x01(\x04R\x06number\"b\n" +
 	"\x12GetVersionResponse\x124\n" +
-	"\aversion\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.VersionR\aversion\"+\n" +
+	"\aversion\x18\x01 \x01(\v2\x1a.flotilla.admin.v1.VersionR\aversion\x12\x16\n" +
+	"\x06active\x18\x02 \x01(\x04R\x06active\"+\n" +
 	"\x13ListVersionsRequest\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\rR\x05limit\"R\n" +
 	"\x14ListVersionsResponse\x12:\n" +
