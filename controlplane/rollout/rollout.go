@@ -4,10 +4,10 @@
 //
 // A rollout orders the selected agents by a stable hash of their node id
 // and the rollout id (xds.Hash). A step of p% assigns the version to the
-// first ceil(p% × n) of the n selected agents that are connected when the
-// step starts, by raising the rollout's hash threshold: a step only adds
-// agents, and an agent that connects later is assigned when its hash is
-// under the threshold. Each step then waits until every assigned agent
+// first floor(p% × n) (at least one) of the n selected agents that are
+// connected when the step starts, by raising the rollout's hash threshold:
+// a step only adds agents, and an agent that connects later is assigned
+// when its hash is under the threshold. Each step then waits until every assigned agent
 // runs the version (ACKed every type), bakes, and analyses the agents'
 // reports: the canary cohort against the baseline cohort (GetStats by
 // version, 1m window). Any NACK of the version by an assigned agent fails
@@ -114,11 +114,12 @@ type Controller struct {
 	wake chan struct{}
 
 	mu sync.Mutex
-	// lastTick is when the current rollout's bake last advanced; zero after
-	// a start, a pause or a restart (the time in between is not baked).
-	lastTick time.Time
-	// stored is the bake progress last written to the store.
-	stored time.Duration
+	// lastTick is when the bake of rollout bakeID last advanced; zero after
+	// a step starts, a pause or a restart (the time in between is not
+	// baked). baked is its bake progress (the store has stored of it).
+	lastTick      time.Time
+	bakeID        uint64
+	baked, stored time.Duration
 }
 
 // ErrConflict is returned when a rollout cannot change state (another one
@@ -361,7 +362,9 @@ func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int
 	agents := c.candidates(r)
 	p := r.GetSteps()[step]
 	n := len(agents)
-	k := (int(p)*n + 99) / 100
+	// At most the step's share, and at least one agent: 34% of 3 agents is
+	// 1, 1% of 10 is 1 (a share rounded up would make 34% of 3 two).
+	k := max(int(p)*n/100, min(n, 1))
 	threshold := r.GetThreshold()
 	if p >= 100 {
 		threshold = math.MaxUint64
@@ -413,17 +416,13 @@ func (c *Controller) Tick(ctx context.Context) error {
 		}
 		r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING
 		r.UpdatedAt = timestamppb.New(now)
-		c.lastTick, c.stored = now, r.GetBaked().AsDuration()
+		c.lastTick = time.Time{}
+		c.advanceBake(r, now)
 		c.log.Info("rollout step acked; baking", "rollout", r.GetId(), "step", r.GetStep()+1,
 			"agents", assigned, "bake_s", (r.GetBake().AsDuration() - c.stored).Seconds())
 		return c.opts.Store.PutRollout(ctx, r)
 	case adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING:
-		baked := r.GetBaked().AsDuration()
-		if !c.lastTick.IsZero() && now.After(c.lastTick) {
-			baked += now.Sub(c.lastTick)
-		}
-		c.lastTick = now
-		r.Baked = durationpb.New(baked)
+		baked := c.advanceBake(r, now)
 		if baked < r.GetBake().AsDuration() {
 			if baked-c.stored >= checkpoint {
 				c.stored = baked
@@ -615,7 +614,10 @@ func (c *Controller) change(ctx context.Context, id uint64, verb string, f func(
 func (c *Controller) Pause(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
 	return c.change(ctx, id, "pause", func(r *adminv1.Rollout) error {
 		if r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
-			c.advanceBake(r)
+			if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING {
+				c.advanceBake(r, c.opts.now())
+			}
+			c.lastTick = time.Time{}
 			r.State = adminv1.RolloutState_ROLLOUT_STATE_PAUSED
 			c.log.Info("rollout paused", "rollout", r.GetId())
 		}
@@ -623,14 +625,18 @@ func (c *Controller) Pause(ctx context.Context, id uint64) (*adminv1.Rollout, er
 	})
 }
 
-// advanceBake adds the time baked since the last tick. Callers hold c.mu.
-func (c *Controller) advanceBake(r *adminv1.Rollout) {
-	if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING && !c.lastTick.IsZero() {
-		if now := c.opts.now(); now.After(c.lastTick) {
-			r.Baked = durationpb.New(r.GetBaked().AsDuration() + now.Sub(c.lastTick))
-		}
+// advanceBake adds the time baked since the last tick to r.Baked and
+// returns it. The first tick of a bake (after a step starts, a resume or a
+// restart) starts the clock from what the store says. Callers hold c.mu.
+func (c *Controller) advanceBake(r *adminv1.Rollout, now time.Time) time.Duration {
+	if c.lastTick.IsZero() || c.bakeID != r.GetId() {
+		c.bakeID, c.baked, c.stored = r.GetId(), r.GetBaked().AsDuration(), r.GetBaked().AsDuration()
+	} else if now.After(c.lastTick) {
+		c.baked += now.Sub(c.lastTick)
 	}
-	c.lastTick = time.Time{}
+	c.lastTick = now
+	r.Baked = durationpb.New(c.baked)
+	return c.baked
 }
 
 // Resume carries on with a paused rollout.
@@ -638,7 +644,7 @@ func (c *Controller) Resume(ctx context.Context, id uint64) (*adminv1.Rollout, e
 	return c.change(ctx, id, "resume", func(r *adminv1.Rollout) error {
 		if r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_PAUSED {
 			r.State = adminv1.RolloutState_ROLLOUT_STATE_RUNNING
-			c.lastTick = c.opts.now()
+			c.lastTick = time.Time{}
 			c.log.Info("rollout resumed", "rollout", r.GetId())
 		}
 		return nil
