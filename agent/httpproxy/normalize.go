@@ -51,6 +51,9 @@ func normalizePath(target string, m *httproute.Manager) (string, pathVerdict) {
 	if m.MergeSlashes {
 		p = mergeSlashes(p)
 	}
+	if len(p)+len(query) == len(target) && p == target[:len(p)] {
+		return target, verdict // unchanged: no allocation
+	}
 	return p + query, verdict
 }
 
