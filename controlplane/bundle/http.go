@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -371,6 +372,10 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 			v.add(at, f+".prefix_rewrite", "%q must start with \"/\"", pr)
 		case !printable(pr):
 			v.add(at, f+".prefix_rewrite", "%q must not contain spaces or control characters", pr)
+		default:
+			if _, err := url.PathUnescape(pr); err != nil {
+				v.add(at, f+".prefix_rewrite", "%q is not a valid escaped path: %v", pr, err)
+			}
 		}
 	}
 	if r.GetHostRewrite() != "" {

@@ -192,6 +192,7 @@ listeners:
         - { weighted_clusters: [{ cluster: api, weight: 1 }, { cluster: pp, weight: 1 }] }
         - { cluster: api, prefix_rewrite: v2/, host_rewrite: "internal/v1" }
         - { cluster: api, host_rewrite: "*" }
+        - { cluster: api, prefix_rewrite: "/x%zz/" }
 `, want: []string{
 			`a.yaml: listeners[0].http.routes[0]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
 			`a.yaml: listeners[0].http.routes[1]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
@@ -222,6 +223,7 @@ listeners:
 			`a.yaml: listeners[0].http.routes[11].host_rewrite: "internal/v1" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
 			`a.yaml: listeners[0].http.routes[11].prefix_rewrite: "v2/" must start with "/"`,
 			`a.yaml: listeners[0].http.routes[12].host_rewrite: "*" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
+			`a.yaml: listeners[0].http.routes[13].prefix_rewrite: "/x%zz/" is not a valid escaped path: invalid URL escape "%zz"`,
 		}},
 		{name: "header ops", yaml: `
 listeners:
