@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"context"
 	"maps"
+	"slices"
 	"sync"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -42,7 +44,10 @@ type heldVersions interface {
 //   - After a delta NACK, the delta server believes the client holds what it
 //     was sent. The next delta is computed from what the client last ACKed.
 type nackAwareCache struct {
+	// SnapshotCache serves delta streams; sotw serves state-of-the-world
+	// ones from responses marshalled once per group (see prepared).
 	cache.SnapshotCache
+	sotw *sotwCache
 	held heldVersions
 
 	mu sync.Mutex
@@ -58,6 +63,7 @@ type deltaKey struct{ nodeID, typeURL string }
 func newNACKAwareCache(c cache.SnapshotCache, held heldVersions) *nackAwareCache {
 	return &nackAwareCache{
 		SnapshotCache: c,
+		sotw:          newSOTWCache(),
 		held:          held,
 		deltaAcked:    map[deltaKey]map[string]string{},
 		deltaNacked:   map[deltaKey]bool{},
@@ -80,7 +86,31 @@ func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription,
 		}
 		req = r
 	}
-	return c.SnapshotCache.CreateWatch(req, hs, out)
+	return c.sotw.createWatch(hs.group, req, hs, out), nil
+}
+
+// setSnapshot sets a group's snapshot: snap for delta streams, types (the
+// same content, marshalled) for state-of-the-world ones.
+func (c *nackAwareCache) setSnapshot(ctx context.Context, key string, snap *cache.Snapshot, types map[string]*prepared) error {
+	c.sotw.set(key, types)
+	return c.SnapshotCache.SetSnapshot(ctx, key, snap)
+}
+
+// ClearSnapshot forgets a group.
+func (c *nackAwareCache) ClearSnapshot(key string) {
+	c.sotw.clear(key)
+	c.SnapshotCache.ClearSnapshot(key)
+}
+
+// GetStatusKeys returns the groups the cache knows of.
+func (c *nackAwareCache) GetStatusKeys() []string {
+	keys := c.SnapshotCache.GetStatusKeys()
+	for _, k := range c.sotw.keys() {
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // CreateDeltaWatch parks delta watches for rejected versions and makes the
