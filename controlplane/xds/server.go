@@ -60,6 +60,13 @@ type Options struct {
 	// RejectionTimeout is how long a NACK of an agent that left is remembered.
 	// 0 means 1h.
 	RejectionTimeout time.Duration
+	// StreamRate bounds how many new xDS streams a second are served (see
+	// GRPCOptions); the others wait their turn. 0 means 2000; negative means
+	// no bound.
+	StreamRate float64
+	// StreamBurst is how many streams may be admitted at once above
+	// StreamRate. 0 means 500.
+	StreamBurst int
 }
 
 func (o Options) groupIdleTimeout() time.Duration {
@@ -79,11 +86,12 @@ func (o Options) rejectionTimeout() time.Duration {
 // Server is the xDS server and the fleet registry behind it. It is safe for
 // concurrent use.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	registry *fleet.Registry
-	cache    *nackAwareCache
-	xds      serverv3.Server
+	opts      Options
+	log       *slog.Logger
+	registry  *fleet.Registry
+	cache     *nackAwareCache
+	xds       serverv3.Server
+	admission *admission // nil: no bound
 
 	// mu serialises everything that builds snapshots (SetVersion and the
 	// first sight of a group), so snapshots are set in version order.
@@ -135,6 +143,9 @@ func New(opts Options) *Server {
 		log = slog.Default()
 	}
 	s := &Server{opts: opts, log: log, groups: map[string]*group{}}
+	if r := opts.streamRate(); r > 0 {
+		s.admission = newAdmission(r, opts.streamBurst())
+	}
 	s.registry = fleet.NewRegistry(fleet.Options{
 		Logger:     log,
 		Desired:    s.desired,
