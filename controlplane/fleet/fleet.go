@@ -438,7 +438,9 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 		version = ts.sent
 	}
 	if ts.acked != version {
-		r.opts.Logger.Info("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
+		// Debug: at fleet scale every push would log a line per agent and
+		// type; flotctl agents shows who runs what.
+		r.opts.Logger.Debug("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
 	}
 	ts.acked = version
 	// Only an ACK of the version just sent supersedes a rejection. A request

@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -115,5 +117,35 @@ func TestParkedWatchesAnsweredInADSOrder(t *testing.T) {
 		default:
 			t.Fatalf("%s not answered", want)
 		}
+	}
+}
+
+// TestGroupMemo: the memoised group key is fleet.NodeGroup's, and an entry
+// goes once its node is collected.
+func TestGroupMemo(t *testing.T) {
+	var g groupMemo
+	n := node("a", map[string]string{"role": "edge", "dc": "ams"})
+	for range 2 {
+		if got := g.of(n); got != "dc=ams,role=edge" {
+			t.Fatalf("group %q, want dc=ams,role=edge", got)
+		}
+	}
+	if got := g.of(nil); got != "" {
+		t.Fatalf("nil node: group %q, want empty", got)
+	}
+	n = nil
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		g.mu.Lock()
+		left := len(g.m)
+		g.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries left after their node was collected", left)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

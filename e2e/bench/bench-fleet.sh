@@ -60,7 +60,7 @@ cleanup() {
   if [[ -n $TMP && -d $TMP ]]; then
     if ((rc != 0)); then
       log "logs of the failed run:"
-      for f in "$TMP"/logs/*.log; do [[ -s $f ]] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done
+      for f in "$TMP"/logs/*.log; do [[ -s $f ]] && { echo "== $f" >&2; tail -n 5 "$f" >&2; }; done
     fi
     rm -rf "$TMP"
   fi
@@ -120,6 +120,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 # cpu_s PID: utime+stime of PID in seconds.
 cpu_s() { sed -E 's/^.*\) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
+load_cpu_s() { local p s=0; for p in "$@"; do s=$(awk -v a="$s" -v b="$(cpu_s "$p")" 'BEGIN {print a + b}'); done; echo "$s"; }
 field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
 now_ns() { date +%s%N; }
 
@@ -215,12 +216,15 @@ for N in "${SIZES[@]}"; do
 
   # A push.
   cpu0=$(cpu_s "$CP")
+  lcpu0=$(load_cpu_s "${LOADS[@]}")
   since=$(now_ns)
   out=$("$BIN/flotctl" apply "$TMP/v2" -m "bench-fleet v2")
   version=$(sed -nE 's/^applied version ([0-9]+).*/\1/p' <<<"$out")
   [[ -n $version ]] || die "flotctl apply said: $out"
   rep=$("$FLEETLOAD" report --endpoints "$EPS" --since "$since" --version "$version" --wait 120s)
   cpu1=$(cpu_s "$CP")
+  lcpu1=$(load_cpu_s "${LOADS[@]}")
+  R[$N,lcpu]=$(awk -v a="$lcpu0" -v b="$lcpu1" 'BEGIN {printf "%.2f", b - a}')
   log "N=$N: push of version $version: $rep; control plane CPU $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}')s"
   R[$N,types]=$(field types "$rep")
   R[$N,p50]=$(field p50_ms "$rep")
@@ -229,8 +233,10 @@ for N in "${SIZES[@]}"; do
   R[$N,cpu]=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}')
 
   # A reconnect storm: stop the control plane (its streams close), start it again.
+  t0=$(now_ns)
   stop "$CP"
   since=$(now_ns)
+  R[$N,stop]=$(awk -v a="$t0" -v b="$since" 'BEGIN {printf "%.1f", (b - a) / 1e9}')
   start "cp-$N" "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
   CP=$STARTED
   rep=$("$FLEETLOAD" report --endpoints "$EPS" --since "$since" --synced --wait 300s)
@@ -254,12 +260,12 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------------------------------
 s2() { awk -v v="$1" 'BEGIN {printf "%.2f", v / 1000}'; }
 TABLE=$(
-  printf '| agents | load processes | connect, all synced (s) | CP RSS before → after (MiB) | CP KiB per idle agent | push: changed types | push p50 (s) | push p99 (s) | push max (s) | CP CPU per push (s) | storm: p50 (s) | storm p99 (s) | storm: all synced (s) | storm CP peak RSS (MiB) | storm CP CPU (s) | CP stayed up |\n'
-  printf '|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
+  printf '| agents | load processes | connect, all synced (s) | CP RSS before → after (MiB) | CP KiB per idle agent | push: changed types | push p50 (s) | push p99 (s) | push max (s) | CP CPU per push (s) | load CPU per push (s) | storm: CP stop (s) | storm: p50 (s) | storm p99 (s) | storm: all synced (s) | storm CP peak RSS (MiB) | storm CP CPU (s) | CP stayed up |\n'
+  printf '|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
   for N in "${SIZES[@]}"; do
-    printf '| %s | %s | %s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "${R[$N,procs]}" "${R[$N,connect]}" \
+    printf '| %s | %s | %s | %s → %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "${R[$N,procs]}" "${R[$N,connect]}" \
       "${R[$N,rss0]}" "${R[$N,rss1]}" "${R[$N,kib]}" "${R[$N,types]}" "$(s2 "${R[$N,p50]}")" "$(s2 "${R[$N,p99]}")" \
-      "$(s2 "${R[$N,max]}")" "${R[$N,cpu]}" "$(s2 "${R[$N,storm_p50]}")" "$(s2 "${R[$N,storm_p99]}")" \
+      "$(s2 "${R[$N,max]}")" "${R[$N,cpu]}" "${R[$N,lcpu]}" "${R[$N,stop]}" "$(s2 "${R[$N,storm_p50]}")" "$(s2 "${R[$N,storm_p99]}")" \
       "$(s2 "${R[$N,storm_max]}")" "${R[$N,storm_hwm]}" "${R[$N,storm_cpu]}" "${R[$N,up]}"
   done
 )
