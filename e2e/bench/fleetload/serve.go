@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -111,6 +112,8 @@ func (f *fleet) handler() http.Handler {
 		reply(w, f.acks(v))
 	})
 	mux.HandleFunc("GET /synced", func(w http.ResponseWriter, _ *http.Request) { reply(w, f.synced()) })
+	// The load process's own profile, to see what the simulation costs.
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 
