@@ -340,22 +340,25 @@ func (r *Registry) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 
 func (r *Registry) close(key streamKey) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	s := r.streams[key]
 	delete(r.streams, key)
-	if s == nil || s.nodeID == "" {
-		return
+	left := -1
+	if s != nil && s.nodeID != "" {
+		if a := r.agents[s.nodeID]; a != nil {
+			delete(a.streams, key)
+			left = len(a.streams)
+			if left == 0 {
+				delete(r.agents, s.nodeID)
+				r.gone[s.nodeID] = time.Now()
+			}
+		}
 	}
-	a := r.agents[s.nodeID]
-	if a == nil {
-		return
-	}
-	delete(a.streams, key)
-	r.opts.Logger.Info("agent stream closed", "node", s.nodeID, "peer", s.peer,
-		"connected_s", time.Since(s.opened).Seconds(), "streams_left", len(a.streams))
-	if len(a.streams) == 0 {
-		delete(r.agents, s.nodeID)
-		r.gone[s.nodeID] = time.Now()
+	r.mu.Unlock()
+	// Logged outside the lock: when a control plane stops, every stream
+	// closes at once.
+	if left >= 0 {
+		r.opts.Logger.Info("agent stream closed", "node", s.nodeID, "peer", s.peer,
+			"connected_s", time.Since(s.opened).Seconds(), "streams_left", left)
 	}
 }
 
@@ -384,7 +387,6 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 		delete(r.gone, s.nodeID)
 	}
 	a.streams[key] = s
-	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", s.group)
 	return s.nodeID, true
 }
 
@@ -408,7 +410,16 @@ func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, ver
 	if nodeID != "" && nonce != "" {
 		r.answer(r.streams[key], typeURL, nonce, version, nackMsg, nack)
 	}
+	var peerAddr, group string
+	if first {
+		s := r.streams[key]
+		peerAddr, group = s.peer, s.group
+	}
 	r.mu.Unlock()
+	// Logged outside the lock, like "agent stream closed".
+	if first {
+		r.opts.Logger.Info("agent connected", "node", nodeID, "peer", peerAddr, "group", group)
+	}
 	if first && r.opts.OnNodeSeen != nil {
 		r.opts.OnNodeSeen(node)
 	}

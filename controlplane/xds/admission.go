@@ -10,8 +10,8 @@ import (
 
 // Defaults of Options.StreamRate and Options.StreamBurst.
 const (
-	defaultStreamRate  = 2000
-	defaultStreamBurst = 500
+	defaultStreamRate  = 5000
+	defaultStreamBurst = 1000
 )
 
 func (o Options) streamRate() float64 {

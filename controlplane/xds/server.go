@@ -61,11 +61,11 @@ type Options struct {
 	// 0 means 1h.
 	RejectionTimeout time.Duration
 	// StreamRate bounds how many new xDS streams a second are served (see
-	// GRPCOptions); the others wait their turn. 0 means 2000; negative means
+	// GRPCOptions); the others wait their turn. 0 means 5000; negative means
 	// no bound.
 	StreamRate float64
 	// StreamBurst is how many streams may be admitted at once above
-	// StreamRate. 0 means 500.
+	// StreamRate. 0 means 1000.
 	StreamBurst int
 }
 
