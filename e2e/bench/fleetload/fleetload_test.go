@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -40,10 +42,25 @@ func TestDecodeResponseHeader(t *testing.T) {
 		{name: "empty", data: nil, want: &discoveryv3.DiscoveryResponse{}},
 		{name: "truncated", data: b[:len(b)-1], wantErr: true},
 	}
+	// The same, split into buffers at every position: gRPC hands the codec
+	// the message in pieces.
+	for i := 1; i < len(b); i++ {
+		tests = append(tests, struct {
+			name    string
+			data    []byte
+			want    *discoveryv3.DiscoveryResponse
+			wantErr bool
+		}{name: fmt.Sprintf("split at %d", i), data: b, want: tests[0].want})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got discoveryv3.DiscoveryResponse
-			err := lazyCodec{}.Unmarshal(tt.data, &got)
+			data := mem.BufferSlice{mem.SliceBuffer(tt.data)}
+			if i, ok := strings.CutPrefix(tt.name, "split at "); ok {
+				at, _ := strconv.Atoi(i)
+				data = mem.BufferSlice{mem.SliceBuffer(tt.data[:at]), mem.SliceBuffer(tt.data[at:])}
+			}
+			err := lazyCodec{}.Unmarshal(data, &got)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}
