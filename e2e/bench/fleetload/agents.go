@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +137,7 @@ func newFleet(opts fleetOptions) (*fleet, error) {
 	}
 	if opts.AgentsPerConn > 1 {
 		for i := 0; i < opts.Agents; i += opts.AgentsPerConn {
-			c, err := dial(opts.Server)
+			c, err := dial(opts.Server, nil)
 			if err != nil {
 				f.close()
 				return nil, err
@@ -153,9 +154,19 @@ func (f *fleet) close() {
 	}
 }
 
-// dial returns a ClientConn configured like the agent's.
-func dial(addr string) (*grpc.ClientConn, error) {
-	c, err := grpc.NewClient(addr,
+// dial returns a ClientConn configured like the agent's. With raw set, its
+// first connection is raw, already established.
+func dial(addr string, raw net.Conn) (*grpc.ClientConn, error) {
+	var d net.Dialer
+	dialer := func(ctx context.Context, target string) (net.Conn, error) {
+		if c := raw; c != nil {
+			raw = nil
+			return c, nil
+		}
+		return d.DialContext(ctx, "tcp", target)
+	}
+	c, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithContextDialer(dialer),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.ForceCodecV2(lazyCodec{})),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}))
@@ -233,8 +244,17 @@ func (f *fleet) recordErr(a *agent, err error) {
 func (f *fleet) runStream(ctx context.Context, a *agent, shared *grpc.ClientConn) (progressed bool, err error) {
 	conn := shared
 	if conn == nil {
-		c, err := dial(f.opts.Server)
+		// The TCP connection first: while the control plane is down, a
+		// refused connect costs the load process a syscall rather than a
+		// ClientConn, and the load processes share the machine with the
+		// control plane that is starting up.
+		raw, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", f.opts.Server)
 		if err != nil {
+			return false, fmt.Errorf("connect: %w", err)
+		}
+		c, err := dial(f.opts.Server, raw)
+		if err != nil {
+			raw.Close()
 			return false, err
 		}
 		defer c.Close()
