@@ -2,8 +2,16 @@ package xds
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"net"
 	"testing"
 	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 func TestAdmissionReserve(t *testing.T) {
@@ -61,5 +69,45 @@ func TestGRPCOptions(t *testing.T) {
 	}
 	if got := len(New(Options{StreamRate: -1}).GRPCOptions()); got != 0 {
 		t.Fatalf("StreamRate -1: %d options, want none", got)
+	}
+}
+
+// TestAdmissionOnAServer: on a real gRPC server, streams past the burst are
+// served at the configured rate.
+func TestAdmissionOnAServer(t *testing.T) {
+	s := New(Options{StreamRate: 20, StreamBurst: 2, Logger: slog.New(slog.DiscardHandler)})
+	g := grpc.NewServer(s.GRPCOptions()...)
+	s.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(lis) //nolint:errcheck // ends with Stop
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+
+	// A stream is served once the server answers its first request; with no
+	// version set it answers nothing, so "served" is "its node is known".
+	start := time.Now()
+	for i := range 4 {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		st, err := ads.StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node(fmt.Sprintf("n%d", i), nil), TypeUrl: resource.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "4 agents served", func() bool { return len(s.Agents(nil)) == 4 })
+	// Burst 2, then one every 50ms: the 4th is served 100ms after the first.
+	if d := time.Since(start); d < 80*time.Millisecond {
+		t.Fatalf("4 streams served in %v, want the last two held back about 50ms each", d)
 	}
 }
