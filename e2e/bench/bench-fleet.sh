@@ -87,9 +87,15 @@ stop_wait() {
 
 # stop PID...: stop processes started with start and forget them.
 stop() {
-  local p q keep=()
+  local p
   for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "$@"; do stop_wait "$p"; done
+  forget "$@"
+}
+
+# forget PID...: drop processes that are gone from the ones cleanup stops.
+forget() {
+  local p q keep=()
   for q in "${PIDS[@]}"; do
     for p in "$@"; do [[ $q == "$p" ]] && continue 2; done
     keep+=("$q")
@@ -245,8 +251,8 @@ for N in "${SIZES[@]}"; do
 
   # A reconnect storm: kill the control plane (every connection resets at once) and start it
   # again at once, so every agent comes back within its first backoff steps.
-  kill -KILL "$CP"
-  stop "$CP"
+  { kill -KILL "$CP"; wait "$CP"; } 2>/dev/null || true # quiet: bash would report the kill
+  forget "$CP"
   since=$(now_ns)
   start "cp-$N" "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
   CP=$STARTED
