@@ -187,6 +187,12 @@ for N in "${SIZES[@]}"; do
   for port in $P_XDS $P_ADMIN; do
     ss -Hltn "sport = :$port" | grep -q . && die "port $port is taken; stop what uses it"
   done
+  # A clean slate: the previous size's connections linger in TIME_WAIT for 60s, and a
+  # connect that has to step around tens of thousands of them is slower.
+  for _ in $(seq 1 700); do
+    (($(awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "tw") print $(i + 1)}' /proc/net/sockstat) < 1000)) && break
+    sleep 0.1
+  done
   DATA=$TMP/data-$N
   log "N=$N: control plane on 127.0.0.1:$P_XDS"
   start "cp-$N" "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
