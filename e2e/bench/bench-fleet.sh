@@ -21,13 +21,14 @@
 #
 # Knobs (environment): BENCH_FLEET_SIZES ("1000 5000 10000"), BENCH_FLEET_PER_PROC (2000: agents
 # per load process), BENCH_FLEET_CONNECT_RATE (0: agents started per second per load process,
-# 0 = all at once), BENCH_FLEET_LOAD_NICE (10: the load processes run at this nice level, so the
+# 0 = all at once), BENCH_FLEET_QUIET_WAIT (120: seconds to wait, before each measurement, for
+# the machine to be idle; the push table shows what other processes took), BENCH_FLEET_LOAD_NICE (10: the load processes run at this nice level, so the
 # control plane gets the CPU it asks for, as it would on a machine of its own; 0 shares it
 # equally), BENCH_OUT (BENCHMARKS.md), BIN (bin/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CMD=""
-for k in BIN BENCH_FLEET_SIZES BENCH_FLEET_PER_PROC BENCH_FLEET_CONNECT_RATE BENCH_FLEET_LOAD_NICE BENCH_OUT; do
+for k in BIN BENCH_FLEET_SIZES BENCH_FLEET_PER_PROC BENCH_FLEET_CONNECT_RATE BENCH_FLEET_LOAD_NICE BENCH_FLEET_QUIET_WAIT BENCH_OUT; do
   [[ -n ${!k:-} ]] && CMD+="$k=${!k} "
 done
 if [[ -n ${MAKELEVEL:-} ]]; then CMD+="make bench-fleet"; else CMD+="bash e2e/bench/bench-fleet.sh"; fi
@@ -38,6 +39,7 @@ read -r -a SIZES <<<"${BENCH_FLEET_SIZES:-1000 5000 10000}"
 PER_PROC=${BENCH_FLEET_PER_PROC:-2000}
 CONNECT_RATE=${BENCH_FLEET_CONNECT_RATE:-0}
 LOAD_NICE=${BENCH_FLEET_LOAD_NICE:-10}
+QUIET_WAIT=${BENCH_FLEET_QUIET_WAIT:-120}
 BEGIN_MARK='<!-- bench-fleet:begin -->'
 END_MARK='<!-- bench-fleet:end -->'
 # Ports on 127.0.0.1, below the ephemeral range; the xDS port changes per size so that the
@@ -51,6 +53,7 @@ die() { log "error: $*"; exit 1; }
 for n in "${SIZES[@]}"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_FLEET_SIZES: $n is not a positive number"; done
 [[ $PER_PROC =~ ^[1-9][0-9]*$ ]] || die "BENCH_FLEET_PER_PROC must be a positive number, got $PER_PROC"
 [[ $CONNECT_RATE =~ ^[0-9]+$ ]] || die "BENCH_FLEET_CONNECT_RATE must be a whole number, got $CONNECT_RATE"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_FLEET_QUIET_WAIT must be a whole number of seconds, got $QUIET_WAIT"
 [[ $LOAD_NICE =~ ^[0-9]+$ ]] && ((LOAD_NICE <= 19)) || die "BENCH_FLEET_LOAD_NICE must be 0 to 19, got $LOAD_NICE"
 for b in flotilla-controlplane flotctl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run make build"; done
 
@@ -131,6 +134,20 @@ hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 # cpu_s PID: utime+stime of PID in seconds.
 cpu_s() { sed -E 's/^.*\) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
 load_cpu_s() { local p s=0; for p in "$@"; do s=$(awk -v a="$s" -v b="$(cpu_s "$p")" 'BEGIN {print a + b}'); done; echo "$s"; }
+# busy_s: CPU seconds the whole machine has been busy (user, nice, system, irq, softirq, steal).
+busy_s() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
+
+# quiet: wait up to QUIET_WAIT seconds for the machine to be idle (under 0.1 CPU second busy
+# in a second), so that other work does not take the cores from what is measured.
+quiet() {
+  local a b
+  for _ in $(seq 1 "$QUIET_WAIT"); do
+    a=$(busy_s); sleep 1; b=$(busy_s)
+    awk -v a="$a" -v b="$b" 'BEGIN {exit !(b - a < 0.1)}' && return 0
+  done
+  log "the machine is not idle after ${QUIET_WAIT}s; measuring anyway (see the others column)"
+}
+
 field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
 now_ns() { date +%s%N; }
 
@@ -203,6 +220,7 @@ for N in "${SIZES[@]}"; do
   for _ in $(seq 1 30); do sleep 0.1; done # let the store and compile settle before the baseline
   RSS0=$(rss_kib "$CP")
 
+  quiet
   # Load processes of at most PER_PROC agents each.
   procs=$(((N + PER_PROC - 1) / PER_PROC))
   EPS=""
@@ -236,8 +254,10 @@ for N in "${SIZES[@]}"; do
   for push in eds all; do
     dir=$TMP/v2
     [[ $push == all ]] && dir=$TMP/v3
+    quiet
     cpu0=$(cpu_s "$CP")
     lcpu0=$(load_cpu_s "${LOADS[@]}")
+    busy0=$(busy_s)
     since=$(now_ns)
     out=$("$BIN/flotctl" apply "$dir" -m "bench-fleet $push")
     version=$(sed -nE 's/^applied version ([0-9]+).*/\1/p' <<<"$out")
@@ -245,6 +265,9 @@ for N in "${SIZES[@]}"; do
     rep=$("$FLEETLOAD" report --endpoints "$EPS" --since "$since" --version "$version" --wait 120s)
     cpu1=$(cpu_s "$CP")
     lcpu1=$(load_cpu_s "${LOADS[@]}")
+    busy1=$(busy_s)
+    R[$N,$push,others]=$(awk -v a="$busy0" -v b="$busy1" -v c="$cpu0" -v d="$cpu1" -v e="$lcpu0" -v f="$lcpu1" \
+      'BEGIN {o = (b - a) - (d - c) - (f - e); printf "%.2f", (o < 0) ? 0 : o}')
     R[$N,$push,types]=$(field types "$rep")
     R[$N,$push,p50]=$(field p50_ms "$rep")
     R[$N,$push,p99]=$(field p99_ms "$rep")
@@ -257,6 +280,7 @@ for N in "${SIZES[@]}"; do
 
   # A reconnect storm: kill the control plane (every connection resets at once) and start it
   # again at once, so every agent comes back within its first backoff steps.
+  quiet
   { kill -KILL "$CP"; wait "$CP"; } 2>/dev/null || true # quiet: bash would report the kill
   forget "$CP"
   since=$(now_ns)
@@ -289,12 +313,12 @@ TABLE=$(
     printf '| %s | %s | %s | %s → %s | %s |\n' "$N" "${R[$N,procs]}" "${R[$N,connect]}" "${R[$N,rss0]}" "${R[$N,rss1]}" "${R[$N,kib]}"
   done
   echo
-  printf '| agents | push | changed types | p50 (s) | p99 (s) | max (s) | CP CPU (s) | load processes CPU (s) |\n'
-  printf '|---:|---|---|---:|---:|---:|---:|---:|\n'
+  printf '| agents | push | changed types | p50 (s) | p99 (s) | max (s) | CP CPU (s) | load processes CPU (s) | other processes CPU (s, noise) |\n'
+  printf '|---:|---|---|---:|---:|---:|---:|---:|---:|\n'
   for N in "${SIZES[@]}"; do
     for push in eds all; do
-      printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "$push" "${R[$N,$push,types]}" "$(s2 "${R[$N,$push,p50]}")" \
-        "$(s2 "${R[$N,$push,p99]}")" "$(s2 "${R[$N,$push,max]}")" "${R[$N,$push,cpu]}" "${R[$N,$push,lcpu]}"
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "$push" "${R[$N,$push,types]}" "$(s2 "${R[$N,$push,p50]}")" \
+        "$(s2 "${R[$N,$push,p99]}")" "$(s2 "${R[$N,$push,max]}")" "${R[$N,$push,cpu]}" "${R[$N,$push,lcpu]}" "${R[$N,$push,others]}"
     done
   done
   echo
