@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,10 +99,21 @@ func (a *admission) wait(ctx context.Context) error {
 	}
 }
 
-// intercept admits a stream before its handler runs.
-func (a *admission) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+// intercept admits an xDS stream before its handler runs. Other streams on the same
+// server (the agents' stats reports) cost no push and pass at once: they must not use up
+// the tokens a reconnecting fleet needs for its configuration.
+func (a *admission) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !isXDS(info) {
+		return handler(srv, ss)
+	}
 	if err := a.wait(ss.Context()); err != nil {
 		return err
 	}
 	return handler(srv, ss)
+}
+
+// isXDS reports whether a stream is one of Envoy's discovery services (ADS, or a
+// per-type service such as /envoy.service.listener.v3.ListenerDiscoveryService/…).
+func isXDS(info *grpc.StreamServerInfo) bool {
+	return info == nil || strings.HasPrefix(info.FullMethod, "/envoy.service.")
 }

@@ -111,3 +111,24 @@ func TestAdmissionOnAServer(t *testing.T) {
 		t.Fatalf("4 streams served in %v, want the last two held back about 50ms each", d)
 	}
 }
+
+// TestAdmissionOnlyXDS: with no tokens left, an xDS stream waits but a stream of another
+// service on the same server (the agents' reports) is served at once.
+func TestAdmissionOnlyXDS(t *testing.T) {
+	tests := []struct {
+		method string
+		xds    bool
+	}{
+		{"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", true},
+		{"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources", true},
+		{"/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners", true},
+		{"/flotilla.report.v1.ReportService/Report", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method, func(t *testing.T) {
+			if got := isXDS(&grpc.StreamServerInfo{FullMethod: tt.method}); got != tt.xds {
+				t.Errorf("isXDS(%q) = %v, want %v", tt.method, got, tt.xds)
+			}
+		})
+	}
+}
