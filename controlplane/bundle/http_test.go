@@ -252,7 +252,7 @@ listeners:
 		}},
 		{name: "clusters and grpc services", yaml: `
 clusters:
-  - { name: h3, protocol: http3, http_idle_timeout: -1s, retry_budget: { percent: 101 }, endpoints: ["192.0.2.50:80"] }
+  - { name: h3, protocol: http3, http_idle_timeout: -1s, retry_budget: { percent: 101 }, panic_threshold: 101, endpoints: ["192.0.2.50:80"] }
 grpc_services:
   - { name: greeter, cluster: maglev }
   - { name: greeter, cluster: nope }
@@ -260,6 +260,7 @@ grpc_services:
   - { cluster: api }
 `, want: []string{
 			`a.yaml: clusters[0].http_idle_timeout: must not be negative, got -1s`,
+			`a.yaml: clusters[0].panic_threshold: 101 is more than 100 (a percentage of healthy endpoints; 0 turns panic mode off)`,
 			`a.yaml: clusters[0].protocol: "http3" is not an upstream protocol: use "http1" (the default) or "http2"`,
 			`a.yaml: clusters[0].retry_budget.percent: 101 is more than 100 (0 means the default, 20)`,
 			`a.yaml: grpc_services[0].cluster: cluster "maglev" uses lb "maglev", which gRPC clients do not implement: use "round_robin", "least_request" or "ring_hash"`,
