@@ -399,11 +399,16 @@ lighter transport than one grpc-go server connection per agent; it was not done 
   comes back within a second or two. Times are from the restart to each agent's complete set
   of ACKs on its new stream; "all synced" is the last agent's. CP CPU is the new process's,
   start-up included; the xDS server admits new streams at 5,000/s (burst 1,000).
+- Run-to-run variation: the control plane and the load processes share 2 cores, and the
+  control plane's own CPU for the same push varies with how they are interleaved. Repeated
+  10,000-agent runs while this script was written gave, for the push of every type, a p99
+  of 1.2 to 3.3 s and control-plane CPU of 1.7 to 3.5 s; for the endpoints push, a p99
+  of 0.6 to 1.2 s. Read several runs before comparing two builds.
 - Machine: $(nproc) cores ($CPU_MODEL), kernel $(uname -r), $(go version | awk '{print $3}'); the
   control plane and the load processes share the cores; the load processes run at nice
   $LOAD_NICE, so that the control plane gets the CPU it asks for, as on a machine of its own
-  (with 5 load processes of 2 threads each at the same priority it got about a sixth of the
-  cores in a push, and the p99 of the same push varied from 1.6 to 5 s). Load average before/after:
+  (with them at the same priority, the p99 of the same push varied from 1.6 to 5 s). Load
+  average before/after:
   $LOAD_BEFORE / $LOAD_AFTER.
 $END_MARK
 EOF
