@@ -104,3 +104,10 @@ bench-l4: build
 .PHONY: bench-http
 bench-http: build
 	bash e2e/bench/bench-http.sh
+
+## bench-fleet: the control plane with 1,000, 5,000 and 10,000 simulated agents (real ADS
+## streams over loopback from e2e/bench/fleetload): memory per idle agent, convergence of a
+## push, a reconnect storm; writes its section of BENCHMARKS.md.
+.PHONY: bench-fleet
+bench-fleet: build
+	bash e2e/bench/bench-fleet.sh

@@ -505,7 +505,8 @@ clusters:
 }
 
 // TestHTTPErrorResponses: 502 when the backend is down, 503 when the
-// cluster's circuit breaker is full, 504 when the backend answers after the
+// cluster's circuit breaker is full or (panic mode off) no endpoint passes
+// its health check, 504 when the backend answers after the
 // route timeout, and a slowloris client (an unfinished header line, then
 // nothing) cut off by request_headers_timeout.
 func TestHTTPErrorResponses(t *testing.T) {
@@ -527,12 +528,17 @@ listeners:
         - { match: { prefix: /down }, cluster: down }
         - { match: { prefix: /slow }, cluster: slow, timeout: 500ms }
         - { match: { prefix: /busy }, cluster: busy, timeout: 0s }
+        - { match: { prefix: /sick }, cluster: sick }
         - { match: { prefix: / }, cluster: slow }
 clusters:
   - { name: down, endpoints: [%q] }
   - { name: slow, endpoints: [%q] }
   - { name: busy, endpoints: [%q], max_connections: 1 }
-`, listen, down, slow.addr, busy.addr))
+  - name: sick
+    endpoints: [%q]
+    health_check: { interval: 1s, tcp: {} }
+    panic_threshold: 0
+`, listen, down, slow.addr, busy.addr, down))
 	cp.apply(t, cfg, "error cases")
 	ag.waitReady(t)
 	c := noRedirects(h1Transport(nil))
@@ -554,6 +560,17 @@ clusters:
 		}
 		if res.status != http.StatusBadGateway {
 			t.Fatalf("status %d %q, want 502", res.status, res.body)
+		}
+	})
+	t.Run("503 no healthy upstream", func(t *testing.T) {
+		// The only endpoint fails its health check and panic mode is off:
+		// the agent answers at once, without trying the endpoint.
+		res, err := httpGet(c, "http://"+listen+"/sick", "errors.example", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.status != http.StatusServiceUnavailable || !strings.Contains(res.body, "no healthy upstream") {
+			t.Fatalf("status %d %q, want 503 no healthy upstream", res.status, res.body)
 		}
 	})
 	t.Run("504 slower than the route timeout", func(t *testing.T) {

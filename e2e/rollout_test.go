@@ -129,7 +129,8 @@ func TestRolloutOneThenAll(t *testing.T) {
 	if r := cp.flotctl(t, "wait", "--timeout", "30s"); r.code != 0 || !strings.Contains(r.stdout, "version 2") {
 		t.Errorf("flotctl wait after the rollout: %s", r)
 	}
-	if r := cp.flotctl(t, "rollout", "list"); r.code != 0 || !strings.Contains(lineWith(r.stdout, "COMPLETED"), "1   2") {
+	r = cp.flotctl(t, "rollout", "list")
+	if f := strings.Fields(lineWith(r.stdout, "1 ")); r.code != 0 || len(f) < 5 || f[1] != "2" || f[4] != "COMPLETED" {
 		t.Errorf("flotctl rollout list: %s", r)
 	}
 	if n, err := cpMetric(cp, `flotilla_controlplane_rollouts{state="COMPLETED"}`); err != nil || n != 1 {

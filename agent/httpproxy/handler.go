@@ -143,9 +143,15 @@ func (x *exchange) normalize(r *http.Request) (target string, ok bool) {
 	if !m.NormalizePath && !m.MergeSlashes && m.EscapedSlashes == httproute.EscapedSlashesKeep {
 		return r.RequestURI, true
 	}
-	target = wirePath(r.URL)
-	if r.URL.ForceQuery || r.URL.RawQuery != "" {
-		target += "?" + r.URL.RawQuery
+	if target = r.RequestURI; !strings.HasPrefix(target, "/") {
+		if !strings.HasPrefix(r.URL.Path, "/") {
+			return target, true // "*", CONNECT's authority: no path to normalise
+		}
+		// Absolute form (http://host/p?q): reduced to the path and query.
+		target = wirePath(r.URL)
+		if r.URL.ForceQuery || r.URL.RawQuery != "" {
+			target += "?" + r.URL.RawQuery
+		}
 	}
 	norm, verdict := normalizePath(target, m)
 	switch verdict {

@@ -51,6 +51,9 @@ func normalizePath(target string, m *httproute.Manager) (string, pathVerdict) {
 	if m.MergeSlashes {
 		p = mergeSlashes(p)
 	}
+	if len(p)+len(query) == len(target) && p == target[:len(p)] {
+		return target, verdict // unchanged: no allocation
+	}
 	return p + query, verdict
 }
 
@@ -89,7 +92,8 @@ func unescapeSlashes(p string) string {
 
 // decodeUnreserved decodes the percent-escapes of unreserved characters and upper-cases
 // the hex digits of the other escapes (RFC 3986 §6.2.2.1–2); a "%" not followed by two
-// hex digits is left as it is.
+// hex digits (which net/http does not let through) becomes "%25", so that decoding never
+// makes a new escape of it.
 func decodeUnreserved(p string) string {
 	if strings.IndexByte(p, '%') < 0 {
 		return p
@@ -98,8 +102,12 @@ func decodeUnreserved(p string) string {
 	b.Grow(len(p))
 	for i := 0; i < len(p); i++ {
 		c := p[i]
-		if c != '%' || i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+		if c != '%' {
 			b.WriteByte(c)
+			continue
+		}
+		if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+			b.WriteString("%25")
 			continue
 		}
 		v := unhex(p[i+1])<<4 | unhex(p[i+2])

@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/flotilla-proxy/flotilla/agent/httproute"
@@ -53,7 +54,8 @@ func TestNormalizePath(t *testing.T) {
 		{"redirect mode, nothing escaped", redir, "/a/b?x=%2F", "/a/b?x=%2F", pathForward},
 		{"asterisk", both, "*", "*", pathForward},
 		{"empty query kept", both, "/a/../b?", "/b?", pathForward},
-		{"lone percent", norm, "/a%2", "/a%2", pathForward},
+		{"lone percent", norm, "/a%2", "/a%252", pathForward},
+		{"stray percent makes no escape", norm, "/%%41a", "/%25Aa", pathForward},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,4 +65,42 @@ func TestNormalizePath(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzNormalizePath: any target normalises without panicking, to a path that starts with
+// "/" (when the target's did), keeps its query, and has no dot segment left; normalising
+// again changes nothing.
+func FuzzNormalizePath(f *testing.F) {
+	for _, s := range []string{"/x/../admin", "//admin", "/%61dmin", "/a/./b/", "/..", "/%2e%2e/", "/a%2Fb?q=%2F", "/a%5c..%5cb", "*", "/a?b=/../"} {
+		f.Add(s, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, target string, action uint8) {
+		m := &httproute.Manager{NormalizePath: true, MergeSlashes: true, EscapedSlashes: httproute.EscapedSlashesAction(action % 4)}
+		got, v := normalizePath(target, m)
+		if v == pathReject {
+			return
+		}
+		path, query, hasQuery := strings.Cut(got, "?")
+		inPath, inQuery, inHasQuery := strings.Cut(target, "?")
+		if query != inQuery || hasQuery != inHasQuery {
+			t.Fatalf("normalizePath(%q) = %q: query changed", target, got)
+		}
+		if !strings.HasPrefix(inPath, "/") {
+			if got != target {
+				t.Fatalf("normalizePath(%q) = %q: a target without a path changed", target, got)
+			}
+			return
+		}
+		if !strings.HasPrefix(path, "/") || strings.Contains(path, "//") {
+			t.Fatalf("normalizePath(%q) = %q", target, got)
+		}
+		for seg := range strings.SplitSeq(path, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("normalizePath(%q) = %q: dot segment left", target, got)
+			}
+		}
+		if again, _ := normalizePath(got, m); again != got {
+			t.Fatalf("normalizePath(%q) = %q, then %q: not idempotent", target, got, again)
+		}
+	})
 }

@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// TestIdleConnUnusable: an idle connection is usable while nothing is readable, and not
+// TestPeeker: an idle connection is usable while nothing is readable, and not
 // once the peer sent a byte or closed; peeking consumes nothing.
-func TestIdleConnUnusable(t *testing.T) {
+func TestPeeker(t *testing.T) {
 	tests := []struct {
 		name string
 		peer func(net.Conn)
@@ -40,13 +40,14 @@ func TestIdleConnUnusable(t *testing.T) {
 			tt.peer(s)
 			// Loopback delivers at once, but poll for the event to be safe.
 			deadline := time.Now().Add(2 * time.Second)
-			got := idleConnUnusable(c)
+			pk := newPeeker(c)
+			got := pk.unusable()
 			for got != tt.want && tt.want && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)
-				got = idleConnUnusable(c)
+				got = pk.unusable()
 			}
 			if got != tt.want {
-				t.Fatalf("idleConnUnusable = %v, want %v", got, tt.want)
+				t.Fatalf("unusable() = %v, want %v", got, tt.want)
 			}
 			if tt.name == "unsolicited bytes" {
 				buf := make([]byte, 9)
@@ -56,5 +57,31 @@ func TestIdleConnUnusable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPeeker: the check before each reuse of a fast-path connection.
+func BenchmarkPeeker(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	pk := newPeeker(c)
+	b.ReportAllocs()
+	for b.Loop() {
+		if pk.unusable() {
+			b.Fatal("a quiet connection is unusable")
+		}
 	}
 }

@@ -44,6 +44,7 @@ type h1Conn struct {
 	lr       *limitReader // under br: bounds the response headers
 	br       *bufio.Reader
 	bw       *bufio.Writer
+	peek     *peeker // checks the connection is quiet before reuse
 	idleAt   time.Time
 	reused   bool
 	endpoint netip.AddrPort
@@ -85,7 +86,7 @@ func (p *h1Pool) get(ctx context.Context, ep netip.AddrPort) (*h1Conn, error) {
 			continue
 		}
 		p.mu.Unlock()
-		if c.br.Buffered() > 0 || idleConnUnusable(c.nc) {
+		if c.br.Buffered() > 0 || c.peek.unusable() {
 			// The endpoint sent something nobody asked for (a 408 before closing, the
 			// rest of a response that framed itself wrong) or closed the connection:
 			// those bytes must never be read as the next request's response.
@@ -102,7 +103,8 @@ func (p *h1Pool) get(ctx context.Context, ep netip.AddrPort) (*h1Conn, error) {
 		return nil, err
 	}
 	lr := &limitReader{r: nc, n: -1}
-	return &h1Conn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, h1ReadBuffer), bw: bufio.NewWriterSize(nc, h1WriteBuffer), endpoint: ep, pool: p}, nil
+	return &h1Conn{nc: nc, lr: lr, br: bufio.NewReaderSize(lr, h1ReadBuffer), bw: bufio.NewWriterSize(nc, h1WriteBuffer),
+		peek: newPeeker(nc), endpoint: ep, pool: p}, nil
 }
 
 // put returns a connection whose response was read to the end.

@@ -8,7 +8,9 @@
 // to a net/http Server through a channel-backed net.Listener (HTTP/1.1, HTTP/2 over TLS by
 // ALPN, h2c with prior knowledge). Server.ServeHTTP loads the route table once (an RDS
 // update applies to the next request, even on a kept-alive connection, and never touches
-// requests in flight or upgraded WebSockets), selects the virtual host and route, and then
+// requests in flight or upgraded WebSockets), normalises the path when the manager says so
+// (normalize.go: the normalised path is routed on and forwarded), selects the virtual host
+// and route, and then
 // redirects, answers directly, or forwards: Forward picks a weighted cluster, and an
 // httputil.ReverseProxy whose Transport is roundTripper picks an endpoint (package upstream:
 // policy, health, ejections, circuit breaker), sends over the cluster's keep-alive pool
@@ -20,7 +22,9 @@
 // Local replies follow Envoy, except that a failure to connect is nginx's 502: no route
 // 404; cluster unknown, without endpoints or at its circuit breaker 503 "no healthy
 // upstream"; connect failure or reset before the response 502; route or per-try timeout
-// 504; body over the limit 413; headers over the limit 431 (net/http); upgrade not enabled
+// 504 (the route timeout also ends a request whose upstream takes none of its body for that
+// long before answering); body over the limit 413; path with an escaped slash under
+// path_with_escaped_slashes_action REJECT_REQUEST 400 (UNESCAPE_AND_REDIRECT: 307); headers over the limit 431 (net/http); upgrade not enabled
 // for the route 403; HTTP over a require_tls virtual host 301 to https; a request body
 // not complete within request_timeout 408. The access log's status for a client that went
 // away before the response is nginx's 499.

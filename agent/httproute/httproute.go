@@ -241,8 +241,10 @@ type Forward struct {
 	HostRewrite     string
 	AutoHostRewrite bool
 	// Timeout bounds the time from the end of the downstream request to the end of the
-	// upstream response headers (route timeout; Envoy default 15s, 0 disables). A timeout
-	// answers 504.
+	// upstream response headers (route timeout; Envoy default 15s, 0 disables). It also
+	// bounds, before response headers, how long the upstream may take none of the request
+	// body bytes the proxy has for it (a hung upstream never reading a large upload). A
+	// timeout answers 504.
 	Timeout time.Duration
 	// IdleTimeout overrides the manager's StreamIdleTimeout for this route when
 	// IdleTimeoutSet (0 then disables it): long read timeouts for WebSockets and streams.

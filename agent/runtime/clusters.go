@@ -124,8 +124,12 @@ func parseLB(c *clusterv3.Cluster, cfg *upstream.ClusterConfig) error {
 		if err := fieldcheck.Only(clb, path, "healthy_panic_threshold"); err != nil {
 			return err
 		}
-		if t := clb.GetHealthyPanicThreshold(); t != nil && t.GetValue() != upstream.PanicThreshold {
-			return fmt.Errorf("%s.healthy_panic_threshold %g is not supported by flotilla-agent (%d only, Envoy's default)", path, t.GetValue(), upstream.PanicThreshold)
+		if t := clb.GetHealthyPanicThreshold(); t != nil {
+			v := t.GetValue()
+			if !(v >= 0 && v <= 100) {
+				return fmt.Errorf("%s.healthy_panic_threshold: %g is not a percentage (0 to 100)", path, v)
+			}
+			cfg.PanicThreshold = &v
 		}
 	}
 	return nil

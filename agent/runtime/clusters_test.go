@@ -60,7 +60,10 @@ func TestClusterUpstream(t *testing.T) {
 		{"random, panic threshold 50", eds(func(c *clusterv3.Cluster) {
 			c.LbPolicy = clusterv3.Cluster_RANDOM
 			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 50}}
-		}), base(func(c *upstream.ClusterConfig) { c.Policy = upstream.Random })},
+		}), base(func(c *upstream.ClusterConfig) { c.Policy = upstream.Random; c.PanicThreshold = ptr(50.0) })},
+		{"panic mode off", eds(func(c *clusterv3.Cluster) {
+			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 0}}
+		}), base(func(c *upstream.ClusterConfig) { c.PanicThreshold = ptr(0.0) })},
 		{"tcp health check with send and expect (text is hex)", eds(func(c *clusterv3.Cluster) {
 			hc := runtimetest.HealthCheck(5*time.Second, 2, 3)
 			hc.Timeout = durationpb.New(2 * time.Second)
@@ -151,9 +154,9 @@ func TestClusterRejects(t *testing.T) {
 			c.LbPolicy = clusterv3.Cluster_MAGLEV
 			c.LbConfig = &clusterv3.Cluster_MaglevLbConfig_{MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{TableSize: wrapperspb.UInt64(1000)}}
 		}, "maglev_lb_config.table_size: 1000 is not a prime number"},
-		{"panic threshold 30", func(c *clusterv3.Cluster) {
-			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 30}}
-		}, "common_lb_config.healthy_panic_threshold 30 is not supported by flotilla-agent (50 only, Envoy's default)"},
+		{"panic threshold 130", func(c *clusterv3.Cluster) {
+			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 130}}
+		}, "common_lb_config.healthy_panic_threshold: 130 is not a percentage (0 to 100)"},
 		{"zone aware", func(c *clusterv3.Cluster) {
 			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{CloseConnectionsOnHostSetChange: true}
 		}, "common_lb_config.close_connections_on_host_set_change is not supported by flotilla-agent"},
@@ -292,3 +295,5 @@ func TestListenerLimitAndHashPolicy(t *testing.T) {
 		}
 	})
 }
+
+func ptr[T any](v T) *T { return &v }

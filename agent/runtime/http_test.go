@@ -324,6 +324,8 @@ func TestValidateHTTP(t *testing.T) {
 		}), ""},
 		{"prefix_rewrite without slash", rds, route(func(r *routev3.Route) { r.GetRoute().PrefixRewrite = "v2/" }),
 			rp + `.routes[0].route.prefix_rewrite: "v2/" must start with /`},
+		{"prefix_rewrite bad escape", rds, route(func(r *routev3.Route) { r.GetRoute().PrefixRewrite = "/x%zz/" }),
+			rp + `.routes[0].route.prefix_rewrite: "/x%zz/" is not a valid escaped path: invalid URL escape "%zz"`},
 		{"full manager", lds, httpResources().Listeners["web"], ""},
 		{"behind connection_limit", lds, runtimetest.WithConnectionLimit(hcm(nil), 10), ""},
 		{"inline route_config", lds, hcm(func(h *hcmv3.HttpConnectionManager) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -349,8 +350,13 @@ func parseRouteAction(a *routev3.RouteAction, path string) (*httproute.Forward, 
 		return nil, err
 	}
 	f := &httproute.Forward{Timeout: DefaultRouteTimeout, PrefixRewrite: a.GetPrefixRewrite()}
-	if pr := f.PrefixRewrite; pr != "" && pr[0] != '/' {
-		return nil, fmt.Errorf("%s.prefix_rewrite: %q must start with /", path, pr)
+	if pr := f.PrefixRewrite; pr != "" {
+		if pr[0] != '/' {
+			return nil, fmt.Errorf("%s.prefix_rewrite: %q must start with /", path, pr)
+		}
+		if _, err := url.PathUnescape(pr); err != nil {
+			return nil, fmt.Errorf("%s.prefix_rewrite: %q is not a valid escaped path: %w", path, pr, err)
+		}
 	}
 	switch cs := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:

@@ -130,7 +130,7 @@ type HostStatus struct {
 // Name returns the cluster's name.
 func (c *Cluster) Name() string { return c.name }
 
-// Panic reports whether the cluster is in panic mode: fewer than PanicThreshold percent
+// Panic reports whether the cluster is in panic mode: fewer than its PanicThreshold percent
 // of its hosts take traffic, so it balances over all of them.
 func (c *Cluster) Panic() bool { return c.lb.Load().panic }
 
@@ -304,7 +304,7 @@ func (c *Cluster) rebuildLocked() {
 		}
 		h.stats.healthy.Set(boolFloat(!h.hcFailed && !h.ejected))
 	}
-	panicMode := len(c.hosts) > 0 && 100*len(up) < PanicThreshold*len(c.hosts)
+	panicMode := len(c.hosts) > 0 && 100*float64(len(up)) < c.cfg.panicThreshold()*float64(len(c.hosts))
 	candidates := up
 	if panicMode {
 		candidates = slices.Clone(c.hosts)

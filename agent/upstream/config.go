@@ -203,6 +203,19 @@ type ClusterConfig struct {
 	MinRingSize, MaxRingSize uint64
 	// TableSize is the Maglev table size, a prime; 0 means 65537 (Envoy's default).
 	TableSize uint64
+	// PanicThreshold is healthy_panic_threshold, a percentage: when fewer than this share
+	// of the hosts take traffic, the cluster balances over all of them. nil means
+	// PanicThreshold (50, Envoy's default); 0 turns panic mode off, so a cluster with no
+	// healthy host picks none (ErrNoHealthyUpstream).
+	PanicThreshold *float64
+}
+
+// panicThreshold returns c's panic threshold in percent.
+func (c *ClusterConfig) panicThreshold() float64 {
+	if c.PanicThreshold == nil {
+		return PanicThreshold
+	}
+	return *c.PanicThreshold
 }
 
 // Defaults, as Envoy has them (or, for health-check thresholds Envoy requires, as HAProxy
@@ -235,6 +248,9 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if c.Policy < RoundRobin || c.Policy > Random {
 		return fmt.Errorf("cluster %q: unknown load-balancing policy %d", c.Name, int(c.Policy))
+	}
+	if p := c.PanicThreshold; p != nil && !(*p >= 0 && *p <= 100) {
+		return fmt.Errorf("cluster %q: panic threshold %g is not a percentage (0 to 100)", c.Name, *p)
 	}
 	seen := make(map[netip.AddrPort]bool, len(c.Endpoints))
 	for i, e := range c.Endpoints {

@@ -130,28 +130,41 @@ func TestOutlierMaxEjectionPercent(t *testing.T) {
 }
 
 func TestPanicMode(t *testing.T) {
+	off, high := 0.0, 80.0
 	tests := []struct {
 		name      string
+		threshold *float64
 		hosts     int
 		down      int
 		wantPanic bool
 	}{
-		{"all healthy", 4, 0, false},
-		{"half healthy", 4, 2, false},
-		{"quarter healthy", 4, 3, true},
-		{"none healthy", 2, 2, true},
+		{"all healthy", nil, 4, 0, false},
+		{"half healthy", nil, 4, 2, false},
+		{"quarter healthy", nil, 4, 3, true},
+		{"none healthy", nil, 2, 2, true},
+		{"threshold 80, three quarters healthy", &high, 4, 1, true},
+		{"threshold 0, quarter healthy", &off, 4, 3, false},
+		{"threshold 0, none healthy", &off, 2, 2, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r, _ := newTestRegistry(t)
 			eps := synthetic(tt.hosts)
-			r.Update([]ClusterConfig{{Name: "c", Endpoints: eps, Outlier: &Outlier{Consecutive5xxOrConnectFailures: 1, MaxEjectionPercent: 100}}})
+			r.Update([]ClusterConfig{{Name: "c", Endpoints: eps, PanicThreshold: tt.threshold,
+				Outlier: &Outlier{Consecutive5xxOrConnectFailures: 1, MaxEjectionPercent: 100}}})
 			c := r.Cluster("c")
 			for _, e := range eps[:tt.down] {
 				failHost(t, c, e.Addr, 1)
 			}
 			if c.Panic() != tt.wantPanic {
 				t.Fatalf("panic mode %v, want %v", c.Panic(), tt.wantPanic)
+			}
+			if tt.down == tt.hosts && !tt.wantPanic {
+				// Panic mode off and nothing healthy: no pick at all.
+				if _, err := c.Pick(0, nil); !errors.Is(err, ErrNoHealthyUpstream) {
+					t.Fatalf("Pick() error = %v, want ErrNoHealthyUpstream", err)
+				}
+				return
 			}
 			seen := map[netip.AddrPort]bool{}
 			for range 4 * tt.hosts {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -371,6 +372,10 @@ func (v *validator) httpRoute(at site, f string, r *configv1.HttpRoute) {
 			v.add(at, f+".prefix_rewrite", "%q must start with \"/\"", pr)
 		case !printable(pr):
 			v.add(at, f+".prefix_rewrite", "%q must not contain spaces or control characters", pr)
+		default:
+			if _, err := url.PathUnescape(pr); err != nil {
+				v.add(at, f+".prefix_rewrite", "%q is not a valid escaped path: %v", pr, err)
+			}
 		}
 	}
 	if r.GetHostRewrite() != "" {
@@ -637,6 +642,9 @@ func (v *validator) httpCluster(at site, c *configv1.Cluster) {
 		v.add(at, "protocol", "%q is not an upstream protocol: use %q (the default) or %q", p, ProtocolHTTP1, ProtocolHTTP2)
 	}
 	v.duration(at, "http_idle_timeout", c.GetHttpIdleTimeout(), true)
+	if c.PanicThreshold != nil && c.GetPanicThreshold() > 100 {
+		v.add(at, "panic_threshold", "%d is more than 100 (a percentage of healthy endpoints; 0 turns panic mode off)", c.GetPanicThreshold())
+	}
 	if rb := c.GetRetryBudget(); rb != nil && rb.GetPercent() > 100 {
 		v.add(at, "retry_budget.percent", "%d is more than 100 (0 means the default, 20)", rb.GetPercent())
 	}

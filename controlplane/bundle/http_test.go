@@ -192,6 +192,7 @@ listeners:
         - { weighted_clusters: [{ cluster: api, weight: 1 }, { cluster: pp, weight: 1 }] }
         - { cluster: api, prefix_rewrite: v2/, host_rewrite: "internal/v1" }
         - { cluster: api, host_rewrite: "*" }
+        - { cluster: api, prefix_rewrite: "/x%zz/" }
 `, want: []string{
 			`a.yaml: listeners[0].http.routes[0]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
 			`a.yaml: listeners[0].http.routes[1]: needs exactly one of cluster, weighted_clusters, redirect and direct_response`,
@@ -222,6 +223,7 @@ listeners:
 			`a.yaml: listeners[0].http.routes[11].host_rewrite: "internal/v1" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
 			`a.yaml: listeners[0].http.routes[11].prefix_rewrite: "v2/" must start with "/"`,
 			`a.yaml: listeners[0].http.routes[12].host_rewrite: "*" is not a host name (no spaces, control characters, non-ASCII or any of / ? # @ *)`,
+			`a.yaml: listeners[0].http.routes[13].prefix_rewrite: "/x%zz/" is not a valid escaped path: invalid URL escape "%zz"`,
 		}},
 		{name: "header ops", yaml: `
 listeners:
@@ -250,7 +252,7 @@ listeners:
 		}},
 		{name: "clusters and grpc services", yaml: `
 clusters:
-  - { name: h3, protocol: http3, http_idle_timeout: -1s, retry_budget: { percent: 101 }, endpoints: ["192.0.2.50:80"] }
+  - { name: h3, protocol: http3, http_idle_timeout: -1s, retry_budget: { percent: 101 }, panic_threshold: 101, endpoints: ["192.0.2.50:80"] }
 grpc_services:
   - { name: greeter, cluster: maglev }
   - { name: greeter, cluster: nope }
@@ -258,6 +260,7 @@ grpc_services:
   - { cluster: api }
 `, want: []string{
 			`a.yaml: clusters[0].http_idle_timeout: must not be negative, got -1s`,
+			`a.yaml: clusters[0].panic_threshold: 101 is more than 100 (a percentage of healthy endpoints; 0 turns panic mode off)`,
 			`a.yaml: clusters[0].protocol: "http3" is not an upstream protocol: use "http1" (the default) or "http2"`,
 			`a.yaml: clusters[0].retry_budget.percent: 101 is more than 100 (0 means the default, 20)`,
 			`a.yaml: grpc_services[0].cluster: cluster "maglev" uses lb "maglev", which gRPC clients do not implement: use "round_robin", "least_request" or "ring_hash"`,

@@ -85,6 +85,14 @@ func clusterPolicies(out *clusterv3.Cluster, c *configv1.Cluster) error {
 			EnforcingConsecutive_5Xx: wrapperspb.UInt32(100),
 		}
 	}
+	if c.PanicThreshold != nil {
+		if c.GetPanicThreshold() > 100 {
+			return fmt.Errorf("panic_threshold %d is more than 100", c.GetPanicThreshold())
+		}
+		out.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{
+			HealthyPanicThreshold: &typev3.Percent{Value: float64(c.GetPanicThreshold())},
+		}
+	}
 	out.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
 		Priority:       corev3.RoutingPriority_DEFAULT,
 		MaxConnections: wrapperspb.UInt32(orUint32(c.GetMaxConnections(), DefaultMaxConnections)),

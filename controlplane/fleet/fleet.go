@@ -396,22 +396,25 @@ func (r *Registry) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 
 func (r *Registry) close(key streamKey) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	s := r.streams[key]
 	delete(r.streams, key)
-	if s == nil || s.nodeID == "" {
-		return
+	left := -1
+	if s != nil && s.nodeID != "" {
+		if a := r.agents[s.nodeID]; a != nil {
+			delete(a.streams, key)
+			left = len(a.streams)
+			if left == 0 {
+				delete(r.agents, s.nodeID)
+				r.gone[s.nodeID] = time.Now()
+			}
+		}
 	}
-	a := r.agents[s.nodeID]
-	if a == nil {
-		return
-	}
-	delete(a.streams, key)
-	r.opts.Logger.Info("agent stream closed", "node", s.nodeID, "peer", s.peer,
-		"connected_s", time.Since(s.opened).Seconds(), "streams_left", len(a.streams))
-	if len(a.streams) == 0 {
-		delete(r.agents, s.nodeID)
-		r.gone[s.nodeID] = time.Now()
+	r.mu.Unlock()
+	// Logged outside the lock: when a control plane stops, every stream
+	// closes at once.
+	if left >= 0 {
+		r.opts.Logger.Info("agent stream closed", "node", s.nodeID, "peer", s.peer,
+			"connected_s", time.Since(s.opened).Seconds(), "streams_left", left)
 	}
 }
 
@@ -441,7 +444,6 @@ func (r *Registry) bind(key streamKey, node *corev3.Node) (nodeID string, first 
 		delete(r.gone, s.nodeID)
 	}
 	a.streams[key] = s
-	r.opts.Logger.Info("agent connected", "node", s.nodeID, "peer", s.peer, "group", s.group)
 	return s.nodeID, true
 }
 
@@ -499,7 +501,16 @@ func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, ver
 	if nodeID != "" && nonce != "" {
 		ev = r.answer(r.streams[key], typeURL, nonce, version, nackMsg, nack)
 	}
+	var peerAddr, group string
+	if first {
+		s := r.streams[key]
+		peerAddr, group = s.peer, s.group
+	}
 	r.mu.Unlock()
+	// Logged outside the lock, like "agent stream closed".
+	if first {
+		r.opts.Logger.Info("agent connected", "node", nodeID, "peer", peerAddr, "group", group)
+	}
 	if first && r.opts.OnNodeSeen != nil {
 		r.opts.OnNodeSeen(node)
 	}
@@ -544,7 +555,9 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 		version = ts.sent
 	}
 	if ts.acked != version {
-		r.opts.Logger.Info("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
+		// Debug: at fleet scale every push would log a line per agent and
+		// type; flotctl agents shows who runs what.
+		r.opts.Logger.Debug("agent acked config", "node", nodeID, "type", ShortName(typeURL), "version", version)
 	}
 	ts.acked = version
 	// Only an ACK of the version just sent supersedes a rejection. A request

@@ -576,6 +576,9 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 	if live(r) {
 		_, ready, _ := c.assigned(r)
 		r.Ready = uint32(ready)
+		if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING && c.bakeID == r.GetId() && !c.lastTick.IsZero() {
+			r.Baked = durationpb.New(c.baked) // the store has it every few seconds
+		}
 	}
 	return r, nil
 }

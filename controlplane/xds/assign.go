@@ -90,7 +90,7 @@ func (r *routing) version(nodeID string, labels map[string]string) uint64 {
 // the same labels and version share a snapshot, so what the control plane
 // builds and keeps grows with groups × versions in flight, not with agents.
 func (s *Server) nodeKey(node *corev3.Node) string {
-	base := fleet.NodeGroup(node)
+	base := s.cache.groups.of(node)
 	r := s.routing.Load()
 	if r == nil || len(r.assigns) == 0 || fleet.IsGRPCClient(node) {
 		return base

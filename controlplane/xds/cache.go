@@ -1,14 +1,18 @@
 package xds
 
 import (
+	"context"
 	"maps"
+	"runtime"
 	"slices"
 	"sync"
+	"weak"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"google.golang.org/protobuf/proto"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
 )
 
 // heldVersions answers, without taking go-control-plane's cache lock, which
@@ -46,8 +50,15 @@ type heldVersions interface {
 // another group (its snapshot key changed) is answered from the new group at
 // once (rewatch), on the stream it has.
 type nackAwareCache struct {
+	// SnapshotCache serves delta streams; sotw serves state-of-the-world
+	// ones from responses marshalled once per group (see prepared).
 	cache.SnapshotCache
-	held    heldVersions
+	sotw *sotwCache
+	held heldVersions
+	// groups memoises each node's labels group (fleet.NodeGroup); groupOf
+	// is its snapshot key (Server.nodeKey: the labels group, and the
+	// version an assignment pins on it).
+	groups  groupMemo
 	groupOf func(*corev3.Node) string
 
 	mu sync.Mutex
@@ -77,6 +88,7 @@ type deltaKey struct{ nodeID, typeURL string }
 func newNACKAwareCache(c cache.SnapshotCache, held heldVersions, groupOf func(*corev3.Node) string) *nackAwareCache {
 	return &nackAwareCache{
 		SnapshotCache: c,
+		sotw:          newSOTWCache(),
 		held:          held,
 		groupOf:       groupOf,
 		deltaAcked:    map[deltaKey]map[string]string{},
@@ -155,16 +167,51 @@ func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription,
 	park := version != "" && req.GetVersionInfo() != version
 	wildcard := len(req.GetResourceNames()) > 0
 	if park || wildcard {
-		r := proto.Clone(req).(*cache.Request)
+		// A shallow copy: the node (with its metadata) is shared with the
+		// stream's other requests, and nothing here changes it; cloning it
+		// for every request was a good part of a push's allocations.
+		r := &cache.Request{
+			VersionInfo:      req.GetVersionInfo(),
+			Node:             req.GetNode(),
+			ResourceNames:    req.GetResourceNames(),
+			ResourceLocators: req.GetResourceLocators(),
+			TypeUrl:          req.GetTypeUrl(),
+			ResponseNonce:    req.GetResponseNonce(),
+			ErrorDetail:      req.GetErrorDetail(),
+		}
 		if park {
 			r.VersionInfo = version
 		}
 		if wildcard {
-			r.ResourceNames = nil
+			r.ResourceNames, r.ResourceLocators = nil, nil
 		}
 		req = r
 	}
-	return c.SnapshotCache.CreateWatch(req, hs, out)
+	return c.sotw.createWatch(hs.group, req, hs, out), nil
+}
+
+// setSnapshot sets a group's snapshot: snap for delta streams, types (the
+// same content, marshalled) for state-of-the-world ones.
+func (c *nackAwareCache) setSnapshot(ctx context.Context, key string, snap *cache.Snapshot, types map[string]*prepared) error {
+	c.sotw.set(key, types)
+	return c.SnapshotCache.SetSnapshot(ctx, key, snap)
+}
+
+// ClearSnapshot forgets a group.
+func (c *nackAwareCache) ClearSnapshot(key string) {
+	c.sotw.clear(key)
+	c.SnapshotCache.ClearSnapshot(key)
+}
+
+// GetStatusKeys returns the groups the cache knows of.
+func (c *nackAwareCache) GetStatusKeys() []string {
+	keys := c.SnapshotCache.GetStatusKeys()
+	for _, k := range c.sotw.keys() {
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 // CreateDeltaWatch parks delta watches for rejected versions and makes the
@@ -253,4 +300,43 @@ func (s *heldSubscription) ReturnedResources() map[string]string {
 	}
 	maps.Copy(out, resources)
 	return out
+}
+
+// groupMemo memoises fleet.NodeGroup per node message. The ADS server hands
+// a stream's node to every request of the stream, so the labels are read and
+// the key built once per stream, not once per request; an entry goes when its
+// node is collected.
+type groupMemo struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[corev3.Node]]string
+}
+
+func (g *groupMemo) of(node *corev3.Node) string {
+	if node == nil {
+		return fleet.NodeGroup(nil)
+	}
+	wp := weak.Make(node)
+	g.mu.Lock()
+	key, ok := g.m[wp]
+	g.mu.Unlock()
+	if ok {
+		return key
+	}
+	key = fleet.NodeGroup(node)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = map[weak.Pointer[corev3.Node]]string{}
+	}
+	if _, ok := g.m[wp]; !ok {
+		g.m[wp] = key
+		runtime.AddCleanup(node, g.forget, wp)
+	}
+	return key
+}
+
+func (g *groupMemo) forget(wp weak.Pointer[corev3.Node]) {
+	g.mu.Lock()
+	delete(g.m, wp)
+	g.mu.Unlock()
 }

@@ -64,6 +64,13 @@ type Options struct {
 	// Observer is told about pushes, ACKs, NACKs and agents converging on a
 	// config version (fleet.Observer); nil means nobody.
 	Observer fleet.Observer
+	// StreamRate bounds how many new xDS streams a second are served (see
+	// GRPCOptions); the others wait their turn. 0 means 5000; negative means
+	// no bound.
+	StreamRate float64
+	// StreamBurst is how many streams may be admitted at once above
+	// StreamRate. 0 means 1000.
+	StreamBurst int
 }
 
 func (o Options) groupIdleTimeout() time.Duration {
@@ -83,11 +90,12 @@ func (o Options) rejectionTimeout() time.Duration {
 // Server is the xDS server and the fleet registry behind it. It is safe for
 // concurrent use.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	registry *fleet.Registry
-	cache    *nackAwareCache
-	xds      serverv3.Server
+	opts      Options
+	log       *slog.Logger
+	registry  *fleet.Registry
+	cache     *nackAwareCache
+	xds       serverv3.Server
+	admission *admission // nil: no bound
 
 	// mu serialises everything that builds snapshots (SetVersion and the
 	// first sight of a group), so snapshots are set in version order.
@@ -133,6 +141,7 @@ type typeVersion struct {
 	version   string
 	hash      string            // of the type's content, to detect "unchanged"
 	resources map[string]string // resource name → content hash (delta's version map)
+	wire      *prepared         // what state-of-the-world responses carry
 }
 
 // pushTypes are the types in a snapshot, in push order.
@@ -150,6 +159,9 @@ func New(opts Options) *Server {
 		log = slog.Default()
 	}
 	s := &Server{opts: opts, log: log, groups: map[string]*group{}}
+	if r := opts.streamRate(); r > 0 {
+		s.admission = newAdmission(r, opts.streamBurst())
+	}
 	s.registry = fleet.NewRegistry(fleet.Options{
 		Logger:        log,
 		Desired:       s.desired,
@@ -323,16 +335,23 @@ func (s *Server) build(key string, cfg *configState) error {
 	}
 	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
 	next := make(map[string]typeVersion, len(items))
+	wire := make(map[string]*prepared, len(items))
 	for _, typeURL := range pushTypes {
-		tv, err := versionOf(items[typeURL])
+		tv, marshalled, err := versionOf(items[typeURL])
 		if err != nil {
 			return fmt.Errorf("group %q: %w", key, err)
 		}
 		tv.version = strconv.FormatUint(cfg.number, 10)
-		if prev, ok := g.types[typeURL]; ok && prev.hash == tv.hash {
+		prev, ok := g.types[typeURL]
+		if ok && prev.hash == tv.hash {
 			tv.version = prev.version
+			// Unchanged: keep what agents were sent, shared.
+			tv.wire = prev.wire
+		} else {
+			tv.wire = prepare(typeURL, tv.version, marshalled)
 		}
 		next[typeURL] = tv
+		wire[typeURL] = tv.wire
 		snap.Resources[cache.GetResponseType(typeURL)] = cache.NewResources(tv.version, items[typeURL])
 		snap.VersionMap[typeURL] = tv.resources
 	}
@@ -347,7 +366,7 @@ func (s *Server) build(key string, cfg *configState) error {
 	g.prev, g.prevNumber = g.types, g.number
 	g.types, g.number = next, cfg.number
 	s.groupsMu.Unlock()
-	return s.cache.SetSnapshot(context.Background(), key, snap)
+	return s.cache.setSnapshot(context.Background(), key, snap, wire)
 }
 
 func asResources[T types.Resource](in []T) []types.Resource {
@@ -359,22 +378,25 @@ func asResources[T types.Resource](in []T) []types.Resource {
 }
 
 // versionOf hashes a type's resources (each marshalled once, deterministically,
-// as go-control-plane does for delta's version map).
-func versionOf(items []types.Resource) (typeVersion, error) {
+// as go-control-plane does for delta's version map) and returns their
+// encodings by name.
+func versionOf(items []types.Resource) (typeVersion, map[string][]byte, error) {
 	tv := typeVersion{resources: make(map[string]string, len(items))}
+	marshalled := make(map[string][]byte, len(items))
 	h := sha256.New()
 	for _, r := range items {
 		b, err := cache.MarshalResource(r)
 		if err != nil {
-			return tv, fmt.Errorf("marshal %q: %w", cache.GetResourceName(r), err)
+			return tv, nil, fmt.Errorf("marshal %q: %w", cache.GetResourceName(r), err)
 		}
 		name := cache.GetResourceName(r)
+		marshalled[name] = b
 		rh := cache.HashResource(b)
 		tv.resources[name] = rh
 		fmt.Fprintf(h, "%s\x00%s\x00", name, rh)
 	}
 	tv.hash = hex.EncodeToString(h.Sum(nil))
-	return tv, nil
+	return tv, marshalled, nil
 }
 
 // desired is the version a group should run for a type.

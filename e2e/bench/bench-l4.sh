@@ -563,10 +563,11 @@ AGENT_V="$(v "$BIN/flotilla-agent" --version) built from ${BENCH_AGENT_REV:-$(gi
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ERRS="direct ${R[errors,direct]}, agent ${R[errors,agent]}, nginx ${R[errors,nginx]}, haproxy ${R[errors,haproxy]}"
 
-# bench-http.sh keeps its section of the file between its markers: carry it over.
-HTTP_SECTION=""
+# Other benchmarks (bench-http.sh, bench-fleet.sh) keep their sections of the file between
+# their <!-- NAME:begin --> and <!-- NAME:end --> markers: carry them over.
+OTHER_SECTIONS=""
 if [[ -f $OUT ]]; then
-  HTTP_SECTION=$(sed -n '/^<!-- bench-http:begin -->$/,/^<!-- bench-http:end -->$/p' "$OUT")
+  OTHER_SECTIONS=$(awk '/^<!-- [a-z0-9-]+:begin -->$/ {f = 1} f {print} /^<!-- [a-z0-9-]+:end -->$/ {f = 0; print ""}' "$OUT")
 fi
 cat >"$OUT" <<EOF
 # L4 benchmarks
@@ -615,7 +616,7 @@ $VERDICTS
 
 $RAW
 EOF
-[[ -z $HTTP_SECTION ]] || printf '\n%s\n' "$HTTP_SECTION" >>"$OUT"
+[[ -z $OTHER_SECTIONS ]] || printf '\n%s\n' "$OTHER_SECTIONS" >>"$OUT"
 
 echo
 echo "$TABLE"

@@ -2153,9 +2153,17 @@ type Cluster struct {
 	// RetryBudget caps the retries HTTP routes send to this cluster, so that
 	// retries cannot multiply the load on a failing backend. Default: 20% of
 	// the active requests, at least 3.
-	RetryBudget   *RetryBudget `protobuf:"bytes,12,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RetryBudget *RetryBudget `protobuf:"bytes,12,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
+	// PanicThreshold is the percentage of healthy endpoints (passing their
+	// health checks and not ejected) below which the cluster stops trusting
+	// health and balances over all its endpoints (Envoy's
+	// healthy_panic_threshold). Default 50, as in Envoy. 0 turns panic mode
+	// off: with no healthy endpoint, TCP connections are closed and HTTP
+	// requests get 503 "no healthy upstream" at once (nginx's behaviour once
+	// every server is marked down). 0 to 100.
+	PanicThreshold *uint32 `protobuf:"varint,13,opt,name=panic_threshold,json=panicThreshold,proto3,oneof" json:"panic_threshold,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
@@ -2270,6 +2278,13 @@ func (x *Cluster) GetRetryBudget() *RetryBudget {
 		return x.RetryBudget
 	}
 	return nil
+}
+
+func (x *Cluster) GetPanicThreshold() uint32 {
+	if x != nil && x.PanicThreshold != nil {
+		return *x.PanicThreshold
+	}
+	return 0
 }
 
 // RetryBudget bounds the retries in flight to a cluster.
@@ -2944,7 +2959,7 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\bTcpProxy\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12<\n" +
 	"\fidle_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12)\n" +
-	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xed\x04\n" +
+	"\x10connect_attempts\x18\x03 \x01(\rR\x0fconnectAttempts\"\xaf\x05\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1c.flotilla.config.v1.EndpointR\tendpoints\x12B\n" +
@@ -2958,7 +2973,9 @@ const file_flotilla_config_v1_config_proto_rawDesc = "" +
 	"\bprotocol\x18\n" +
 	" \x01(\tR\bprotocol\x12E\n" +
 	"\x11http_idle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x0fhttpIdleTimeout\x12B\n" +
-	"\fretry_budget\x18\f \x01(\v2\x1f.flotilla.config.v1.RetryBudgetR\vretryBudget\"P\n" +
+	"\fretry_budget\x18\f \x01(\v2\x1f.flotilla.config.v1.RetryBudgetR\vretryBudget\x12,\n" +
+	"\x0fpanic_threshold\x18\r \x01(\rH\x00R\x0epanicThreshold\x88\x01\x01B\x12\n" +
+	"\x10_panic_threshold\"P\n" +
 	"\vRetryBudget\x12\x18\n" +
 	"\apercent\x18\x01 \x01(\rR\apercent\x12'\n" +
 	"\x0fmin_concurrency\x18\x02 \x01(\rR\x0eminConcurrency\"\x9b\x02\n" +
@@ -3118,6 +3135,7 @@ func file_flotilla_config_v1_config_proto_init() {
 	}
 	file_flotilla_config_v1_config_proto_msgTypes[3].OneofWrappers = []any{}
 	file_flotilla_config_v1_config_proto_msgTypes[9].OneofWrappers = []any{}
+	file_flotilla_config_v1_config_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/bundle"
+	"github.com/flotilla-proxy/flotilla/controlplane/xds"
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
+)
+
+func TestDecodeResponseHeader(t *testing.T) {
+	full := &discoveryv3.DiscoveryResponse{
+		VersionInfo: "7", TypeUrl: typeURLs[cds], Nonce: "42",
+		Resources: []*anypb.Any{{TypeUrl: typeURLs[cds], Value: []byte("\x0a\x03abc")}},
+	}
+	b, err := proto.Marshal(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		data    []byte
+		want    *discoveryv3.DiscoveryResponse
+		wantErr bool
+	}{
+		{name: "version, type and nonce; resources skipped", data: b, want: &discoveryv3.DiscoveryResponse{VersionInfo: "7", TypeUrl: typeURLs[cds], Nonce: "42"}},
+		{name: "empty", data: nil, want: &discoveryv3.DiscoveryResponse{}},
+		{name: "truncated", data: b[:len(b)-1], wantErr: true},
+	}
+	// The same, split into buffers at every position: gRPC hands the codec
+	// the message in pieces.
+	for i := 1; i < len(b); i++ {
+		tests = append(tests, struct {
+			name    string
+			data    []byte
+			want    *discoveryv3.DiscoveryResponse
+			wantErr bool
+		}{name: fmt.Sprintf("split at %d", i), data: b, want: tests[0].want})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got discoveryv3.DiscoveryResponse
+			data := mem.BufferSlice{mem.SliceBuffer(tt.data)}
+			if i, ok := strings.CutPrefix(tt.name, "split at "); ok {
+				at, _ := strconv.Atoi(i)
+				data = mem.BufferSlice{mem.SliceBuffer(tt.data[:at]), mem.SliceBuffer(tt.data[at:])}
+			}
+			err := lazyCodec{}.Unmarshal(data, &got)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil && !proto.Equal(&got, tt.want) {
+				t.Fatalf("got %v, want %v", &got, tt.want)
+			}
+		})
+	}
+}
+
+func TestConvergence(t *testing.T) {
+	ms := func(n int64) int64 { return n * int64(time.Millisecond) }
+	tests := []struct {
+		name      string
+		at        [][numTypes]int64
+		want      [numTypes]bool
+		wantDone  int
+		wantTypes string
+		wantP99   time.Duration
+	}{
+		{
+			name:     "latest of the types that reached the version",
+			at:       [][numTypes]int64{{cds: ms(10), eds: ms(30)}, {cds: ms(20), eds: ms(25)}},
+			wantDone: 2, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
+		},
+		{
+			name:     "an agent missing a type is not done",
+			at:       [][numTypes]int64{{cds: ms(10), eds: ms(30)}, {cds: ms(20)}},
+			wantDone: 1, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
+		},
+		{
+			name:     "types named",
+			at:       [][numTypes]int64{{cds: ms(10), eds: ms(30)}, {cds: ms(20)}},
+			want:     [numTypes]bool{cds: true},
+			wantDone: 2, wantTypes: "cds", wantP99: 20 * time.Millisecond,
+		},
+		{name: "nothing acked", at: make([][numTypes]int64, 3), wantDone: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := convergence(tt.at, 0, tt.want)
+			if r.done != tt.wantDone || strings.Join(r.types, ",") != tt.wantTypes {
+				t.Fatalf("done %d types %v, want %d %q", r.done, r.types, tt.wantDone, tt.wantTypes)
+			}
+			if tt.wantDone > 0 {
+				r.line() // sorts
+				if got := percentile(r.latencies, 99); got != tt.wantP99 {
+					t.Fatalf("p99 = %v, want %v", got, tt.wantP99)
+				}
+			}
+		})
+	}
+}
+
+// bundleFiles is a bundle with n clusters and TCP listeners, and one listener
+// for dc0 only; version is written into one endpoint.
+func bundleFiles(t *testing.T, n, version int) []*adminv1.ConfigFile {
+	var b strings.Builder
+	b.WriteString("clusters:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - name: c%d\n    endpoints: [\"10.0.%d.%d:80\"]\n", i, i, version)
+	}
+	b.WriteString("listeners:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - name: l%d\n    address: \"127.0.0.1:%d\"\n    tcp: { cluster: c%d }\n", i, 40000+i, i)
+	}
+	b.WriteString("  - name: dc0\n    address: \"127.0.0.1:41000\"\n    agents: { dc: dc0 }\n    tcp: { cluster: c0 }\n")
+	f, err := bundle.Parse("fleet.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []*adminv1.ConfigFile{f}
+}
+
+// TestFleetAgainstControlPlane runs simulated agents against the real xDS
+// server, each on its own connection and ten to a connection: every agent
+// syncs, and a new version reaches all of them on the one type it changed.
+func TestFleetAgainstControlPlane(t *testing.T) {
+	const agents = 30
+	for _, perConn := range []int{1, 10} {
+		t.Run(fmt.Sprintf("agents per conn %d", perConn), func(t *testing.T) {
+			s := xds.New(xds.Options{Logger: slog.New(slog.DiscardHandler)})
+			if err := s.SetVersion(1, bundleFiles(t, 5, 1)); err != nil {
+				t.Fatal(err)
+			}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := grpc.NewServer()
+			s.Register(g)
+			go g.Serve(lis) //nolint:errcheck // ends with Stop
+			t.Cleanup(g.Stop)
+
+			subscribe, _ := parseTypes("cds,eds,lds,rds")
+			f, err := newFleet(fleetOptions{
+				Server: lis.Addr().String(), Agents: agents, IDPrefix: "t-", Labels: map[string]string{"role": "edge"},
+				Subscribe: subscribe, AgentsPerConn: perConn, BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+				Logger: slog.New(slog.DiscardHandler),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); f.run(ctx) }()
+			t.Cleanup(func() { cancel(); wg.Wait(); f.close() })
+			srv := httptest.NewServer(f.handler())
+			t.Cleanup(srv.Close)
+			ep := strings.TrimPrefix(srv.URL, "http://")
+
+			waitFor(t, "every agent synced", func() bool {
+				st, err := sumStatus(context.Background(), []string{ep})
+				return err == nil && st.Synced == agents
+			})
+			since := time.Now().UnixNano()
+			if err := s.SetVersion(2, bundleFiles(t, 5, 2)); err != nil {
+				t.Fatal(err)
+			}
+			var r result
+			waitFor(t, "every agent acked version 2", func() bool {
+				r, err = collectAcks(context.Background(), []string{ep}, "2", since, [numTypes]bool{})
+				return err == nil && r.done == agents
+			})
+			// Only the endpoints changed: EDS alone goes to version 2.
+			if got := strings.Join(r.types, ","); got != "eds" {
+				t.Fatalf("types at version 2: %q, want eds", got)
+			}
+			if got := s.Agents(map[string]string{"dc": "dc0"}); len(got) != agents/3 {
+				t.Fatalf("control plane sees %d agents with dc=dc0, want %d", len(got), agents/3)
+			}
+		})
+	}
+}
+
+// waitFor polls cond until it holds or 10s passed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
