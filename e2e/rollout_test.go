@@ -238,3 +238,46 @@ func TestRolloutSurvivesRestart(t *testing.T) {
 	}
 	waitFor(t, convergeTimeout, "every agent on b2", f.split(3, "b2", "b1", nil))
 }
+
+// TestRolloutAnalysisAborts: version 2 points the cluster at a dead
+// backend. Under traffic through every agent, the canary's connect failures
+// (reported to the control plane) are well above the threshold and the
+// baseline's, so the analysis after the first bake aborts the rollout and
+// the canary is back on b1.
+func TestRolloutAnalysisAborts(t *testing.T) {
+	f := startFleet(t, 3)
+	cp := f.cp
+	cfg := f.cfg
+	cfg.clusters = map[string][]string{"echo": {freeAddr(t)}} // nothing listens there
+	cp.stage(t, cfg.write(t, "v2.yaml"), "to a dead backend")
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // traffic through every agent, failures and all
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, a := range f.agents {
+				echoOnce(f.ports[a.id], "ping")
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+
+	r := cp.flotctl(t, "rollout", "start", "2", "--steps", "34,100", "--bake", "15s", "--max-connect-failure-ratio", "0.2", "-w")
+	t.Logf("flotctl rollout start -w:\n%s%s", r.stdout, r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "aborted at step 1: analysis: canary connect-failure ratio") ||
+		!strings.Contains(r.stderr, "is above 20.0% and the baseline's 0.0%") {
+		t.Fatalf("flotctl rollout start -w of a version with a dead backend: %s", r)
+	}
+	waitFor(t, convergeTimeout, "every agent on b1", f.split(0, "b2", "b1", nil))
+	if r := cp.flotctl(t, "wait", "1", "--timeout", "30s"); r.code != 0 {
+		t.Errorf("flotctl wait 1 after the abort: %s", r)
+	}
+}

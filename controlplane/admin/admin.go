@@ -52,6 +52,8 @@ type Rollouts interface {
 	Resume(ctx context.Context, id uint64) (*adminv1.Rollout, error)
 	Promote(ctx context.Context, id uint64) (*adminv1.Rollout, error)
 	Abort(ctx context.Context, id uint64, reason string) (*adminv1.Rollout, error)
+	// ActiveChanged is told when an apply or rollback made a version active.
+	ActiveChanged(ctx context.Context) error
 }
 
 // SetRollouts makes the rollout RPCs answer from r; without it they are
@@ -170,6 +172,9 @@ func (s *Service) Apply(ctx context.Context, req *adminv1.ApplyRequest) (*adminv
 	s.mu.Lock()
 	active := s.active
 	s.mu.Unlock()
+	if !req.GetStage() {
+		s.activeChanged(ctx)
+	}
 	return &adminv1.ApplyResponse{Version: info, Unchanged: unchanged, Active: active}, nil
 }
 
@@ -200,6 +205,7 @@ func (s *Service) Rollback(ctx context.Context, req *adminv1.RollbackRequest) (*
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"the latest version %d already has the content of version %d", info.GetNumber(), req.GetNumber())
 	}
+	s.activeChanged(ctx)
 	return &adminv1.RollbackResponse{Version: info}, nil
 }
 
@@ -260,6 +266,17 @@ func (s *Service) GetStats(ctx context.Context, req *adminv1.GetStatsRequest) (*
 		return nil, status.Error(codes.Unimplemented, "this control plane does not aggregate agent reports")
 	}
 	return s.stats.GetStats(ctx, req)
+}
+
+// activeChanged tells the rollouts that the active version may have
+// changed. It runs without s.mu: the controller calls Activate holding its
+// own lock.
+func (s *Service) activeChanged(ctx context.Context) {
+	if r := s.rolloutsOrNil(); r != nil {
+		if err := r.ActiveChanged(ctx); err != nil {
+			s.log.Error("rollouts: cannot update assignments after a new active version", "error", err)
+		}
+	}
 }
 
 func (s *Service) rolloutsOrNil() Rollouts {

@@ -240,6 +240,15 @@ func (c *Controller) publish(ctx context.Context) error {
 	return nil
 }
 
+// ActiveChanged is told that an apply or a rollback made another version
+// active: the assignments of completed rollouts with a selector whose
+// version is not newer than it go.
+func (c *Controller) ActiveChanged(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.publish(ctx)
+}
+
 func salt(r *adminv1.Rollout) string { return strconv.FormatUint(r.GetId(), 10) }
 
 // Start validates and stores a new rollout, and starts its first step.

@@ -269,6 +269,18 @@ func TestSelectorAssignmentsStay(t *testing.T) {
 	if got := e.fleet.on(2); len(got) != 3 {
 		t.Errorf("after a restart on version 2: %v, want the 3 ams agents", got)
 	}
+	// A newer version applied to everyone supersedes the assignments.
+	ctx := context.Background()
+	if _, _, err := e.st.Apply(ctx, store.ApplyParams{Files: version(3)}); err != nil {
+		t.Fatal(err)
+	}
+	e.fleet.active = 3
+	if err := e.c.ActiveChanged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fleet.on(3); len(got) != 6 {
+		t.Errorf("after version 3 applied: on it %v, want every agent", got)
+	}
 }
 
 func TestNACKAbortsAndRollsBack(t *testing.T) {
