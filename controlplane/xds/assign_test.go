@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 )
 
 // converge receives CDS, EDS and LDS at version, in that order, and ACKs them.
@@ -146,5 +149,38 @@ func TestAssignments(t *testing.T) {
 		eds := a.next(resource.EndpointType, "3")
 		a.send(resource.EndpointType, "3", eds.GetNonce(), []string{"c"}, "")
 		a.next(resource.ListenerType, "1")
+	}
+}
+
+// TestAssignmentDelta: a delta client an assignment covers gets the assigned
+// version's listener on its open stream, and the active one back when the
+// assignment goes.
+func TestAssignmentDelta(t *testing.T) {
+	s, conn := startServer(t)
+	if err := s.SetVersion(1, files(7301, nil, "127.0.0.1:9001")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDelta(t, conn, node("d1", nil))
+	d.send(resource.ListenerType, "", "")
+	r := d.recv(resource.ListenerType)
+	d.send(resource.ListenerType, r.GetNonce(), "")
+	waitFor(t, "d1 acked LDS", func() bool { st, _ := state(s, "d1", "LDS"); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
+
+	as := &Assignment{Version: 2, Files: files(7302, nil, "127.0.0.1:9001"), Salt: "1", Threshold: math.MaxUint64}
+	if err := s.SetAssignments([]*Assignment{as}); err != nil {
+		t.Fatal(err)
+	}
+	r = d.recv(resource.ListenerType)
+	if got := r.GetSystemVersionInfo(); got != "2" || !strings.Contains(r.String(), "7302") {
+		t.Fatalf("delta LDS after the assignment: version %q, %v; want version 2 on port 7302", got, r)
+	}
+	d.send(resource.ListenerType, r.GetNonce(), "")
+	waitFor(t, "d1 acked LDS 2", func() bool { st, _ := state(s, "d1", "LDS"); return st == adminv1.SyncState_SYNC_STATE_SYNCED })
+	if err := s.SetAssignments(nil); err != nil {
+		t.Fatal(err)
+	}
+	r = d.recv(resource.ListenerType)
+	if !strings.Contains(r.String(), "7301") {
+		t.Fatalf("delta LDS after the assignment went: %v, want port 7301", r)
 	}
 }

@@ -76,11 +76,19 @@ type nackAwareCache struct {
 // cancels whichever watch is current.
 type trackedWatch struct {
 	nodeID, typeURL string
-	create          func() (func(), error)
+	// create creates the watch in the node's current group; answered says
+	// it was answered at once.
+	create func() (cancel func(), answered bool, err error)
 
 	mu     sync.Mutex
 	cancel func()
 	closed bool
+	// answered is true once the watch was answered: go-control-plane then
+	// has a response of this type in flight, and the agent's next request
+	// creates a new watch (in its current group). Creating it again would
+	// put a second response of the type in the stream's channel, which has
+	// room for one per type.
+	answered bool
 }
 
 type deltaKey struct{ nodeID, typeURL string }
@@ -98,12 +106,12 @@ func newNACKAwareCache(c cache.SnapshotCache, held heldVersions, groupOf func(*c
 }
 
 // track creates a watch and remembers it until go-control-plane cancels it.
-func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func(), error)) (func(), error) {
-	cancel, err := create()
+func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func(), bool, error)) (func(), error) {
+	cancel, answered, err := create()
 	if err != nil {
 		return nil, err
 	}
-	w := &trackedWatch{nodeID: nodeID, typeURL: typeURL, create: create, cancel: cancel}
+	w := &trackedWatch{nodeID: nodeID, typeURL: typeURL, create: create, cancel: cancel, answered: answered}
 	c.mu.Lock()
 	if c.watches[nodeID] == nil {
 		c.watches[nodeID] = map[*trackedWatch]struct{}{}
@@ -126,9 +134,10 @@ func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func(), er
 	}, nil
 }
 
-// rewatch creates the open watches of a node again: after its snapshot key
-// changed, they are answered from its new group (at once when the versions
-// differ), and its old group no longer answers them.
+// rewatch creates the parked watches of a node again: after its snapshot
+// key changed, they are answered from its new group (at once when the
+// versions differ), and its old group no longer answers them. Watches
+// already answered are left alone (see trackedWatch.answered).
 func (c *nackAwareCache) rewatch(nodeID string) {
 	c.mu.Lock()
 	ws := make([]*trackedWatch, 0, len(c.watches[nodeID]))
@@ -142,15 +151,15 @@ func (c *nackAwareCache) rewatch(nodeID string) {
 	})
 	for _, w := range ws {
 		w.mu.Lock()
-		if !w.closed {
+		if !w.closed && !w.answered {
 			if w.cancel != nil {
 				w.cancel()
 			}
-			cancel, err := w.create()
+			cancel, answered, err := w.create()
 			if err != nil {
-				cancel = nil
+				cancel, answered = nil, true // nothing parked: leave it to the next request
 			}
-			w.cancel = cancel
+			w.cancel, w.answered = cancel, answered
 		}
 		w.mu.Unlock()
 	}
@@ -158,10 +167,10 @@ func (c *nackAwareCache) rewatch(nodeID string) {
 
 // CreateWatch parks state-of-the-world watches for rejected versions.
 func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
-	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), error) { return c.createWatch(req, sub, out) })
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), bool, error) { return c.createWatch(req, sub, out) })
 }
 
-func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
+func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), bool, error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
@@ -187,7 +196,8 @@ func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription,
 		}
 		req = r
 	}
-	return c.sotw.createWatch(hs.group, req, hs, out), nil
+	cancel, answered := c.sotw.createWatch(hs.group, req, hs, out)
+	return cancel, answered, nil
 }
 
 // setSnapshot sets a group's snapshot: snap for delta streams, types (the
@@ -217,10 +227,12 @@ func (c *nackAwareCache) GetStatusKeys() []string {
 // CreateDeltaWatch parks delta watches for rejected versions and makes the
 // next delta start from what the client accepted.
 func (c *nackAwareCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
-	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), error) { return c.createDeltaWatch(req, sub, out) })
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), bool, error) { return c.createDeltaWatch(req, sub, out) })
 }
 
-func (c *nackAwareCache) createDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
+// createDeltaWatch creates a delta watch; go-control-plane's cache returns
+// no cancel function for a watch it answered at once.
+func (c *nackAwareCache) createDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), bool, error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	key := deltaKey{hs.nodeID, hs.typeURL}
 	c.mu.Lock()
@@ -238,7 +250,8 @@ func (c *nackAwareCache) createDeltaWatch(req *cache.DeltaRequest, sub cache.Sub
 		hs.useAccepted = true
 	}
 	c.mu.Unlock()
-	return c.SnapshotCache.CreateDeltaWatch(req, hs, out)
+	cancel, err := c.SnapshotCache.CreateDeltaWatch(req, hs, out)
+	return cancel, err == nil && cancel == nil, err
 }
 
 // forget drops what is known of a node's delta streams.

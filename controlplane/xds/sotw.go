@@ -113,9 +113,9 @@ func (c *sotwCache) group(key string) *sotwGroup {
 	return g
 }
 
-// createWatch answers req at once or parks it. The request must be a
-// wildcard one (nackAwareCache makes it so).
-func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, out chan cache.Response) func() {
+// createWatch answers req at once (answered) or parks it. The request must
+// be a wildcard one (nackAwareCache makes it so).
+func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, out chan cache.Response) (cancel func(), answered bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	g := c.group(key)
@@ -123,7 +123,7 @@ func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscr
 		// The server reads one response per type before it asks again, and
 		// out has room for one per type: this never blocks.
 		out <- &sharedResponse{req: req, p: p}
-		return func() {}
+		return func() {}, true
 	}
 	c.nextID++
 	id := c.nextID
@@ -135,7 +135,7 @@ func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscr
 		if g := c.groups[key]; g != nil {
 			delete(g.watches[rt], id)
 		}
-	}
+	}, false
 }
 
 // missing reports whether p holds a resource the subscription was not sent.
