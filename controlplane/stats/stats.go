@@ -250,11 +250,15 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 	}
 	ag.build = rep.GetBuildVersion()
 	ag.uptime = rep.GetUptime().AsDuration()
-	ag.resources = rep.GetResources()
-	for _, rv := range ag.resources {
+	// Keep copies of the known fields only: the report's message also holds any
+	// unknown fields a sender added, which must not stay in memory.
+	ag.resources = make([]*reportv1.ResourceVersion, 0, len(rep.GetResources()))
+	for _, rv := range rep.GetResources() {
+		kept := &reportv1.ResourceVersion{TypeUrl: rv.GetTypeUrl(), Version: rv.GetVersion()}
 		if n := rv.GetLastNack(); n != nil {
-			n.Message = truncate(n.GetMessage(), maxNackMessage)
+			kept.LastNack = &reportv1.Nack{Version: n.GetVersion(), Message: truncate(n.GetMessage(), maxNackMessage), Time: n.GetTime()}
 		}
+		ag.resources = append(ag.resources, kept)
 	}
 	ag.truncated = rep.GetTruncated()
 	ag.lastSeen = now
@@ -317,8 +321,8 @@ func validate(rep *reportv1.AgentReport) error {
 		}
 	}
 	for i, rv := range rep.GetResources() {
-		if len(rv.GetTypeUrl()) > maxShortString || len(rv.GetVersion()) > maxShortString {
-			return fmt.Errorf("report from %q: resources[%d]: type_url or version longer than %d bytes", id, i, maxShortString)
+		if len(rv.GetTypeUrl()) > maxShortString || len(rv.GetVersion()) > maxShortString || len(rv.GetLastNack().GetVersion()) > maxShortString {
+			return fmt.Errorf("report from %q: resources[%d]: type_url, version or last_nack.version longer than %d bytes", id, i, maxShortString)
 		}
 	}
 	return nil

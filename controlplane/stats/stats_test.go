@@ -396,3 +396,16 @@ flotilla_controlplane_agents_connected 2
 		t.Fatalf("agents gauges %v", found)
 	}
 }
+
+// TestRecordBoundsNackVersion: a report whose last_nack.version is huge is rejected, so a
+// reporter cannot pin memory through it (review of the stats aggregator).
+func TestRecordBoundsNackVersion(t *testing.T) {
+	a := NewAggregator(Options{})
+	rep := &reportv1.AgentReport{NodeId: "a1", Resources: []*reportv1.ResourceVersion{{
+		TypeUrl: "type.googleapis.com/envoy.config.listener.v3.Listener", Version: "1",
+		LastNack: &reportv1.Nack{Version: strings.Repeat("9", 1<<20), Message: "x"},
+	}}}
+	if err := a.Record(rep); err == nil || !strings.Contains(err.Error(), "last_nack.version longer than") {
+		t.Fatalf("Record() = %v, want the last_nack.version bound", err)
+	}
+}

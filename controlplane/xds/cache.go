@@ -202,8 +202,15 @@ func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription,
 
 // setSnapshot sets a group's snapshot: snap for delta streams, types (the
 // same content, marshalled) for state-of-the-world ones.
-func (c *nackAwareCache) setSnapshot(ctx context.Context, key string, snap *cache.Snapshot, types map[string]*prepared) error {
-	c.sotw.set(key, types)
+//
+// publish makes the new versions visible to held() (the NACK hold). It runs under the
+// state-of-the-world cache's lock, in the same critical section that swaps its responses,
+// so a watch never sees held() and the responses of two different versions: were the
+// versions published first, a NACK of the old version handled in between would find no
+// hold and be answered with the very version it rejected; published after, a NACK of the
+// new one likewise. Delta streams read held() while SetSnapshot answers them, after that.
+func (c *nackAwareCache) setSnapshot(ctx context.Context, key string, snap *cache.Snapshot, types map[string]*prepared, publish func()) error {
+	c.sotw.set(key, types, publish)
 	return c.SnapshotCache.SetSnapshot(ctx, key, snap)
 }
 

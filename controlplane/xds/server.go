@@ -292,6 +292,7 @@ func (s *Server) forgetIdle() {
 		s.cache.ClearSnapshot(key)
 		s.log.Info("dropped the snapshot of an idle group", "group", key)
 	}
+	s.cache.sotw.pruneUnknown()
 }
 
 // nodeSeen creates the snapshot of a node's group the first time the group is
@@ -360,13 +361,15 @@ func (s *Server) build(key string, cfg *configState) error {
 	if err := snap.Consistent(); err != nil && !g.grpc {
 		return fmt.Errorf("group %q: inconsistent snapshot: %w", key, err)
 	}
-	// Publish the versions before the cache sees the snapshot: the cache asks
-	// held() about them while it answers the watches the snapshot triggers.
-	s.groupsMu.Lock()
-	g.prev, g.prevNumber = g.types, g.number
-	g.types, g.number = next, cfg.number
-	s.groupsMu.Unlock()
-	return s.cache.setSnapshot(context.Background(), key, snap, wire)
+	// The versions are published (for held(), the NACK hold) together with the
+	// state-of-the-world responses, under the cache's lock: see setSnapshot.
+	publish := func() {
+		s.groupsMu.Lock()
+		g.prev, g.prevNumber = g.types, g.number
+		g.types, g.number = next, cfg.number
+		s.groupsMu.Unlock()
+	}
+	return s.cache.setSnapshot(context.Background(), key, snap, wire, publish)
 }
 
 func asResources[T types.Resource](in []T) []types.Resource {
@@ -440,10 +443,16 @@ func covers(acked map[string]string, types map[string]typeVersion) bool {
 	for typeURL, tv := range types {
 		v, ok := acked[typeURL]
 		switch {
+		case typeURL == resource.ClusterType || typeURL == resource.ListenerType:
+			// Always subscribed (wildcard): the agent must have ACKed this version,
+			// even when it is empty (a version that removes every listener of the
+			// group is not run until the agent has dropped them).
+			if !ok || v != tv.version {
+				return false
+			}
 		case len(tv.resources) == 0:
+			// An empty named type (EDS, RDS, SDS) is never subscribed to.
 		case ok && v != tv.version:
-			return false
-		case !ok && (typeURL == resource.ClusterType || typeURL == resource.ListenerType):
 			return false
 		}
 	}

@@ -64,7 +64,7 @@ func (r *sharedResponse) GetVersion() (string, error) { return r.p.version, nil 
 func (r *sharedResponse) GetResponseVersion() string { return r.p.version }
 
 // GetReturnedResources implements cache.Response.
-func (r *sharedResponse) GetReturnedResources() map[string]string { return r.p.returned }
+func (r *sharedResponse) GetReturnedResources() map[string]string { return maps.Clone(r.p.returned) }
 
 // GetNextVersionMap implements cache.Response.
 func (r *sharedResponse) GetNextVersionMap() map[string]string { return r.p.returned }
@@ -141,6 +141,15 @@ func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscr
 // missing reports whether p holds a resource the subscription was not sent.
 func missing(sub cache.Subscription, p *prepared) bool {
 	known := sub.ReturnedResources()
+	if !sub.IsWildcard() {
+		for name := range sub.SubscribedResources() {
+			_, has := p.returned[name]
+			if _, ok := known[name]; has && !ok {
+				return true
+			}
+		}
+		return false
+	}
 	for name := range p.returned {
 		if _, ok := known[name]; !ok {
 			return true
@@ -151,9 +160,12 @@ func missing(sub cache.Subscription, p *prepared) bool {
 
 // set makes types the group's snapshot and answers the parked watches whose
 // version differs, in ADS order.
-func (c *sotwCache) set(key string, types map[string]*prepared) {
+func (c *sotwCache) set(key string, types map[string]*prepared, publish func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if publish != nil {
+		publish()
+	}
 	g := c.group(key)
 	g.types = types
 	// Every stream has at most one watch per type, so answering type by
@@ -175,6 +187,29 @@ func (c *sotwCache) clear(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.groups, key)
+}
+
+// pruneUnknown forgets the groups that have no snapshot (none was ever set: the server
+// does not know them, e.g. requests from a node without an id) and no parked watch, so
+// such requests cannot grow the cache for ever.
+func (c *sotwCache) pruneUnknown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, g := range c.groups {
+		if len(g.types) > 0 {
+			continue
+		}
+		parked := false
+		for _, ws := range g.watches {
+			if len(ws) > 0 {
+				parked = true
+				break
+			}
+		}
+		if !parked {
+			delete(c.groups, key)
+		}
+	}
 }
 
 // keys returns the groups known.
