@@ -12,6 +12,13 @@
 // for EDS), and a version an agent NACKed is
 // never pushed to that agent again (see nackAwareCache).
 //
+// Canary rollouts pin a version on some agents (SetAssignments): such an
+// agent's snapshot key is its labels group followed by the version
+// ("dc=ams|v8", nodeKey), so agents with the same labels and version still
+// share one snapshot, and SetVersion (the active version) leaves pinned
+// groups alone. An agent whose key changes is moved on its open stream: its
+// parked watches are created again in the new group (nackAwareCache.rewatch).
+//
 // Proxyless gRPC clients (fleet.IsGRPCClient) are grouped apart from agents
 // (fleet.NodeGroup): their snapshots hold only what grpc_services compile to
 // (compiler.CompileGRPC), and agents never see those api_listeners.
