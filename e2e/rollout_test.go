@@ -281,3 +281,31 @@ func TestRolloutAnalysisAborts(t *testing.T) {
 		t.Errorf("flotctl wait 1 after the abort: %s", r)
 	}
 }
+
+// TestRolloutPausePromote: flotctl rollout pause, resume and promote on a
+// rollout with a long bake: promote serves every agent now and completes
+// once they all ACK.
+func TestRolloutPausePromote(t *testing.T) {
+	f := startFleet(t, 3)
+	cp := f.cp
+	b2 := startBackend(t, "b2")
+	cfg := f.cfg
+	cfg.clusters = map[string][]string{"echo": {b2.addr}}
+	cp.stage(t, cfg.write(t, "v2.yaml"), "to b2")
+	if r := cp.flotctl(t, "rollout", "start", "2", "--steps", "34,100", "--bake", "1h"); r.code != 0 {
+		t.Fatalf("flotctl rollout start: %s", r)
+	}
+	waitFor(t, convergeTimeout, "one canary on b2", f.split(1, "b2", "b1", nil))
+	for _, tc := range []struct{ verb, want string }{{"pause", "PAUSED, step 1/2"}, {"resume", "RUNNING, step 1/2"}, {"promote", "RUNNING, step 2/2 (100%)"}} {
+		if r := cp.flotctl(t, "rollout", tc.verb); r.code != 0 || !strings.Contains(r.stdout, tc.want) {
+			t.Fatalf("flotctl rollout %s: %s", tc.verb, r)
+		}
+	}
+	if r := cp.flotctl(t, "rollout", "status", "-w", "--timeout", "30s"); r.code != 0 {
+		t.Fatalf("flotctl rollout status -w after promote: %s", r)
+	}
+	waitFor(t, convergeTimeout, "every agent on b2", f.split(3, "b2", "b1", nil))
+	if r := cp.flotctl(t, "rollout", "abort"); r.code != 1 || !strings.Contains(r.stderr, "cannot abort rollout 1: it is COMPLETED") {
+		t.Errorf("flotctl rollout abort of a completed rollout: %s", r)
+	}
+}

@@ -663,13 +663,18 @@ func (c *Controller) Resume(ctx context.Context, id uint64) (*adminv1.Rollout, e
 	})
 }
 
-// Promote jumps a rollout to its last step (every selected agent) now; the
-// step waits for the ACKs and bakes as any other.
+// Promote jumps a rollout to its last step (every selected agent) now,
+// without a bake: it completes once they all run the version. A NACK still
+// aborts it, and so does the analysis.
 func (c *Controller) Promote(ctx context.Context, id uint64) (*adminv1.Rollout, error) {
 	return c.change(ctx, id, "promote", func(r *adminv1.Rollout) error {
 		r.State = adminv1.RolloutState_ROLLOUT_STATE_RUNNING
 		c.log.Info("rollout promoted", "rollout", r.GetId())
-		return c.enterStep(ctx, r, len(r.GetSteps())-1)
+		if err := c.enterStep(ctx, r, len(r.GetSteps())-1); err != nil {
+			return err
+		}
+		r.Baked = r.GetBake() // nothing left to bake
+		return nil
 	})
 }
 

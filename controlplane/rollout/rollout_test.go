@@ -399,12 +399,27 @@ func TestPauseResumePromoteAbort(t *testing.T) {
 	if r.GetStep() != 2 || len(e.fleet.on(2)) != 4 {
 		t.Fatalf("promoted: %v, on version 2: %v; want the last step, every agent", r, e.fleet.on(2))
 	}
+	e.tick() // every agent ACKed: no bake after a promote
+	if r = e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_COMPLETED {
+		t.Fatalf("promoted and ACKed: %v, want COMPLETED", r)
+	}
+	if _, err := e.c.Abort(ctx, 0, ""); !errors.Is(err, ErrConflict) {
+		t.Errorf("Abort of a completed rollout = %v, want ErrConflict", err)
+	}
+	// Abort puts the canaries back.
+	if _, _, err := e.st.Apply(ctx, store.ApplyParams{Files: version(3), Stage: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.start(&adminv1.StartRolloutRequest{Version: 3, Steps: []uint32{50, 100}})
+	if got := e.fleet.on(3); len(got) != 2 {
+		t.Fatalf("on version 3: %v, want 2", got)
+	}
 	r, err = e.c.Abort(ctx, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || r.GetReason() != "aborted by an operator" || len(e.fleet.on(1)) != 4 {
-		t.Fatalf("aborted: %v, on version 1: %v", r, e.fleet.on(1))
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || r.GetReason() != "aborted by an operator" || len(e.fleet.on(2)) != 4 {
+		t.Fatalf("aborted: %v, on the active version 2: %v", r, e.fleet.on(2))
 	}
 	if _, err := e.c.Resume(ctx, 0); !errors.Is(err, ErrConflict) {
 		t.Errorf("Resume of an aborted rollout = %v, want ErrConflict", err)
