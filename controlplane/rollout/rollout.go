@@ -7,16 +7,24 @@
 // first floor(p% × n) (at least one) of the n selected agents that are
 // connected when the step starts, by raising the rollout's hash threshold:
 // a step only adds agents, and an agent that connects later is assigned
-// when its hash is under the threshold. Each step then waits until every assigned agent
-// runs the version (ACKed every type), bakes, and analyses the agents'
-// reports: the canary cohort against the baseline cohort (GetStats by
-// version, 1m window). Any NACK of the version by an assigned agent fails
+// when its hash is under the threshold. The node ids assigned so far are
+// stored in the rollout (AssignedNodes). Each step then waits until every
+// stored agent is connected and runs the version (ACKed every type), bakes,
+// and analyses the agents' reports: the canary cohort against the baseline
+// cohort (GetStats by version, 1m window). An assigned agent that
+// disconnects or stops running the version stops the bake (what was baked
+// is kept); one that is not back and running the version within the ACK
+// wait (Options.AckWait, by default max(30s, bake)) fails the step. A
+// step never passes with no agent to check: a rollout with no connected
+// agent to assign is refused at Start and aborted at a later step. Any NACK of the version by an assigned agent fails
 // the step at once; so does a canary connect-failure or 5xx ratio above the
 // rollout's threshold and above the baseline's. A failed step aborts the
 // rollout: its assignments are dropped, so the canaries run the active
 // version again. After the last step (100%) the rollout is COMPLETED; with
-// an empty selector its version becomes the active version; with a selector
-// its assignments stay while its version is newer than the active one.
+// an empty selector its version becomes the active version, unless the
+// active version is no longer the rollout's from_version (then the rollout
+// aborts rather than revert that change); with a selector its assignments
+// stay while its version is newer than the active one.
 //
 // Rollouts are stored (store.Store), with the step, the phase and how much
 // of the bake has passed, so a control plane restarted mid-rollout carries
@@ -88,6 +96,20 @@ type Options struct {
 	Now func() time.Time
 	// Interval is how often Run ticks while a rollout runs; 0 means 250ms.
 	Interval time.Duration
+	// AckWait is how long a step waits for an assigned agent to be
+	// connected and run the version before it fails; 0 means max(30s, the
+	// rollout's bake).
+	AckWait time.Duration
+}
+
+// MinAckWait is the shortest default ACK wait (Options.AckWait).
+const MinAckWait = 30 * time.Second
+
+func (o Options) ackWait(r *adminv1.Rollout) time.Duration {
+	if o.AckWait > 0 {
+		return o.AckWait
+	}
+	return max(MinAckWait, r.GetBake().AsDuration())
 }
 
 func (o Options) now() time.Time {
@@ -120,6 +142,11 @@ type Controller struct {
 	lastTick      time.Time
 	bakeID        uint64
 	baked, stored time.Duration
+	// waitSince is when rollout waitID started waiting for its assigned
+	// agents (the ACK wait runs from it); zero after a step starts, a
+	// pause, a resume or a restart.
+	waitSince time.Time
+	waitID    uint64
 }
 
 // ErrConflict is returned when a rollout cannot change state (another one
@@ -128,6 +155,10 @@ var ErrConflict = errors.New("rollout conflict")
 
 // ErrInvalid is returned for a StartRollout request that makes no sense.
 var ErrInvalid = errors.New("invalid rollout")
+
+// ErrNoAgents is returned by Start when no connected agent matches the
+// selector: a step with nothing to check would pass. It wraps ErrConflict.
+var ErrNoAgents = fmt.Errorf("%w: no agent to roll out to", ErrConflict)
 
 // New returns a Controller and publishes the assignments of the stored
 // rollouts, so a restarted control plane serves what it served before.
@@ -274,6 +305,10 @@ func (c *Controller) Start(ctx context.Context, req *adminv1.StartRolloutRequest
 	if _, err := c.opts.Store.Get(ctx, r.GetVersion()); err != nil {
 		return nil, fmt.Errorf("%w: version %d: %w", ErrInvalid, r.GetVersion(), err)
 	}
+	if len(c.candidates(r)) == 0 {
+		return nil, fmt.Errorf("%w: no connected agent matches selector %v: the rollout would check nothing",
+			ErrNoAgents, r.GetSelector())
+	}
 	now := c.opts.now()
 	r.CreatedAt, r.UpdatedAt = timestamppb.New(now), timestamppb.New(now)
 	if err := c.opts.Store.CreateRollout(ctx, r); err != nil {
@@ -385,20 +420,37 @@ func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int
 		slices.Sort(hashes)
 		threshold = max(threshold, hashes[k-1])
 	}
+	// The step must see every agent assigned so far run the version: the
+	// ones assigned by earlier steps and the connected ones under the new
+	// threshold.
+	nodes := slices.Clone(r.GetAssignedNodes())
+	a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: threshold}
+	for _, ag := range agents {
+		if a.Covers(ag.GetNodeId(), ag.GetLabels()) {
+			nodes = append(nodes, ag.GetNodeId())
+		}
+	}
+	slices.Sort(nodes)
+	nodes = slices.Compact(nodes)
 	now := c.opts.now()
 	r.Step = uint32(step)
 	r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING
 	r.Threshold = threshold
 	r.Baked = durationpb.New(0)
-	r.Selected, r.Assigned = uint32(n), uint32(k)
+	r.Selected, r.Assigned = uint32(n), uint32(len(nodes))
+	r.AssignedNodes = nodes
 	r.StepStartedAt, r.UpdatedAt = timestamppb.New(now), timestamppb.New(now)
 	r.Reason = ""
 	c.lastTick, c.stored = time.Time{}, 0
+	c.waitSince = time.Time{}
+	if len(nodes) == 0 {
+		return c.abort(ctx, r, fmt.Sprintf("step %d (%d%%): no connected agent matches the selector: nothing to check", step+1, p))
+	}
 	if err := c.opts.Store.PutRollout(ctx, r); err != nil {
 		return err
 	}
 	c.log.Info("rollout step", "rollout", r.GetId(), "version", r.GetVersion(), "step", step+1,
-		"percent", p, "assigned", k, "selected", n)
+		"percent", p, "assigned", len(nodes), "new", k, "selected", n)
 	return c.publish(ctx)
 }
 
@@ -413,16 +465,53 @@ func (c *Controller) Tick(ctx context.Context) error {
 	if err != nil || r == nil || r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
 		return err
 	}
-	assigned, ready, nack := c.assigned(r)
+	if len(r.GetAssignedNodes()) == 0 && r.GetThreshold() != 0 {
+		// Stored before rollouts kept their node ids: take the connected
+		// agents the threshold covers.
+		a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: r.GetThreshold()}
+		for _, ag := range c.candidates(r) {
+			if a.Covers(ag.GetNodeId(), ag.GetLabels()) {
+				r.AssignedNodes = append(r.AssignedNodes, ag.GetNodeId())
+			}
+		}
+		slices.Sort(r.AssignedNodes)
+		if len(r.GetAssignedNodes()) == 0 {
+			return c.abort(ctx, r, fmt.Sprintf("step %d: no connected agent is assigned: nothing to check", r.GetStep()+1))
+		}
+		if err := c.opts.Store.PutRollout(ctx, r); err != nil {
+			return err
+		}
+	}
+	assigned, ready, nack, missing := c.assigned(r)
 	if nack != "" {
 		return c.abort(ctx, r, nack)
 	}
 	now := c.opts.now()
+	if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING && ready < assigned {
+		// An assigned agent went away or off the version: the bake stops
+		// (what was baked is kept) until it is back.
+		c.advanceBake(r, now)
+		c.lastTick = time.Time{}
+		r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING
+		r.UpdatedAt = timestamppb.New(now)
+		c.waitSince, c.waitID = now, r.GetId()
+		c.log.Warn("rollout step waits again for its agents", "rollout", r.GetId(), "step", r.GetStep()+1,
+			"ready", ready, "assigned", assigned, "missing", missing)
+		return c.opts.Store.PutRollout(ctx, r)
+	}
 	switch r.GetPhase() {
 	case adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING:
 		if ready < assigned {
+			if c.waitSince.IsZero() || c.waitID != r.GetId() {
+				c.waitSince, c.waitID = now, r.GetId()
+			}
+			if wait := c.opts.ackWait(r); now.Sub(c.waitSince) >= wait {
+				return c.abort(ctx, r, fmt.Sprintf("step %d: %d of %d assigned agents do not run v%d after %s: %s",
+					r.GetStep()+1, assigned-ready, assigned, r.GetVersion(), wait, missing))
+			}
 			return nil
 		}
+		c.waitSince = time.Time{}
 		r.Phase = adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING
 		r.UpdatedAt = timestamppb.New(now)
 		c.lastTick = time.Time{}
@@ -449,17 +538,20 @@ func (c *Controller) Tick(ctx context.Context) error {
 	return nil
 }
 
-// assigned counts the connected agents the rollout assigned and those that
-// run its version; nack describes the first that rejected it.
-func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack string) {
+// maxMissing is how many not-ready agents a reason names.
+const maxMissing = 5
+
+// assigned counts the agents the rollout assigned (AssignedNodes) and those
+// of them that are connected and run its version; missing describes the
+// others ("a01 disconnected, a02 runs v1"). nack describes the first
+// connected agent under the threshold that rejected the version.
+func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack, missing string) {
 	a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: r.GetThreshold()}
+	connected := map[string]*adminv1.Agent{}
 	for _, ag := range c.candidates(r) {
+		connected[ag.GetNodeId()] = ag
 		if !a.Covers(ag.GetNodeId(), ag.GetLabels()) {
 			continue
-		}
-		assigned++
-		if ag.GetConfigVersion() == r.GetVersion() {
-			ready++
 		}
 		for _, rs := range ag.GetResources() {
 			if rs.GetState() == adminv1.SyncState_SYNC_STATE_NACKED && nack == "" {
@@ -468,7 +560,23 @@ func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack str
 			}
 		}
 	}
-	return assigned, ready, nack
+	var notReady []string
+	for _, id := range r.GetAssignedNodes() {
+		assigned++
+		ag, ok := connected[id]
+		switch {
+		case !ok:
+			notReady = append(notReady, id+" disconnected")
+		case ag.GetConfigVersion() != r.GetVersion():
+			notReady = append(notReady, fmt.Sprintf("%s runs v%d", id, ag.GetConfigVersion()))
+		default:
+			ready++
+		}
+	}
+	if len(notReady) > maxMissing {
+		notReady = append(notReady[:maxMissing], fmt.Sprintf("%d more", len(notReady)-maxMissing))
+	}
+	return assigned, ready, nack, strings.Join(notReady, ", ")
 }
 
 // analyse compares the canary cohort with the baseline cohort over the last
@@ -544,6 +652,16 @@ func (c *Controller) next(ctx context.Context, r *adminv1.Rollout) error {
 // complete ends a rollout whose last step passed. Callers hold c.mu.
 func (c *Controller) complete(ctx context.Context, r *adminv1.Rollout) error {
 	if len(r.GetSelector()) == 0 {
+		// Activating over a version made active during the rollout (an
+		// apply or rollback that went around it) would revert that change.
+		active, err := c.opts.Store.Active(ctx)
+		if err != nil {
+			return fmt.Errorf("rollout %d: %w", r.GetId(), err)
+		}
+		if active != r.GetFromVersion() {
+			return c.abort(ctx, r, fmt.Sprintf("version %d became active during the rollout (it started from %d): "+
+				"not activating v%d over it", active, r.GetFromVersion(), r.GetVersion()))
+		}
 		// The version becomes the active one before the assignments go, so
 		// no agent runs the old version in between.
 		if err := c.opts.Activate(ctx, r.GetVersion()); err != nil {
@@ -583,8 +701,11 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 		return nil, err
 	}
 	if live(r) {
-		_, ready, _ := c.assigned(r)
+		_, ready, _, missing := c.assigned(r)
 		r.Ready = uint32(ready)
+		if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING && missing != "" {
+			r.Reason = "waiting for " + missing
+		}
 		if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING && c.bakeID == r.GetId() && !c.lastTick.IsZero() {
 			r.Baked = durationpb.New(c.baked) // the store has it every few seconds
 		}
@@ -629,7 +750,7 @@ func (c *Controller) Pause(ctx context.Context, id uint64) (*adminv1.Rollout, er
 			if r.GetPhase() == adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING {
 				c.advanceBake(r, c.opts.now())
 			}
-			c.lastTick = time.Time{}
+			c.lastTick, c.waitSince = time.Time{}, time.Time{}
 			r.State = adminv1.RolloutState_ROLLOUT_STATE_PAUSED
 			c.log.Info("rollout paused", "rollout", r.GetId())
 		}
@@ -656,7 +777,7 @@ func (c *Controller) Resume(ctx context.Context, id uint64) (*adminv1.Rollout, e
 	return c.change(ctx, id, "resume", func(r *adminv1.Rollout) error {
 		if r.GetState() == adminv1.RolloutState_ROLLOUT_STATE_PAUSED {
 			r.State = adminv1.RolloutState_ROLLOUT_STATE_RUNNING
-			c.lastTick = time.Time{}
+			c.lastTick, c.waitSince = time.Time{}, time.Time{}
 			c.log.Info("rollout resumed", "rollout", r.GetId())
 		}
 		return nil

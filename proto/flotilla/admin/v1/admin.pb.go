@@ -1807,7 +1807,11 @@ type Rollout struct {
 	// StepStartedAt is when the current step started.
 	StepStartedAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=step_started_at,json=stepStartedAt,proto3" json:"step_started_at,omitempty"`
 	// Ready counts the assigned agents that run Version, as last seen.
-	Ready         uint32 `protobuf:"varint,21,opt,name=ready,proto3" json:"ready,omitempty"`
+	Ready uint32 `protobuf:"varint,21,opt,name=ready,proto3" json:"ready,omitempty"`
+	// AssignedNodes are the node ids of the agents assigned so far (every
+	// step's, sorted): the current step passes only when each is connected
+	// and runs Version.
+	AssignedNodes []string `protobuf:"bytes,22,rep,name=assigned_nodes,json=assignedNodes,proto3" json:"assigned_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1987,6 +1991,13 @@ func (x *Rollout) GetReady() uint32 {
 		return x.Ready
 	}
 	return 0
+}
+
+func (x *Rollout) GetAssignedNodes() []string {
+	if x != nil {
+		return x.AssignedNodes
+	}
+	return nil
 }
 
 // StartRolloutRequest describes a rollout.
@@ -2828,7 +2839,7 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x10bytes_per_second\x18\f \x01(\x01R\x0ebytesPerSecond\x12.\n" +
 	"\x13requests_per_second\x18\r \x01(\x01R\x11requestsPerSecond\x122\n" +
 	"\x15connect_failure_ratio\x18\x0e \x01(\x01R\x13connectFailureRatio\x12$\n" +
-	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio\"\x86\a\n" +
+	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio\"\xad\a\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
@@ -2853,7 +2864,8 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n" +
 	"\x0fstep_started_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rstepStartedAt\x12\x14\n" +
-	"\x05ready\x18\x15 \x01(\rR\x05ready\x1a;\n" +
+	"\x05ready\x18\x15 \x01(\rR\x05ready\x12%\n" +
+	"\x0eassigned_nodes\x18\x16 \x03(\tR\rassignedNodes\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x02\n" +
