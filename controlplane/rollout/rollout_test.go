@@ -451,3 +451,162 @@ func TestStartRefuses(t *testing.T) {
 		})
 	}
 }
+
+// disconnect drops agents from the fleet, as if they crashed.
+func (f *fakeFleet) disconnect(ids ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = slices.DeleteFunc(f.ids, func(id string) bool { return slices.Contains(ids, id) })
+}
+
+// connect adds agents back to the fleet.
+func (f *fakeFleet) connect(ids ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, ids...)
+	slices.Sort(f.ids)
+}
+
+// A canary that drops off (e.g. crashed on the new config) before ACKing
+// holds its step, and fails it once the ACK wait (max(30s, bake)) is over:
+// the rollout aborts and never activates the version. It used to stop
+// counting, so the step passed with nothing checked.
+func TestCanaryThatDisconnectsFailsTheStep(t *testing.T) {
+	e := newEnv(t, 10)
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 100}, Bake: durationpb.New(time.Minute)})
+	canaries := e.fleet.on(2)
+	if len(canaries) != 1 {
+		t.Fatalf("canaries %v, want 1", canaries)
+	}
+	e.fleet.disconnect(canaries...)
+	r := e.tick()
+	e.clock.add(59 * time.Second)
+	r = e.tick()
+	if r.GetStep() != 0 || r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING || r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING {
+		t.Fatalf("step 1 passed without its only canary ever ACKing: %v", r)
+	}
+	if want := "waiting for " + canaries[0] + " disconnected"; r.GetReason() != want {
+		t.Errorf("reason %q, want %q", r.GetReason(), want)
+	}
+	e.clock.add(time.Second)
+	r = e.tick()
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || r.GetStep() != 0 ||
+		!strings.Contains(r.GetReason(), "1 of 1 assigned agents do not run v2 after 1m0s: "+canaries[0]+" disconnected") {
+		t.Fatalf("after the ACK wait: %v, want step 1 ABORTED naming the canary", r)
+	}
+	if active, _ := e.st.Active(context.Background()); active != 1 {
+		t.Errorf("active version %d, want 1", active)
+	}
+	e.fleet.connect(canaries...)
+	if got := e.fleet.on(2); len(got) != 0 {
+		t.Errorf("on version 2 after the abort: %v", got)
+	}
+}
+
+// The node ids a step assigns are stored with the rollout: agents that
+// leave and come back within the ACK wait hold the step, a bake stops while
+// one is away and keeps what it baked, and a restart keeps the ids.
+func TestAssignedNodesHoldTheStep(t *testing.T) {
+	e := newEnv(t, 4)
+	r := e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(time.Minute)})
+	canaries := e.fleet.on(2)
+	if !slices.Equal(r.GetAssignedNodes(), canaries) || r.GetAssigned() != 2 {
+		t.Fatalf("assigned nodes %v (%d), want the canaries %v", r.GetAssignedNodes(), r.GetAssigned(), canaries)
+	}
+	e.fleet.disconnect(canaries[0])
+	e.tick()
+	e.clock.add(50 * time.Second)
+	if r = e.tick(); r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING {
+		t.Fatalf("baking with a canary away: %v", r)
+	}
+	e.fleet.connect(canaries[0])
+	e.tick() // back: the bake starts
+	e.clock.add(40 * time.Second)
+	if r = e.tick(); r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING || r.GetBaked().AsDuration() != 40*time.Second {
+		t.Fatalf("baking: %v, want 40s baked", r)
+	}
+	e.fleet.disconnect(canaries[1])
+	e.clock.add(5 * time.Second)
+	if r = e.tick(); r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING || r.GetBaked().AsDuration() != 45*time.Second {
+		t.Fatalf("canary gone while baking: %v, want WAITING with 45s baked", r)
+	}
+	e.clock.add(10 * time.Minute) // restarted while away: the ACK wait starts again
+	e.restart()
+	if r = e.tick(); !slices.Equal(r.GetAssignedNodes(), canaries) || r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_WAITING {
+		t.Fatalf("after restart: %v, want the stored canaries, waiting", r)
+	}
+	e.fleet.connect(canaries[1])
+	e.tick()
+	e.clock.add(15 * time.Second)
+	if r = e.tick(); r.GetStep() != 1 || r.GetAssigned() != 4 || len(r.GetAssignedNodes()) != 4 {
+		t.Fatalf("after the rest of the bake: %v, want step 2 with every agent", r)
+	}
+}
+
+// A rollout with no agent to check is refused, and a step whose agents
+// are all gone fails after the ACK wait instead of passing.
+func TestNoAgentsNeverPass(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, 0)
+	if _, err := e.c.Start(ctx, &adminv1.StartRolloutRequest{Version: 2}); !errors.Is(err, ErrNoAgents) || !errors.Is(err, ErrConflict) {
+		t.Errorf("Start with no agents = %v, want ErrNoAgents", err)
+	}
+	e = newEnv(t, 4)
+	if _, err := e.c.Start(ctx, &adminv1.StartRolloutRequest{Version: 2, Selector: map[string]string{"dc": "lhr"}}); !errors.Is(err, ErrNoAgents) {
+		t.Errorf("Start with a selector no agent matches = %v, want ErrNoAgents", err)
+	}
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(10 * time.Second)})
+	e.tick()
+	e.clock.add(10 * time.Second)
+	if r := e.tick(); r.GetStep() != 1 {
+		t.Fatalf("step 1 did not pass: %v", r)
+	}
+	e.fleet.disconnect("a00", "a01", "a02", "a03")
+	e.tick()
+	e.clock.add(29 * time.Second)
+	if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
+		t.Fatalf("before the 30s ACK wait: %v, want RUNNING", r)
+	}
+	e.clock.add(time.Second)
+	if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), "4 of 4 assigned agents do not run v2 after 30s") {
+		t.Fatalf("every agent gone: %v, want ABORTED after 30s", r)
+	}
+	if active, _ := e.st.Active(ctx); active != 1 {
+		t.Errorf("active version %d, want 1", active)
+	}
+}
+
+// A version made active around a rollout (apply or rollback that is not
+// staged) is not reverted when the rollout completes: the rollout aborts.
+func TestCompleteDoesNotRevertANewerActiveVersion(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx := context.Background()
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(time.Minute)})
+	info, _, err := e.st.Apply(ctx, store.ApplyParams{Files: version(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetActive(ctx, info.GetNumber()); err != nil {
+		t.Fatal(err)
+	}
+	e.fleet.mu.Lock()
+	e.fleet.active = info.GetNumber()
+	e.fleet.mu.Unlock()
+	if err := e.c.ActiveChanged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var r *adminv1.Rollout
+	for range 8 {
+		e.tick()
+		e.clock.add(2 * time.Minute)
+	}
+	r = e.tick()
+	active, _ := e.st.Active(ctx)
+	if active != info.GetNumber() {
+		t.Errorf("the rollout's completion made v%d active over the newer applied v%d", active, info.GetNumber())
+	}
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED ||
+		!strings.Contains(r.GetReason(), "version 3 became active during the rollout (it started from 1): not activating v2") {
+		t.Errorf("rollout %v, want ABORTED with the reason", r)
+	}
+}
