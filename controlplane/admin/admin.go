@@ -54,6 +54,8 @@ type Rollouts interface {
 	Abort(ctx context.Context, id uint64, reason string) (*adminv1.Rollout, error)
 	// ActiveChanged is told when an apply or rollback made a version active.
 	ActiveChanged(ctx context.Context) error
+	// Live returns the running or paused rollout, or nil.
+	Live(ctx context.Context) (*adminv1.Rollout, error)
 }
 
 // SetRollouts makes the rollout RPCs answer from r; without it they are
@@ -152,6 +154,11 @@ func (s *Service) Apply(ctx context.Context, req *adminv1.ApplyRequest) (*adminv
 		}
 		return &adminv1.ApplyResponse{Version: info, Unchanged: unchanged}, nil
 	}
+	if !req.GetStage() {
+		if err := s.refuseDuringRollout(ctx, "or apply with --stage"); err != nil {
+			return nil, err
+		}
+	}
 	if req.GetStage() {
 		// A staged version is served later, by a rollout: say now that it
 		// does not compile, not then.
@@ -183,6 +190,9 @@ func (s *Service) Rollback(ctx context.Context, req *adminv1.RollbackRequest) (*
 	if req.GetNumber() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "rollback needs a version number")
 	}
+	if err := s.refuseDuringRollout(ctx, ""); err != nil {
+		return nil, err
+	}
 	old, err := s.store.Get(ctx, req.GetNumber())
 	if err != nil {
 		return nil, storeError(err)
@@ -207,6 +217,35 @@ func (s *Service) Rollback(ctx context.Context, req *adminv1.RollbackRequest) (*
 	}
 	s.activeChanged(ctx)
 	return &adminv1.RollbackResponse{Version: info}, nil
+}
+
+// refuseDuringRollout fails with FailedPrecondition while a rollout is
+// running or paused: a new active version would be reverted by its
+// completion, or mixed with its canaries. alt is what else the operator can
+// do ("or apply with --stage"). An apply that slips in as a rollout starts
+// is caught by the rollout itself: it aborts rather than activate over a
+// version that is not its from_version.
+func (s *Service) refuseDuringRollout(ctx context.Context, alt string) error {
+	r := s.rolloutsOrNil()
+	if r == nil {
+		return nil
+	}
+	ro, err := r.Live(ctx)
+	if err != nil {
+		return status.Errorf(codes.Internal, "rollouts: %v", err)
+	}
+	if ro == nil {
+		return nil
+	}
+	verb := "running"
+	if ro.GetState() == adminv1.RolloutState_ROLLOUT_STATE_PAUSED {
+		verb = "paused"
+	}
+	msg := fmt.Sprintf("rollout %d of version %d is %s: abort or promote it first", ro.GetId(), ro.GetVersion(), verb)
+	if alt != "" {
+		msg += ", " + alt
+	}
+	return status.Error(codes.FailedPrecondition, msg)
 }
 
 func (s *Service) storeAndPublish(ctx context.Context, p store.ApplyParams) (*adminv1.VersionInfo, bool, error) {

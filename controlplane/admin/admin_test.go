@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -120,5 +121,87 @@ func TestApplyRollbackAndRestart(t *testing.T) {
 	}
 	if len(pub2.published) != 1 || pub2.published[0] != 3 {
 		t.Fatalf("after restart published %v, want [3]", pub2.published)
+	}
+}
+
+// fakeRollouts is a Rollouts whose live rollout a test sets.
+type fakeRollouts struct {
+	Rollouts // the methods a test does not call
+	live     *adminv1.Rollout
+	changed  int
+}
+
+func (f *fakeRollouts) Live(context.Context) (*adminv1.Rollout, error) { return f.live, nil }
+func (f *fakeRollouts) ActiveChanged(context.Context) error            { f.changed++; return nil }
+
+// While a rollout is running or paused, an apply that is not staged and a
+// rollback are refused: the rollout's completion would revert them.
+func TestApplyAndRollbackRefusedDuringRollout(t *testing.T) {
+	ctx := context.Background()
+	st := open(t, filepath.Join(t.TempDir(), "flotilla.db"))
+	pub := &recorder{}
+	svc, err := New(ctx, st, pub, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := &fakeRollouts{}
+	svc.SetRollouts(ro)
+	if _, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9001")}); err != nil {
+		t.Fatal(err)
+	}
+	running := &adminv1.Rollout{Id: 7, Version: 2, State: adminv1.RolloutState_ROLLOUT_STATE_RUNNING}
+	paused := &adminv1.Rollout{Id: 7, Version: 2, State: adminv1.RolloutState_ROLLOUT_STATE_PAUSED}
+	tests := []struct {
+		name string
+		live *adminv1.Rollout
+		call func() error
+		code codes.Code
+		msg  string
+	}{
+		{"apply while running", running, func() error {
+			_, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9002")})
+			return err
+		}, codes.FailedPrecondition, "rollout 7 of version 2 is running: abort or promote it first, or apply with --stage"},
+		{"apply while paused", paused, func() error {
+			_, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9002")})
+			return err
+		}, codes.FailedPrecondition, "rollout 7 of version 2 is paused: abort or promote it first, or apply with --stage"},
+		{"rollback while running", running, func() error {
+			_, err := svc.Rollback(ctx, &adminv1.RollbackRequest{Number: 1})
+			return err
+		}, codes.FailedPrecondition, "rollout 7 of version 2 is running: abort or promote it first"},
+		{"dry run while running", running, func() error {
+			_, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9002"), DryRun: true})
+			return err
+		}, codes.OK, ""},
+		{"staged apply while running", running, func() error {
+			_, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9002"), Stage: true})
+			return err
+		}, codes.OK, ""},
+		{"apply after the rollout", nil, func() error {
+			_, err := svc.Apply(ctx, &adminv1.ApplyRequest{Files: bundleFiles("127.0.0.1:9003")})
+			return err
+		}, codes.OK, ""},
+		{"rollback after the rollout", nil, func() error {
+			_, err := svc.Rollback(ctx, &adminv1.RollbackRequest{Number: 1})
+			return err
+		}, codes.OK, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ro.live = tt.live
+			err := tt.call()
+			if status.Code(err) != tt.code || (tt.msg != "" && status.Convert(err).Message() != tt.msg) {
+				t.Errorf("code %v (%v), want %v %q", status.Code(err), err, tt.code, tt.msg)
+			}
+		})
+	}
+	// Refused calls stored and published nothing: v1, staged v2 (not
+	// published), v3, v4 (the rollback).
+	if got := pub.published; !slices.Equal(got, []uint64{1, 3, 4}) {
+		t.Errorf("published %v, want [1 3 4]", got)
+	}
+	if ro.changed != 3 { // v1, v3, v4
+		t.Errorf("ActiveChanged called %d times, want 3", ro.changed)
 	}
 }

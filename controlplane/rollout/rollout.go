@@ -211,6 +211,12 @@ func live(r *adminv1.Rollout) bool {
 	return s == adminv1.RolloutState_ROLLOUT_STATE_RUNNING || s == adminv1.RolloutState_ROLLOUT_STATE_PAUSED
 }
 
+// Live returns the running or paused rollout, or nil when none is. It does
+// not wait for a tick in progress.
+func (c *Controller) Live(ctx context.Context) (*adminv1.Rollout, error) {
+	return c.current(ctx)
+}
+
 // current returns the running or paused rollout, or nil.
 func (c *Controller) current(ctx context.Context) (*adminv1.Rollout, error) {
 	r, err := c.opts.Store.GetRollout(ctx, 0)
