@@ -16,9 +16,9 @@
 // is kept); one that is not back and running the version within the ACK
 // wait (Options.AckWait, by default max(30s, bake)) fails the step. A
 // step never passes with no agent to check: a rollout with no connected
-// agent to assign is refused at Start and aborted at a later step. Any NACK of the version by an assigned agent fails
-// the step at once; so does a canary connect-failure or 5xx ratio above the
-// rollout's threshold and above the baseline's. A failed step aborts the
+// agent to assign is refused at Start. Any NACK of the version by an
+// assigned agent fails the step at once; so does a canary connect-failure
+// or 5xx ratio above the rollout's threshold and above the baseline's. A failed step aborts the
 // rollout: its assignments are dropped, so the canaries run the active
 // version again. After the last step (100%) the rollout is COMPLETED; with
 // an empty selector its version becomes the active version, unless the
