@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
@@ -21,7 +22,7 @@ func TestRewatchAfterSetSendsNoDuplicate(t *testing.T) {
 	a := newADS(t, conn, node("a1", nil))
 	a.subscribe()
 	a.converge("1")
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, "the agent's ACKs to park its watches", func() bool { return parkedWatches(s, resource.EndpointType) == 1 })
 	// Version 2 changes only the endpoints: the parked EDS watch is answered.
 	if err := s.SetVersion(2, files(7201, nil, "127.0.0.1:9002")); err != nil {
 		t.Fatal(err)
@@ -52,4 +53,16 @@ func TestRewatchAfterSetSendsNoDuplicate(t *testing.T) {
 	if n > 0 {
 		t.Errorf("an EDS response was pushed while the EDS response %s was still unanswered", eds.GetNonce())
 	}
+}
+
+// parkedWatches counts the watches of a type parked in the state-of-the-world cache.
+func parkedWatches(s *Server, typeURL string) int {
+	c := s.cache.sotw
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, g := range c.groups {
+		n += len(g.watches[cache.GetResponseType(typeURL)])
+	}
+	return n
 }
