@@ -78,10 +78,13 @@ type trackedWatch struct {
 	nodeID, typeURL string
 	// create creates the watch in the node's current group; answered says
 	// it was answered at once.
-	create func() (cancel func(), answered bool, err error)
+	create func() (cancel func() (parked bool), answered bool, err error)
 
-	mu     sync.Mutex
-	cancel func()
+	mu sync.Mutex
+	// cancel withdraws the current watch and reports whether it was still parked:
+	// false once the group's snapshot answered it (sotwCache.set), which the
+	// watch's creator cannot see otherwise.
+	cancel func() (parked bool)
 	closed bool
 	// answered is true once the watch was answered: go-control-plane then
 	// has a response of this type in flight, and the agent's next request
@@ -106,7 +109,7 @@ func newNACKAwareCache(c cache.SnapshotCache, held heldVersions, groupOf func(*c
 }
 
 // track creates a watch and remembers it until go-control-plane cancels it.
-func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func(), bool, error)) (func(), error) {
+func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func() bool, bool, error)) (func(), error) {
 	cancel, answered, err := create()
 	if err != nil {
 		return nil, err
@@ -152,8 +155,14 @@ func (c *nackAwareCache) rewatch(nodeID string) {
 	for _, w := range ws {
 		w.mu.Lock()
 		if !w.closed && !w.answered {
-			if w.cancel != nil {
-				w.cancel()
+			// Withdraw the parked watch; if a new snapshot answered it meanwhile,
+			// a response of this type is in flight and the agent's next request
+			// creates the next watch: creating it again here would put a second
+			// response of the type on the stream.
+			if w.cancel != nil && !w.cancel() {
+				w.answered = true
+				w.mu.Unlock()
+				continue
 			}
 			cancel, answered, err := w.create()
 			if err != nil {
@@ -167,10 +176,10 @@ func (c *nackAwareCache) rewatch(nodeID string) {
 
 // CreateWatch parks state-of-the-world watches for rejected versions.
 func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
-	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), bool, error) { return c.createWatch(req, sub, out) })
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func() bool, bool, error) { return c.createWatch(req, sub, out) })
 }
 
-func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), bool, error) {
+func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func() bool, bool, error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
@@ -234,7 +243,15 @@ func (c *nackAwareCache) GetStatusKeys() []string {
 // CreateDeltaWatch parks delta watches for rejected versions and makes the
 // next delta start from what the client accepted.
 func (c *nackAwareCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
-	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func(), bool, error) { return c.createDeltaWatch(req, sub, out) })
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func() bool, bool, error) {
+		cancel, answered, err := c.createDeltaWatch(req, sub, out)
+		if cancel == nil {
+			return nil, answered, err
+		}
+		// go-control-plane's delta cache does not say whether a watch was answered
+		// after it was created: rewatch treats it as still parked.
+		return func() bool { cancel(); return true }, answered, err
+	})
 }
 
 // createDeltaWatch creates a delta watch; go-control-plane's cache returns

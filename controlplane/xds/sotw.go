@@ -115,7 +115,7 @@ func (c *sotwCache) group(key string) *sotwGroup {
 
 // createWatch answers req at once (answered) or parks it. The request must
 // be a wildcard one (nackAwareCache makes it so).
-func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, out chan cache.Response) (cancel func(), answered bool) {
+func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, out chan cache.Response) (cancel func() (parked bool), answered bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	g := c.group(key)
@@ -123,18 +123,22 @@ func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscr
 		// The server reads one response per type before it asks again, and
 		// out has room for one per type: this never blocks.
 		out <- &sharedResponse{req: req, p: p}
-		return func() {}, true
+		return func() bool { return false }, true
 	}
 	c.nextID++
 	id := c.nextID
 	rt := cache.GetResponseType(req.GetTypeUrl())
 	g.watches[rt][id] = &sotwWatch{req: req, sub: sub, out: out}
-	return func() {
+	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if g := c.groups[key]; g != nil {
-			delete(g.watches[rt], id)
+			if _, ok := g.watches[rt][id]; ok {
+				delete(g.watches[rt], id)
+				return true
+			}
 		}
+		return false
 	}, false
 }
 
