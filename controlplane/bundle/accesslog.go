@@ -3,7 +3,9 @@ package bundle
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/flotilla-proxy/flotilla/agent/accesslog"
@@ -62,5 +64,56 @@ func (v *validator) accessLog(at site, al *configv1.AccessLog) {
 	}
 	if _, _, err := AccessLogFormat(al.GetFormat()); err != nil {
 		v.add(at, "access_log.format", "%v", err)
+	}
+}
+
+// placedLog is a listener's access log as an agent opens it: the file and the Envoy format
+// its lines are written in.
+type placedLog struct {
+	at     site
+	name   string
+	path   string
+	format string // the compiled format, comparable
+	agents map[string]string
+}
+
+// placeLog records a listener's valid access log for logClashes.
+func (v *validator) placeLog(at site, l *configv1.Listener) {
+	al := l.GetAccessLog()
+	if al == nil {
+		return
+	}
+	path, err := AccessLogPath(al.GetPath())
+	if err != nil {
+		return
+	}
+	formatOf := AccessLogFormat
+	if l.GetHttp() != nil {
+		formatOf = HTTPAccessLogFormat // an HTTP listener's json has the request fields too
+	}
+	text, json, err := formatOf(al.GetFormat())
+	if err != nil {
+		return
+	}
+	var b strings.Builder
+	b.WriteString(text)
+	for _, k := range slices.Sorted(maps.Keys(json)) {
+		fmt.Fprintf(&b, "\x00%s=%s", k, json[k])
+	}
+	v.logs = append(v.logs, placedLog{at: at, name: l.GetName(), path: path, format: b.String(), agents: l.GetAgents()})
+}
+
+// logClashes reports two listeners that can land on the same agent and write one access
+// log file ("-" and "stdout" are the same) in different formats: an agent writes a file in
+// one format, and would refuse the whole configuration.
+func (v *validator) logClashes() {
+	for j, b := range v.logs {
+		for _, a := range v.logs[:j] {
+			if a.path != b.path || a.format == b.format || !selectorsOverlap(a.agents, b.agents) {
+				continue
+			}
+			v.add(b.at, "access_log", "%s is also the access log of listener %q (%s) in another format: an agent writes a file in one format; use the same format (an HTTP listener's json has more fields than a TCP one's) or another file",
+				b.path, a.name, a.at)
+		}
 	}
 }

@@ -162,6 +162,29 @@ func TestValidateAccessLog(t *testing.T) {
 			}
 		})
 	}
+	// One file, one format, on any agent two listeners can share (found by FuzzCompile).
+	shared := []struct {
+		name, second, want string
+	}{
+		{"same file, other format", `{ name: b, address: ':2', tcp: { cluster: dns }, access_log: { path: stdout, format: "$status" } }`,
+			`a.yaml: listeners[1].access_log: /dev/stdout is also the access log of listener "a" (a.yaml listeners[0]) in another format: an agent writes a file in one format; use the same format (an HTTP listener's json has more fields than a TCP one's) or another file`},
+		{"HTTP json is another format", `{ name: b, address: ':2', http: { routes: [{ cluster: dns }] }, access_log: { path: "-" } }`,
+			`a.yaml: listeners[1].access_log: /dev/stdout is also the access log of listener "a" (a.yaml listeners[0]) in another format: an agent writes a file in one format; use the same format (an HTTP listener's json has more fields than a TCP one's) or another file`},
+		{"same format", `{ name: b, address: ':2', udp: { cluster: dns }, access_log: { path: stdout, format: json } }`, ""},
+		{"agents apart", `{ name: b, address: ':2', agents: { dc: fra }, tcp: { cluster: dns }, access_log: { path: "-", format: "$status" } }`, ""},
+	}
+	for _, tt := range shared {
+		t.Run(tt.name, func(t *testing.T) {
+			y := "listeners: [{ name: a, address: ':1', agents: { dc: ams }, udp: { cluster: dns }, access_log: { path: '-' } }, " + tt.second + "]\nclusters:" + upstreams
+			got := ""
+			if err := Validate(parseAll(t, []file{{"a.yaml", y}})); err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("errors:\n%s\nwant:\n%s", got, tt.want)
+			}
+		})
+	}
 	// A UDP listener's access log is validated too.
 	y := "listeners: [{ name: a, address: ':1', udp: { cluster: dns }, access_log: { path: x } }]\nclusters:" + upstreams
 	want := `a.yaml: listeners[0].access_log.path: "x" is not an absolute path (write "-" or "stdout" for the agent's standard output)`

@@ -104,6 +104,7 @@ func Validate(files []*adminv1.ConfigFile) error {
 		}
 	}
 	v.portClashes()
+	v.logClashes()
 	if len(v.errs) == 0 {
 		return nil
 	}
@@ -138,6 +139,7 @@ type validator struct {
 	defs      map[string]*configv1.Cluster
 	listeners map[string]site
 	placed    []placed
+	logs      []placedLog
 }
 
 func (v *validator) add(at site, field, format string, args ...any) {
@@ -173,6 +175,7 @@ func (v *validator) listener(at site, l *configv1.Listener) {
 	}
 
 	v.selector(at, l.GetAgents())
+	v.placeLog(at, l) // every kind of listener: one file, one format (logClashes)
 
 	routed := len(l.GetSni()) > 0 || len(l.GetRoutes()) > 0
 	if l.GetHttp() != nil {
