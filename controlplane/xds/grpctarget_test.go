@@ -24,7 +24,7 @@ func TestGRPCClientSecondTarget(t *testing.T) {
 	c.send(resource.ListenerType, "", "", []string{"greeter"}, "")
 	lds := c.next(resource.ListenerType, "1")
 	c.send(resource.ListenerType, "1", lds.GetNonce(), []string{"greeter"}, "") // ACK
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, "the ACK to park the client's LDS watch", func() bool { return parkedWatches(s, resource.ListenerType) == 1 })
 	c.send(resource.ListenerType, "1", lds.GetNonce(), []string{"greeter", "other:50051"}, "") // dials a second target
 	select {
 	case r := <-c.recv:

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -37,11 +36,11 @@ func TestSharedReturnedMapMutated(t *testing.T) {
 			eds := a.next(resource.EndpointType, "1")
 			// Each agent runs a different subset (e.g. after a CDS NACK).
 			a.send(resource.EndpointType, "1", eds.GetNonce(), []string{"c", fmt.Sprintf("d%d", i%20)}, "")
-			a.send(resource.EndpointType, "1", eds.GetNonce(), []string{"c"}, "")
 		}()
 	}
 	wg.Wait()
-	time.Sleep(500 * time.Millisecond)
+	// Every ACK has been handled once each agent's watch is parked.
+	waitFor(t, "the 40 ACKs to park their watches", func() bool { return parkedWatches(s, resource.EndpointType) == 40 })
 	s.cache.sotw.mu.Lock()
 	after := len(s.groups[""].types[resource.EndpointType].wire.returned)
 	s.cache.sotw.mu.Unlock()
