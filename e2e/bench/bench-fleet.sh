@@ -57,71 +57,9 @@ for n in "${SIZES[@]}"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_FLEET_SIZES: 
 [[ $LOAD_NICE =~ ^[0-9]+$ ]] && ((LOAD_NICE <= 19)) || die "BENCH_FLEET_LOAD_NICE must be 0 to 19, got $LOAD_NICE"
 for b in flotilla-controlplane flotctl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run make build"; done
 
-TMP=""
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do stop_wait "$p"; done
-  if [[ -n $TMP && -d $TMP ]]; then
-    if ((rc != 0)); then
-      log "logs of the failed run:"
-      for f in "$TMP"/logs/*.log; do [[ -s $f ]] && { echo "== $f" >&2; tail -n 5 "$f" >&2; }; done
-    fi
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# stop_wait PID: wait up to 10s for PID to exit after a TERM, then KILL it.
-stop_wait() {
-  local p=$1
-  for _ in $(seq 1 100); do
-    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
-
-# stop PID...: stop processes started with start and forget them.
-stop() {
-  local p
-  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "$@"; do stop_wait "$p"; done
-  forget "$@"
-}
-
-# forget PID...: drop processes that are gone from the ones cleanup stops.
-forget() {
-  local p q keep=()
-  for q in "${PIDS[@]}"; do
-    for p in "$@"; do [[ $q == "$p" ]] && continue 2; done
-    keep+=("$q")
-  done
-  PIDS=("${keep[@]}")
-}
-
-# start NAME COMMAND...: run COMMAND in the background, logging to $TMP/logs/NAME.log; sets STARTED.
-start() {
-  local name=$1; shift
-  "$@" >>"$TMP/logs/$name.log" 2>&1 &
-  STARTED=$!
-  PIDS+=("$STARTED")
-}
-
-# wait_listen PORT: wait up to 20s for something to listen on 127.0.0.1:PORT.
-wait_listen() {
-  for _ in $(seq 1 200); do
-    ss -Hltn "sport = :$1" | grep -q . && return 0
-    sleep 0.1
-  done
-  die "nothing listens on 127.0.0.1:$1 after 20s"
-}
+# Process handling: start, stop, forget, wait_listen and the cleanup on exit.
+STOP_WAIT_S=10 # a control plane with 10,000 agents takes a while to stop
+source e2e/bench/lib.sh # the working directory is the repository root
 
 # wait_file FILE: wait up to 20s for FILE to exist.
 wait_file() {
@@ -212,7 +150,7 @@ for N in "${SIZES[@]}"; do
   done
   DATA=$TMP/data-$N
   log "N=$N: control plane on 127.0.0.1:$P_XDS"
-  start "cp-$N" "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
+  start "cp-$N" - "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
   CP=$STARTED
   wait_listen "$P_XDS"
   wait_listen "$P_ADMIN"
@@ -229,7 +167,7 @@ for N in "${SIZES[@]}"; do
   for p in $(seq 1 "$procs"); do
     n=$(((N - first) / (procs - p + 1)))
     rm -f "$TMP/load-$N-$p.addr"
-    start "load-$N-$p" nice -n "$LOAD_NICE" "$FLEETLOAD" run --xds "127.0.0.1:$P_XDS" --agents "$n" --first "$first" \
+    start "load-$N-$p" - nice -n "$LOAD_NICE" "$FLEETLOAD" run --xds "127.0.0.1:$P_XDS" --agents "$n" --first "$first" \
       --connect-rate "$CONNECT_RATE" --addr-file "$TMP/load-$N-$p.addr"
     LOADS+=("$STARTED")
     first=$((first + n))
@@ -284,7 +222,7 @@ for N in "${SIZES[@]}"; do
   { kill -KILL "$CP"; wait "$CP"; } 2>/dev/null || true # quiet: bash would report the kill
   forget "$CP"
   since=$(now_ns)
-  start "cp-$N" "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
+  start "cp-$N" - "$BIN/flotilla-controlplane" --xds-addr "127.0.0.1:$P_XDS" --admin-addr "$FLOTILLA_SERVER" --data-dir "$DATA"
   CP=$STARTED
   rep=$("$FLEETLOAD" report --endpoints "$EPS" --since "$since" --synced --wait 300s)
   kill -0 "$CP" 2>/dev/null || die "the control plane fell over during the reconnect storm"

@@ -61,76 +61,8 @@ done
 [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a whole number of seconds, got $QUIET_WAIT"
 has_path() { local p; for p in "${PATHS[@]}"; do [[ $p == "$1" ]] && return 0; done; return 1; }
 
-TMP=""
-PIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    p=${PIDS[i]}
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  for p in "${PIDS[@]}"; do stop_wait "$p"; done
-  if [[ -n $TMP && -d $TMP ]]; then
-    if ((rc != 0)); then
-      log "logs of the failed run:"
-      for f in "$TMP"/logs/*.log; do [[ -s $f ]] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done
-    fi
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# stop_wait PID: wait up to 5s for PID to exit after a TERM, then KILL it and its children
-# (nginx workers do not outlive a master that stops normally, but would a killed one).
-stop_wait() {
-  local p=$1 kids
-  for _ in $(seq 1 50); do
-    kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kids=$(pgrep -P "$p" || true)
-  kill -KILL "$p" $kids 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
-
-# stop PID...: stop the given processes (started with start) and forget them.
-stop() {
-  local p q keep
-  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "$@"; do stop_wait "$p"; done
-  keep=()
-  for q in "${PIDS[@]}"; do
-    for p in "$@"; do [[ $q == "$p" ]] && continue 2; done
-    keep+=("$q")
-  done
-  PIDS=("${keep[@]}")
-}
-
-# start NAME CPU COMMAND...: run COMMAND pinned to CPU, logging to $TMP/logs/NAME.log;
-# sets STARTED to its pid.
-start() {
-  local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" >"$TMP/logs/$name.log" 2>&1 &
-  STARTED=$!
-  PIDS+=("$STARTED")
-}
-
-# wait_listen PORT...: wait up to 20s for something to listen on each 127.0.0.1:PORT.
-wait_listen() {
-  local port
-  for port in "$@"; do
-    for i in $(seq 1 200); do
-      ss -Hltn "sport = :$port" | grep -q . && continue 2
-      sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$port after 20s"
-  done
-}
+# Process handling: start, stop, forget, wait_listen and the cleanup on exit.
+source e2e/bench/lib.sh # the working directory is the repository root
 
 # wait_http PORT: wait up to 30s for GET http://127.0.0.1:PORT/ to answer 200 with the
 # backend's body (a listener can be up before its routes are).
