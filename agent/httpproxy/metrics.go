@@ -1,11 +1,12 @@
 package httpproxy
 
 import (
-	"errors"
 	"log/slog"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flotilla-proxy/flotilla/agent/promreg"
 )
 
 // Metrics are the HTTP engine's Prometheus metrics, named after Envoy's HTTP connection
@@ -52,10 +53,10 @@ func NewMetrics(reg prometheus.Registerer, log *slog.Logger) *Metrics {
 		log = slog.Default()
 	}
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return register(reg, log, prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels))
+		return promreg.Register(reg, log, "HTTP", prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels))
 	}
 	hist := func(name, help string, labels ...string) *prometheus.HistogramVec {
-		return register(reg, log, prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels))
+		return promreg.Register(reg, log, "HTTP", prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels))
 	}
 	return &Metrics{
 		downstreamTotal: counter("http_downstream_rq_total", "HTTP requests a listener answered.", "listener"),
@@ -71,24 +72,6 @@ func NewMetrics(reg prometheus.Registerer, log *slog.Logger) *Metrics {
 		timeout:         counter("upstream_rq_timeout", "Requests to a cluster that hit the route timeout (answered 504).", "cluster"),
 		perTryTimeout:   counter("upstream_rq_per_try_timeout", "Attempts to a cluster that hit the per-try timeout.", "cluster"),
 	}
-}
-
-// register registers c with reg (if any) and returns the collector to use: c, or the
-// identical collector already registered.
-func register[C prometheus.Collector](reg prometheus.Registerer, log *slog.Logger, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		log.Error("cannot register HTTP metrics", "error", err)
-	}
-	return c
 }
 
 // classes are the response code classes, indexed by status/100.

@@ -1,10 +1,11 @@
 package proxy
 
 import (
-	"errors"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flotilla-proxy/flotilla/agent/promreg"
 )
 
 // metrics are the data plane's Prometheus metrics, named after Envoy's listener and cluster
@@ -35,10 +36,10 @@ const namespace = "flotilla_agent"
 
 func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 	counter := func(name, help, label string) *prometheus.CounterVec {
-		return register(reg, log, prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
+		return promreg.Register(reg, log, "data plane", prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
 	}
 	gauge := func(name, help, label string) *prometheus.GaugeVec {
-		return register(reg, log, prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
+		return promreg.Register(reg, log, "data plane", prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, []string{label}))
 	}
 	return &metrics{
 		downstreamTotal:  counter("downstream_cx_total", "Connections accepted by a listener.", "listener"),
@@ -61,24 +62,6 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		sslConnErr:       counter("ssl_connection_error", "Terminated TLS connections of a listener ended by a TLS error after the handshake (bad record, alert).", "listener"),
 		upstreamSSLErr:   counter("upstream_ssl_handshake_error", "TLS handshakes with a cluster's endpoints that failed or timed out (also counted in upstream_cx_connect_fail).", "cluster"),
 	}
-}
-
-// register registers c with reg (if any) and returns the collector to use: c, or the
-// identical collector already registered (two Managers sharing a registry share counters).
-func register[C prometheus.Collector](reg prometheus.Registerer, log *slog.Logger, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		log.Error("cannot register data plane metrics", "error", err)
-	}
-	return c
 }
 
 // listenerStats are one listener's metric children, resolved once per listener rather

@@ -1,10 +1,11 @@
 package upstream
 
 import (
-	"errors"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flotilla-proxy/flotilla/agent/promreg"
 )
 
 // namespace is the agent's metric namespace, shared with the data plane's metrics.
@@ -25,10 +26,10 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return register(reg, log, prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels))
+		return promreg.Register(reg, log, "upstream", prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels))
 	}
 	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
-		return register(reg, log, prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels))
+		return promreg.Register(reg, log, "upstream", prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels))
 	}
 	return &metrics{
 		membershipHealthy: gauge("membership_healthy", "Hosts of a cluster taking traffic: healthy and not ejected.", "cluster"),
@@ -40,25 +41,6 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		hcFailure:         counter("health_check_failure", "Active health checks of an endpoint that failed.", "cluster", "endpoint"),
 		ejections:         counter("outlier_detection_ejections_enforced_total", "Ejections of an endpoint by outlier detection.", "cluster", "endpoint"),
 	}
-}
-
-// register registers c with reg (if any) and returns the collector to use: c, or the
-// identical collector already registered (two Registries sharing a Registerer share
-// metrics).
-func register[C prometheus.Collector](reg prometheus.Registerer, log *slog.Logger, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		log.Error("cannot register upstream metrics", "error", err)
-	}
-	return c
 }
 
 func (m *metrics) cluster(name string) clusterStats {
