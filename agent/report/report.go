@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla-proxy/flotilla/agent/backoff"
 	"github.com/flotilla-proxy/flotilla/agent/xdsclient"
 	reportv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/report/v1"
 )
@@ -228,7 +229,7 @@ func (r *Reporter) build(now time.Time) (*sample, *reportv1.AgentReport, error) 
 // done. A failed stream is retried after an exponential backoff with full
 // jitter (250ms doubling to 30s), reset by a stream that sent something.
 func (r *Reporter) sendLoop(ctx context.Context) {
-	b := backoff{min: 250 * time.Millisecond, max: 30 * time.Second}
+	b := backoff.Backoff{Min: 250 * time.Millisecond, Max: 30 * time.Second}
 	warned := false
 	for i := 0; ; i++ {
 		addr := r.pick(i)
@@ -237,10 +238,10 @@ func (r *Reporter) sendLoop(ctx context.Context) {
 			return
 		}
 		if sent > 0 {
-			b.reset()
+			b.Reset()
 			warned = false
 		}
-		wait := b.next()
+		wait := b.Next()
 		// One warning per outage; the retries are debug lines.
 		level := slog.LevelDebug
 		if !warned {
@@ -352,22 +353,4 @@ func newMetrics() *metrics {
 	m.dropped.WithLabelValues("queue_full")
 	m.dropped.WithLabelValues("send_failed")
 	return m
-}
-
-// backoff is exponential backoff with full jitter.
-type backoff struct {
-	min, max time.Duration
-	ceiling  time.Duration
-}
-
-func (b *backoff) reset() { b.ceiling = 0 }
-
-// next returns a random delay in [0, ceiling) and doubles the ceiling.
-func (b *backoff) next() time.Duration {
-	if b.ceiling == 0 {
-		b.ceiling = b.min
-	}
-	d := rand.N(b.ceiling)
-	b.ceiling = min(2*b.ceiling, b.max)
-	return d
 }

@@ -41,7 +41,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -49,6 +48,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-proxy/flotilla/agent/backoff"
 	"github.com/flotilla-proxy/flotilla/agent/runtime"
 )
 
@@ -231,7 +231,7 @@ func (c *Client) Status() Status {
 // exponential backoff with full jitter (250ms doubling to 30s), which starts
 // over after a stream that lived more than 30s or received a response.
 func (c *Client) Run(ctx context.Context) error {
-	b := backoff{min: 250 * time.Millisecond, max: 30 * time.Second}
+	b := backoff.Backoff{Min: 250 * time.Millisecond, Max: 30 * time.Second}
 	for i := 0; ; i++ {
 		addr := c.opts.Servers[i%len(c.opts.Servers)]
 		c.setConnected(addr, false)
@@ -241,9 +241,9 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if progressed || time.Since(start) > 30*time.Second {
-			b.reset()
+			b.Reset()
 		}
-		wait := b.next()
+		wait := b.Next()
 		if connected {
 			c.log.Warn("disconnected from control plane", "address", addr, "error", err, "retry_in_seconds", wait.Seconds())
 		} else {
@@ -295,24 +295,6 @@ func (c *Client) recordNACK(typeURL string, n NACK) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.nacks[typeURL] = n
-}
-
-// backoff is exponential backoff with full jitter.
-type backoff struct {
-	min, max time.Duration
-	ceiling  time.Duration
-}
-
-func (b *backoff) reset() { b.ceiling = 0 }
-
-// next returns a random delay in [0, ceiling) and doubles the ceiling.
-func (b *backoff) next() time.Duration {
-	if b.ceiling == 0 {
-		b.ceiling = b.min
-	}
-	d := rand.N(b.ceiling)
-	b.ceiling = min(2*b.ceiling, b.max)
-	return d
 }
 
 // metrics are the client's Prometheus series.

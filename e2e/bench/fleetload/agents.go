@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/flotilla-proxy/flotilla/agent/backoff"
 )
 
 // Resource types, in the order the agent subscribes to them.
@@ -208,7 +209,7 @@ func (f *fleet) run(ctx context.Context) {
 // runAgent keeps one agent's stream open, with the agent's backoff between
 // attempts (full jitter, reset after a stream that received a response).
 func (f *fleet) runAgent(ctx context.Context, a *agent, shared *grpc.ClientConn) {
-	ceiling := time.Duration(0)
+	b := backoff.Backoff{Min: f.opts.BackoffMin, Max: f.opts.BackoffMax}
 	for ctx.Err() == nil {
 		progressed, err := f.runStream(ctx, a, shared)
 		if ctx.Err() != nil {
@@ -216,11 +217,10 @@ func (f *fleet) runAgent(ctx context.Context, a *agent, shared *grpc.ClientConn)
 		}
 		f.fails.Add(1)
 		f.recordErr(a, err)
-		if progressed || ceiling == 0 {
-			ceiling = f.opts.BackoffMin
+		if progressed {
+			b.Reset()
 		}
-		wait := rand.N(ceiling)
-		ceiling = min(2*ceiling, f.opts.BackoffMax)
+		wait := b.Next()
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
