@@ -642,9 +642,6 @@ func (v *validator) httpCluster(at site, c *configv1.Cluster) {
 		v.add(at, "protocol", "%q is not an upstream protocol: use %q (the default) or %q", p, ProtocolHTTP1, ProtocolHTTP2)
 	}
 	v.duration(at, "http_idle_timeout", c.GetHttpIdleTimeout(), true)
-	if c.PanicThreshold != nil && c.GetPanicThreshold() > 100 {
-		v.add(at, "panic_threshold", "%d is more than 100 (a percentage of healthy endpoints; 0 turns panic mode off)", c.GetPanicThreshold())
-	}
 	if rb := c.GetRetryBudget(); rb != nil && rb.GetPercent() > 100 {
 		v.add(at, "retry_budget.percent", "%d is more than 100 (0 means the default, 20)", rb.GetPercent())
 	}

@@ -45,6 +45,9 @@ const MaxEjectionPercent = 100
 // clusterPolicies validates a cluster's lb, health_check and
 // outlier_detection.
 func (v *validator) clusterPolicies(at site, c *configv1.Cluster) {
+	if c.PanicThreshold != nil && c.GetPanicThreshold() > 100 {
+		v.add(at, "panic_threshold", "%d is more than 100 (a percentage of healthy endpoints; 0 turns panic mode off)", c.GetPanicThreshold())
+	}
 	if lb := c.GetLb(); lb != "" && !slices.Contains(LBPolicies, lb) {
 		v.add(at, "lb", "%q is not a load-balancing policy: use %s (or leave it out for %s)", lb, orList(LBPolicies), LBRoundRobin)
 	}
