@@ -625,15 +625,25 @@ func (x *exchange) end(r *http.Request) {
 // requestBody counts the request body, marks stream activity and enforces the body limit.
 // Close does nothing, so that a request whose body was not read yet can be retried; net/http
 // closes the real body when the handler returns.
+//
+// Once the body has ended, Read returns io.EOF without touching the real body: net/http's
+// HTTP/1.1 server closes the request body as soon as the response headers go out (when the
+// reverse proxy flushes them), and http.Transport reads a Content-Length body once more
+// after its last byte to check that nothing follows. Those race when the upstream answers
+// quickly: the check would get "invalid Read on closed Body", and the transport would
+// close the upstream connection in the middle of the response it is streaming.
 type requestBody struct {
 	rc    io.ReadCloser
 	x     *exchange
 	limit int64
 	n     atomic.Int64
-	done  atomic.Bool
+	done  atomic.Bool // the real body returned io.EOF
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		return 0, io.EOF
+	}
 	b.x.stallStop() // waiting for the client now, which the route timeout does not bound
 	n, err := b.rc.Read(p)
 	if n > 0 && err == nil {
