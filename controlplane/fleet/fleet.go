@@ -154,10 +154,14 @@ type Observer interface {
 	// Answered is called for every ACK (nack false) or NACK of the latest
 	// response of a type.
 	Answered(nodeID, typeURL, version string, nack bool)
-	// Converged is called when an agent's ACK completes a config version:
-	// it now runs all of the snapshot of version for its group. opened is
-	// when the agent's stream opened.
-	Converged(nodeID string, labels map[string]string, version uint64, opened time.Time)
+	// Converged is called when an agent's ACK completes a config version
+	// other than the one it last ran on this stream: it now runs all of the
+	// snapshot of version for its group. It is not called again for the
+	// same version when an assignment moves the stream to another group of
+	// that version (a rollout completing). opened is when the agent's
+	// stream opened; moved is when Regroup last moved it to another group
+	// (a rollout assigned or took back a version), zero if never.
+	Converged(nodeID string, labels map[string]string, version uint64, opened, moved time.Time)
 }
 
 // typeState is what happened to one resource type on one agent.
@@ -207,6 +211,8 @@ type stream struct {
 	// converged is the config version the stream last reported to
 	// Observer.Converged, so that each is reported once.
 	converged uint64
+	// moved is when Regroup last moved the stream to another group.
+	moved time.Time
 }
 
 // Registry tracks agents. It is safe for concurrent use.
@@ -460,6 +466,7 @@ type Moved struct {
 func (r *Registry) Regroup() []Moved {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := time.Now()
 	var out []Moved
 	seen := map[string]bool{}
 	for _, s := range r.streams {
@@ -475,7 +482,10 @@ func (r *Registry) Regroup() []Moved {
 			out = append(out, Moved{NodeID: s.nodeID, Labels: maps.Clone(s.labels), From: s.group, To: to})
 		}
 		s.group = to
-		s.converged = 0
+		// converged is kept: the agent that ran version n in its pinned group
+		// and runs it again in its labels' group (a rollout completing) has
+		// not converged on anything new.
+		s.moved = now
 	}
 	return out
 }
@@ -517,7 +527,7 @@ func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, ver
 	if o := r.opts.Observer; o != nil && ev.answered {
 		o.Answered(nodeID, typeURL, ev.version, nack)
 		if ev.converged != 0 {
-			o.Converged(nodeID, ev.labels, ev.converged, ev.opened)
+			o.Converged(nodeID, ev.labels, ev.converged, ev.opened, ev.moved)
 		}
 	}
 }
@@ -526,9 +536,10 @@ func (r *Registry) request(key streamKey, node *corev3.Node, typeURL, nonce, ver
 type answerEvent struct {
 	answered  bool
 	version   string
-	converged uint64 // a config version the agent now runs entirely, for the first time on its stream
+	converged uint64 // a config version the agent now runs entirely, other than the one it last ran on its stream
 	labels    map[string]string
 	opened    time.Time
+	moved     time.Time
 }
 
 // answer applies an ACK or NACK for the response with the given nonce. Answers
@@ -570,7 +581,7 @@ func (r *Registry) answer(s *stream, typeURL, nonce, version, nackMsg string, na
 	if r.opts.Observer != nil {
 		if cv := r.configVersion(s); cv != 0 && cv != s.converged {
 			s.converged = cv
-			ev.converged, ev.labels, ev.opened = cv, maps.Clone(s.labels), s.opened
+			ev.converged, ev.labels, ev.opened, ev.moved = cv, maps.Clone(s.labels), s.opened, s.moved
 		}
 	}
 	return ev

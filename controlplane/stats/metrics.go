@@ -14,7 +14,8 @@ import (
 // ConvergenceBuckets are the bounds of the convergence histogram, in seconds.
 var ConvergenceBuckets = []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
 
-// maxVersions bounds how many config versions' start times are remembered.
+// maxVersions bounds how many config versions' publication times are
+// remembered.
 const maxVersions = 64
 
 // Metrics are the control plane's Prometheus metrics (namespace
@@ -24,14 +25,27 @@ const maxVersions = 64
 //	xds_acks_total{type}, xds_nacks_total{type}   answers to the latest response of a type
 //	agents{type,state}                  connected agents per type and sync state (SYNCED, STALE, NACKED, NOT_SENT)
 //	agents_connected                    agents with an xDS stream
-//	proxy_convergence_seconds           from a config version's creation to an agent's ACK of all of it
+//	proxy_convergence_seconds           from the push of a config version to an agent's ACK of all of it
 //	reports_received_total, reports_rejected_total, reporting_agents   the report stream
 //
-// The convergence clock of a version starts at its creation, or at the
-// control plane's start for a version created before it (a restarted control
-// plane), or when the agent's stream opened if that is later (an agent that
-// joins is measured from its connection, not from the version's age). A
-// version that changes nothing for an agent's group is not observed for it.
+// The convergence histogram is Istio's pilot_proxy_convergence_time measured
+// up to the ACK: one observation per agent and config version it converges
+// on, from the moment the control plane made that version the agent's to the
+// ACK that completes it (whichever type comes last). The clock starts when
+// the version was published as the active one (VersionPublished: an apply,
+// a rollback, a rollout completing), or, if later, when an assignment moved
+// the agent's stream to it (a rollout step pinning a version on it, or an
+// aborted rollout sending it back to the active version). Not observed:
+//   - an agent that connected after the clock started (a new agent, a
+//     restarted or reconnecting one, every agent after a control plane
+//     restart): it gets the version as its first config, not as a change,
+//     and its time to connect is no measure of propagation (Istio likewise
+//     records pushes of a change to connected proxies only);
+//   - the same version again on the same stream: other types' ACKs, re-ACKs,
+//     a rollout completing (the canaries move to their labels' group,
+//     which now serves the version they run);
+//   - a version that changes nothing for the agent's group (nothing is
+//     pushed), and a version this Metrics was never told about.
 //
 // Metrics implements fleet.Observer; pass it to xds.Options.Observer.
 type Metrics struct {
@@ -40,11 +54,10 @@ type Metrics struct {
 	reports, rejected   prometheus.Counter
 	fleet               func(map[string]string) []*adminv1.Agent
 	reporting           func() int
-	started             time.Time
 	now                 func() time.Time
 
 	mu       sync.Mutex
-	versions map[uint64]time.Time // config version → when its clock starts
+	versions map[uint64]time.Time // config version → when it was last published as the active one
 }
 
 var _ fleet.Observer = (*Metrics)(nil)
@@ -65,14 +78,13 @@ func NewMetrics(agents func(selector map[string]string) []*adminv1.Agent) *Metri
 		acks:   perType("xds_acks_total", "ACKs of the latest xDS response of a type."),
 		nacks:  perType("xds_nacks_total", "NACKs (rejections) of the latest xDS response of a type."),
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "proxy_convergence_seconds",
-			Help:    "Time from a config version's creation (or the control plane's start, or the agent's connection, if later) to an agent's ACK of all of that version's snapshot for its group.",
+			Help:    "Time from a config version's push to an agent (its publication as the active version, or an assignment moving the agent to it) to the agent's ACK of all of that version's snapshot for its group; agents that connected after the push are not observed.",
 			Buckets: ConvergenceBuckets}),
 		reports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reports_received_total",
 			Help: "Agent stats reports accepted."}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "reports_rejected_total",
 			Help: "Agent stats reports rejected as malformed or over the limits (the stream is ended)."}),
 		fleet:    agents,
-		started:  time.Now(),
 		now:      time.Now,
 		versions: map[uint64]time.Time{},
 	}
@@ -105,14 +117,14 @@ func (m *Metrics) Watch(a *Aggregator) {
 	m.reporting = a.Agents
 }
 
-// VersionCreated records when a config version was created; call it when
-// the version is published. Its convergence clock starts then, or at the
-// control plane's start if that is later.
-func (m *Metrics) VersionCreated(number uint64, created time.Time) {
-	start := created
-	if start.Before(m.started) {
-		start = m.started
-	}
+// VersionPublished starts the convergence clock of config version number for
+// the agents that follow the active version: call it as the control plane
+// starts publishing it as the active version (before xds.Server.SetVersion,
+// so that compiling the snapshots counts). The clock starts now, not at the
+// version's creation: a version staged for a rollout is pushed to the fleet
+// when the rollout completes, and its age is no part of convergence.
+func (m *Metrics) VersionPublished(number uint64) {
+	start := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.versions[number] = start
@@ -137,16 +149,19 @@ func (m *Metrics) Answered(_, typeURL, _ string, nack bool) {
 	m.acks.WithLabelValues(typeLabel(typeURL)).Inc()
 }
 
-// Converged implements fleet.Observer: it observes the convergence histogram.
-func (m *Metrics) Converged(_ string, _ map[string]string, version uint64, opened time.Time) {
+// Converged implements fleet.Observer: it observes the convergence histogram
+// (see Metrics for what is and is not observed).
+func (m *Metrics) Converged(_ string, _ map[string]string, version uint64, opened, moved time.Time) {
 	m.mu.Lock()
 	start, ok := m.versions[version]
 	m.mu.Unlock()
-	if !ok {
-		return
+	if moved.After(start) {
+		// An assignment moved the agent to the version after it was
+		// published, or to a version never published (a canary's).
+		start, ok = moved, true
 	}
-	if opened.After(start) {
-		start = opened
+	if !ok || opened.After(start) {
+		return
 	}
 	m.convergence.Observe(max(0, m.now().Sub(start).Seconds()))
 }

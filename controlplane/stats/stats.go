@@ -14,8 +14,8 @@
 // Metrics is a fleet.Observer: it counts xDS pushes, ACKs and NACKs per type,
 // exports the fleet's sync states as gauges, and observes the convergence
 // histogram flotilla_controlplane_proxy_convergence_seconds, the time from a
-// config version's creation to each agent's ACK of all of its snapshot, like
-// Istio's pilot_proxy_convergence_time.
+// config version's push to a connected agent to its ACK of all of its
+// snapshot, like Istio's pilot_proxy_convergence_time.
 package stats
 
 import (

@@ -30,7 +30,7 @@ func (o *observer) Answered(node, typeURL, version string, nack bool) {
 	o.answers = append(o.answers, fmt.Sprintf("%s %s %s nack=%v", node, shortType(typeURL), version, nack))
 }
 
-func (o *observer) Converged(node string, labels map[string]string, version uint64, opened time.Time) {
+func (o *observer) Converged(node string, labels map[string]string, version uint64, opened, _ time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if opened.IsZero() || labels["dc"] != "ams" {

@@ -118,7 +118,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := metrics.Register(reg); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	svc, err := admin.New(ctx, st, &publisher{Server: xdsServer, store: st, metrics: metrics}, log, admin.WithStats(reports))
+	svc, err := admin.New(ctx, st, &publisher{Server: xdsServer, metrics: metrics}, log, admin.WithStats(reports))
 	if err != nil {
 		return err
 	}
@@ -231,19 +231,14 @@ func serveMetrics(cfg config, reg *prometheus.Registry, log *slog.Logger, errc c
 }
 
 // publisher is the admin service's Publisher: the xDS server, with the
-// convergence clock of each version started from its creation time.
+// convergence clock of each version started as it is published.
 type publisher struct {
 	*xds.Server
-	store   store.Store
 	metrics *stats.Metrics
 }
 
 // SetVersion starts the version's convergence clock, then publishes it.
 func (p *publisher) SetVersion(number uint64, files []*adminv1.ConfigFile) error {
-	created := time.Now()
-	if v, err := p.store.Get(context.Background(), number); err == nil && v.GetInfo().GetCreatedAt() != nil {
-		created = v.GetInfo().GetCreatedAt().AsTime()
-	}
-	p.metrics.VersionCreated(number, created)
+	p.metrics.VersionPublished(number)
 	return p.Server.SetVersion(number, files)
 }
