@@ -120,7 +120,14 @@ func TestConvergence(t *testing.T) {
 			name:     "one type before since, one after: the agent is new",
 			at:       [][numTypes]int64{{cds: ms(90), eds: ms(105)}},
 			span:     span{since: ms(100), newOnly: true},
+			want:     [numTypes]bool{cds: true, eds: true},
 			wantDone: 1, wantTypes: "cds,eds", wantP99: 5 * time.Millisecond,
+		},
+		{
+			name:     "new-only: the types are those ACKed from since on",
+			at:       [][numTypes]int64{{cds: ms(110), eds: ms(10)}, {cds: ms(120), eds: ms(20)}, {eds: ms(30)}},
+			span:     span{since: ms(100), newOnly: true},
+			wantDone: 2, wantNot: 1, wantTypes: "cds", wantP99: 20 * time.Millisecond,
 		},
 		{
 			name:     "without new-only, earlier ACKs count as at since",
@@ -153,6 +160,48 @@ func TestConvergence(t *testing.T) {
 				if got := percentile(r.latencies, 99); got != tt.wantP99 {
 					t.Fatalf("p99 = %v, want %v", got, tt.wantP99)
 				}
+			}
+		})
+	}
+}
+
+// TestAcksHistory: /acks?version=V has when an agent came to V last, also
+// after it went on to another version (a rollout's canary version, once the
+// completion pushed the old version's unchanged types again).
+func TestAcksHistory(t *testing.T) {
+	tests := []struct {
+		name     string
+		versions []string // ACKed in turn, one per step of time
+		version  string
+		want     int // index in versions of the ACK reported; -1: none
+	}{
+		{name: "never", versions: []string{"1", "2"}, version: "3", want: -1},
+		{name: "current", versions: []string{"1", "2"}, version: "2", want: 1},
+		{name: "repeated ACKs keep the first", versions: []string{"1", "2", "2", "2"}, version: "2", want: 1},
+		{name: "went on", versions: []string{"3", "4", "3"}, version: "4", want: 1},
+		{name: "came back", versions: []string{"3", "4", "3"}, version: "3", want: 2},
+		{name: "forgotten", versions: []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, version: "1", want: -1},
+		{name: "oldest kept", versions: []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, version: "2", want: 1},
+	}
+	var subscribed [numTypes]bool
+	subscribed[eds] = true
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &agent{id: "t"}
+			f := &fleet{agents: []*agent{a}}
+			for i, v := range tt.versions {
+				a.recordACK(eds, v, subscribed, int64(i+1))
+			}
+			want := int64(tt.want + 1) // 0: none
+
+			if got := f.acks(tt.version).At[0][eds]; got != want {
+				t.Fatalf("ACK of %s at %d, want %d", tt.version, got, want)
+			}
+			if len(a.acked[eds]) > keptACKs {
+				t.Fatalf("%d versions kept, want at most %d", len(a.acked[eds]), keptACKs)
+			}
+			if got := f.status().Versions["eds"]; got[tt.versions[len(tt.versions)-1]] != 1 || len(got) != 1 {
+				t.Fatalf("status versions %v, want only the last one", got)
 			}
 		})
 	}

@@ -9,9 +9,10 @@
 // response of those to endpoints, route configurations and secrets (also
 // wildcard: the control plane treats named requests as wildcard ones). It
 // ACKs every response at once, echoing version_info and nonce, and records
-// per type which version it ACKed and when it first did. A failed stream is
-// retried after the agent's own backoff (full jitter, 250ms doubling to 30s,
-// reset after a stream that received a response), on a new connection.
+// per type the versions it ACKed (the last few) and when it first did. A
+// failed stream is retried after the agent's own backoff (full jitter, 250ms
+// doubling to 30s, reset after a stream that received a response), on a new
+// connection.
 //
 // Subcommands:
 //

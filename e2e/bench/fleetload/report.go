@@ -245,15 +245,21 @@ type span struct {
 // acked reports whether an ACK at at (0: none) counts.
 func (s span) acked(at int64) bool { return at != 0 && (s.until == 0 || at <= s.until) }
 
+// pushed reports whether an ACK at at shows that the type was pushed within
+// the span: with newOnly, only ACKs from since on do.
+func (s span) pushed(at int64) bool { return s.acked(at) && (!s.newOnly || at >= s.since) }
+
 // convergence computes, per agent, the time from since to its ACK of the
 // target types: the latest of them. With no types given, the target types
-// are those some agent ACKed the version for (within the span).
+// are those some agent ACKed the version for within the span (with
+// newOnly, from since on: what was pushed during the span, not what some
+// agents had ACKed before).
 func convergence(at [][numTypes]int64, s span, want [numTypes]bool) result {
 	var r result
 	if want == ([numTypes]bool{}) {
 		for _, a := range at {
 			for t := range numTypes {
-				if s.acked(a[t]) {
+				if s.pushed(a[t]) {
 					want[t] = true
 				}
 			}
