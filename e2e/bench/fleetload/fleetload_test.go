@@ -207,6 +207,55 @@ func TestAcksHistory(t *testing.T) {
 	}
 }
 
+// TestReportCommand runs `fleetload report` against a process whose agents
+// ACKed version 4 at times 10 (one agent), 20 (another), and never (a third).
+func TestReportCommand(t *testing.T) {
+	var subscribed [numTypes]bool
+	subscribed[eds] = true
+	f := &fleet{agents: []*agent{{id: "a"}, {id: "b"}, {id: "c"}}}
+	for i, a := range f.agents {
+		a.recordACK(eds, "3", subscribed, 1)
+		if i < 2 {
+			a.recordACK(eds, "4", subscribed, int64(10*(i+1)))
+		}
+	}
+	srv := httptest.NewServer(f.handler())
+	t.Cleanup(srv.Close)
+	ep := strings.TrimPrefix(srv.URL, "http://")
+	tests := []struct {
+		name     string
+		args     []string
+		wantLine string // prefix
+		wantErr  string
+	}{
+		{
+			name:     "until passed: the agents not done are reported, not an error",
+			args:     []string{"--since", "5", "--until", "15", "--version", "4"},
+			wantLine: "agents=3 done=1 not_done=2 before=0 types=eds p50_ms=0.0",
+		},
+		{
+			name:     "new only: the earlier agent is left out, the one that never ACKed is waited for",
+			args:     []string{"--since", "15", "--version", "4", "--new-only", "--wait", "1ms"},
+			wantLine: "agents=3 done=1 not_done=1 before=1 types=eds",
+			wantErr:  "1 of 3 agents did not get there",
+		},
+		{name: "until before since", args: []string{"--since", "15", "--until", "5", "--version", "4"}, wantErr: "--until is before --since"},
+		{name: "synced with new-only", args: []string{"--since", "15", "--synced", "--new-only"}, wantErr: "not --synced"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			err := reportCommand(append([]string{"--endpoints", ep}, tt.args...), &out)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+			if !strings.HasPrefix(out.String(), tt.wantLine) {
+				t.Fatalf("printed %q, want it to start with %q", out.String(), tt.wantLine)
+			}
+		})
+	}
+}
+
 func TestProcessCPU(t *testing.T) {
 	tests := []struct {
 		name    string
