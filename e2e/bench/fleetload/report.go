@@ -139,7 +139,7 @@ func reportCommand(args []string, out io.Writer) error {
 	eps := fs.String("endpoints", "", "status `addresses` of the run processes, comma separated")
 	since := fs.Int64("since", 0, "start of the measurement, Unix nanoseconds (e.g. date +%s%N before flotctl apply)")
 	version := fs.String("version", "", "the version whose ACKs are measured")
-	typesFlag := fs.String("types", "", "types that must reach --version (default: every type some agent ACKed it for)")
+	typesFlag := fs.String("types", "", "types that must reach --version (default: every type some agent ACKed it for; with --new-only, from --since on)")
 	until := fs.Int64("until", 0, "count only ACKs at or before this time, Unix nanoseconds: an agent that ACKed later is not done (0: no bound); once it has passed, report at once")
 	newOnly := fs.Bool("new-only", false, "leave out the agents that had ACKed --version before --since (an earlier rollout step's); they are counted as before=")
 	synced := fs.Bool("synced", false, "measure the time to each agent's first complete set of ACKs on its current stream instead")
@@ -234,9 +234,8 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // span is what a convergence measurement counts: ACKs from since (Unix
 // nanoseconds; earlier ones count as at since) to until (later ones do not
-// count; 0 means no bound). With newOnly, an agent whose ACKs were all in
-// before since is left out: during a rollout step, the agents of the earlier
-// steps.
+// count; 0 means no bound). With newOnly, an agent whose ACKs all came
+// before since is left out: during a rollout step, the earlier steps' agents.
 type span struct {
 	since, until int64
 	newOnly      bool
