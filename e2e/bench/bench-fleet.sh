@@ -14,7 +14,12 @@
 #     every agent reconnects at once with the agent's backoff (full jitter, 250ms doubling),
 #     and we measure the time from the restart to each agent's complete set of ACKs, the
 #     control plane's peak RSS, and that it stayed up.
-# A canary step is not measured: rollouts are issue 5's part 2.
+#   - before the storm, a canary rollout: `flotctl apply --stage` of version 4 (one more endpoint),
+#     `flotctl rollout start 4 --steps 10,100 --bake 0s`; per step, the time from its start to
+#     each of its agents' ACKs (p50/p99/max), how many agents it had, how many it left on the
+#     old version, and the control plane's CPU over it; then the same for the completion (the
+#     version becomes the active one). The steps' times are the control plane's, read after
+#     the fact; the CPU at those times comes from `fleetload cpu` samples.
 # It prints a table and writes it, with the machine facts and the exact command, into
 # BENCHMARKS.md between <!-- bench-fleet:begin --> and <!-- bench-fleet:end --> (appended when
 # missing); the rest of the file is left as it was. Everything it starts is stopped on exit.
@@ -54,8 +59,9 @@ for n in "${SIZES[@]}"; do [[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_FLEET_SIZES: 
 [[ $PER_PROC =~ ^[1-9][0-9]*$ ]] || die "BENCH_FLEET_PER_PROC must be a positive number, got $PER_PROC"
 [[ $CONNECT_RATE =~ ^[0-9]+$ ]] || die "BENCH_FLEET_CONNECT_RATE must be a whole number, got $CONNECT_RATE"
 [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_FLEET_QUIET_WAIT must be a whole number of seconds, got $QUIET_WAIT"
-[[ $LOAD_NICE =~ ^[0-9]+$ ]] && ((LOAD_NICE <= 19)) || die "BENCH_FLEET_LOAD_NICE must be 0 to 19, got $LOAD_NICE"
+{ [[ $LOAD_NICE =~ ^[0-9]+$ ]] && ((LOAD_NICE <= 19)); } || die "BENCH_FLEET_LOAD_NICE must be 0 to 19, got $LOAD_NICE"
 for b in flotilla-controlplane flotctl; do [[ -x $BIN/$b ]] || die "$BIN/$b missing: run make build"; done
+command -v jq >/dev/null || die "jq missing (it reads the canary rollout's JSON)"
 
 # Process handling: start, stop, forget, wait_listen and the cleanup on exit.
 STOP_WAIT_S=10 # a control plane with 10,000 agents takes a while to stop
@@ -88,10 +94,23 @@ quiet() {
 
 field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k {print $2}'; }
 now_ns() { date +%s%N; }
+# ts_ns TIMESTAMP: an RFC 3339 time (the control plane's JSON) in Unix nanoseconds.
+ts_ns() { date -d "$1" +%s%N; }
+
+# sample_at LOG NS: the first line of `fleetload cpu` (time, CPU of each process, machine busy)
+# at or after NS, else the last one.
+sample_at() { awk -v t="$2" '$1 !~ /^[0-9]+$/ {next} $1 >= t {print; f = 1; exit} {l = $0} END {if (!f) print l}' "$1"; }
+# cpu_between LOG NS1 NS2: "CP LOAD OTHERS", the CPU seconds between two instants of the first
+# process (the control plane), of the others (the load processes), and of everything else.
+cpu_between() {
+  { sample_at "$1" "$2"; sample_at "$1" "$3"; } | awk 'NR == 1 {for (i = 2; i <= NF; i++) a[i] = $i; next}
+    {cp = $2 - a[2]; l = 0; for (i = 3; i < NF; i++) l += $i - a[i]; o = ($NF - a[NF]) - cp - l
+     printf "%.2f %.2f %.2f\n", cp, l, (o < 0) ? 0 : o}'
+}
 
 # bundle DIR VERSION: the config of the run. Version 2 changes one endpoint of one cluster
 # (EDS only: the everyday push); version 3 also adds a cluster, a listener and a route (CDS,
-# EDS, LDS and RDS all change).
+# EDS, LDS and RDS all change); version 4, the canary, adds an endpoint to a cluster.
 bundle() {
   local dir=$1 v=$2 i
   mkdir -p "$dir"
@@ -118,6 +137,7 @@ bundle() {
     if ((v >= 3)); then printf '  - name: tcp-new\n    address: "127.0.0.1:43000"\n    tcp: { cluster: c50 }\n'; fi
   } >"$dir/fleet.yaml"
   if ((v >= 2)); then sed -i 's/"10.0.7.3:8080"/"10.0.7.4:8080"/' "$dir/fleet.yaml"; fi
+  if ((v >= 4)); then sed -i 's/"10.0.8.3:8080"\]/"10.0.8.3:8080", "10.0.8.4:8080"]/' "$dir/fleet.yaml"; fi
 }
 
 TMP=$(mktemp -d /tmp/bench-fleet.XXXXXX)
@@ -130,6 +150,7 @@ FLEETLOAD=$TMP/bin/fleetload
 bundle "$TMP/v1" 1
 bundle "$TMP/v2" 2
 bundle "$TMP/v3" 3
+bundle "$TMP/v4" 4
 START_DATE=$(date -u +"%Y-%m-%d %H:%M UTC")
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 export FLOTILLA_SERVER=127.0.0.1:$P_ADMIN
@@ -215,6 +236,69 @@ for N in "${SIZES[@]}"; do
     log "N=$N: push of version $version ($push): $rep; control plane CPU ${R[$N,$push,cpu]}s, load processes ${R[$N,$push,lcpu]}s"
     for _ in $(seq 1 20); do sleep 0.1; done # let the ACKs of the last agents settle
   done
+  from=$version # the active version, which the canary rollout starts from
+
+  # A canary rollout of version 4, staged: 10% of the agents, then 100%, without bake (the
+  # least flotctl takes; the ACK wait, max(30s, bake), is not a flotctl flag). Each step
+  # starts when the control plane has seen the previous one's agents ACK, so the steps'
+  # boundaries are read afterwards from the rollout (step_started_at, updated_at), and the
+  # CPU at them from the samples of `fleetload cpu` (every 20ms, taken meanwhile).
+  out=$("$BIN/flotctl" apply "$TMP/v4" --stage -m "bench-fleet canary")
+  canary=$(sed -nE 's/^staged version ([0-9]+).*/\1/p' <<<"$out")
+  [[ -n $canary ]] || die "flotctl apply --stage said: $out"
+  quiet
+  start "cpu-$N" - nice -n "$LOAD_NICE" "$FLEETLOAD" cpu --pids "$(IFS=,; echo "$CP,${LOADS[*]}")"
+  SAMPLER=$STARTED
+  CPULOG=$TMP/logs/cpu-$N.log
+  wait_file "$CPULOG"
+  t0=$(now_ns)
+  "$BIN/flotctl" rollout start "$canary" --steps 10,100 --bake 0s -o json >"$TMP/rollout-$N-start.json"
+  id=$(jq -r .id "$TMP/rollout-$N-start.json")
+  # Wait on the agents first: asking the control plane about the rollout lists the fleet, and
+  # that would add to the CPU measured. An abort shows in the rollout's status below.
+  "$FLEETLOAD" report --endpoints "$EPS" --since "$t0" --version "$canary" --wait 120s >/dev/null || true
+  "$BIN/flotctl" rollout status -w "$id" >"$TMP/rollout-$N.log" 2>&1 || die "the canary rollout did not complete: $(tail -n 1 "$TMP/rollout-$N.log")"
+  "$BIN/flotctl" rollout status "$id" -o json >"$TMP/rollout-$N-end.json"
+  t2=$(ts_ns "$(jq -r .step_started_at "$TMP/rollout-$N-end.json")")
+  ((t2 > t0)) || die "rollout $id: its last step started before it did"
+  # Step 1: from `rollout start` to step 2's start; the agents without an ACK of version 4 by
+  # then are those it left on the old version. Step 2: from its start to its last agent's
+  # ACK; its agents are those that had not ACKed version 4 before it.
+  r1=$("$FLEETLOAD" report --endpoints "$EPS" --since "$t0" --until "$t2" --version "$canary")
+  r2=$("$FLEETLOAD" report --endpoints "$EPS" --since "$t2" --version "$canary" --new-only --wait 1s) ||
+    log "N=$N: warning: not every agent ACKed version $canary by the rollout's completion: $r2"
+  k1=$(jq -r '.assigned // 0' "$TMP/rollout-$N-start.json")
+  [[ $(field "done" "$r1") == "$k1" ]] ||
+    log "N=$N: warning: step 1 assigned $k1 agents, but $(field "done" "$r1") ACKed version $canary before step 2 started"
+  # The completion: once the controller saw the last step's agents run version 4 (its next
+  # tick), the version becomes the active one and the agents go back to their labels'
+  # snapshots of it, in which the types the canary did not change kept their older version:
+  # from the last step's last ACK, wait until each agent ACKed those again.
+  t3=$((t2 + $(awk -v ms="$(field max_ms "$r2")" 'BEGIN {printf "%.0f", ms * 1e6}')))
+  re=$("$FLEETLOAD" report --endpoints "$EPS" --since "$t3" --version "$from" --new-only --wait 120s) ||
+    log "N=$N: not every agent ACKed version $from's types again after the rollout: $re"
+  t4=$(now_ns)
+  for _ in $(seq 1 100); do (($(sample_at "$CPULOG" "$t4" | cut -d' ' -f1) >= t4)) && break; sleep 0.02; done
+  stop "$SAMPLER"
+  for s in 1 2 end; do
+    case $s in
+      1) rep=$r1 a=$t0 b=$t2 ;;
+      2) rep=$r2 a=$t2 b=$t3 ;;
+      end) rep=$re a=$t3 b=$t4 ;;
+    esac
+    R[$N,c$s,agents]=$(field "done" "$rep")
+    R[$N,c$s,old]=$(field not_done "$rep")
+    R[$N,c$s,types]=$(field types "$rep")
+    R[$N,c$s,p50]=$(field p50_ms "$rep")
+    R[$N,c$s,p99]=$(field p99_ms "$rep")
+    R[$N,c$s,max]=$(field max_ms "$rep")
+    read -r cp lcpu others <<<"$(cpu_between "$CPULOG" "$a" "$b")"
+    R[$N,c$s,cpu]=$cp
+    R[$N,c$s,lcpu]=$lcpu
+    R[$N,c$s,others]=$others
+  done
+  log "N=$N: canary rollout $id of version $canary: step 1 (10%): $r1, CP CPU ${R[$N,c1,cpu]}s; step 2 (100%): $r2, CP CPU ${R[$N,c2,cpu]}s;" \
+    "completion: $re, CP CPU ${R[$N,cend,cpu]}s"
 
   # A reconnect storm: kill the control plane (every connection resets at once) and start it
   # again at once, so every agent comes back within its first backoff steps.
@@ -243,7 +327,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------------------------------
 # Table and BENCHMARKS.md.
 # ---------------------------------------------------------------------------------------
-s2() { awk -v v="$1" 'BEGIN {printf "%.2f", v / 1000}'; }
+# s2 MS: milliseconds as seconds ("-" for nothing measured).
+s2() { if [[ -z $1 ]]; then echo -; else awk -v v="$1" 'BEGIN {printf "%.2f", v / 1000}'; fi; }
 TABLE=$(
   printf '| agents | load processes | connect: all synced (s) | CP RSS before → after (MiB) | CP KiB per idle agent |\n'
   printf '|---:|---:|---:|---|---:|\n'
@@ -257,6 +342,20 @@ TABLE=$(
     for push in eds all; do
       printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "$push" "${R[$N,$push,types]}" "$(s2 "${R[$N,$push,p50]}")" \
         "$(s2 "${R[$N,$push,p99]}")" "$(s2 "${R[$N,$push,max]}")" "${R[$N,$push,cpu]}" "${R[$N,$push,lcpu]}" "${R[$N,$push,others]}"
+    done
+  done
+  echo
+  printf '| agents | canary rollout | agents in it | agents not in it, on the old version at its end | types ACKed | p50 (s) | p99 (s) | max (s) | CP CPU (s) | load processes CPU (s) | other processes CPU (s, noise) |\n'
+  printf '|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n'
+  for N in "${SIZES[@]}"; do
+    for s in 1 2 end; do
+      case $s in
+        1) what='step 1 (10%)' old=${R[$N,c1,old]} ;;
+        2) what='step 2 (100%)' old=${R[$N,c2,old]} ;;
+        end) what='completion' old=- ;;
+      esac
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$N" "$what" "${R[$N,c$s,agents]}" "$old" "${R[$N,c$s,types]:--}" \
+        "$(s2 "${R[$N,c$s,p50]}")" "$(s2 "${R[$N,c$s,p99]}")" "$(s2 "${R[$N,c$s,max]}")" "${R[$N,c$s,cpu]}" "${R[$N,c$s,lcpu]}" "${R[$N,c$s,others]}"
     done
   done
   echo
@@ -297,8 +396,6 @@ $TABLE
 
 $VERDICTS
 
-- A canary step is not measured: rollouts are part 2 of issue 5 and are not built yet.
-
 ## Where the memory per agent goes
 
 Measured with pprof at 10,000 idle agents when this script was written (the control plane
@@ -337,6 +434,23 @@ lighter transport than one grpc-go server connection per agent; it was not done 
   comes back within a second or two. Times are from the restart to each agent's complete set
   of ACKs on its new stream; "all synced" is the last agent's. CP CPU is the new process's,
   start-up included; the xDS server admits new streams at 5,000/s (burst 1,000).
+- Canary rollout (after the pushes, before the storm): \`flotctl apply --stage\` of version 4
+  (one more endpoint in one cluster), then \`flotctl rollout start 4 --steps 10,100 --bake 0s\`:
+  no bake, the least \`flotctl\` takes (its ACK wait, max(30 s, bake), has no flag), so each
+  step starts as soon as the control plane saw every agent of the previous one run version 4.
+  Step 1 is timed from just before \`rollout start\` to step 2's start as the control plane
+  stored it (\`rollout status\`: \`step_started_at\`), step 2 from then to its last agent's
+  ACK, and the completion from then to the last ACK after it; the times are each agent's ACK
+  of every type pushed to it. A step's agents are those that ACKed version 4 in it; "not in
+  it" are those that had not ACKed version 4 when it ended (for step 1: when step 2 started),
+  still on the version before. A canary is served a snapshot of its own (its labels and
+  version 4) whose types all carry version 4, so every type is pushed to it, not just EDS; at
+  the completion (the controller's next tick after the last step's ACKs) version 4 becomes the
+  active version and the agents go back to their labels' snapshots, where the types version 4
+  did not change kept their older version: those are pushed to every agent again. CPU: between
+  those instants, from samples taken every 20 ms by \`fleetload cpu\`; it includes the rollout
+  controller listing the fleet every 250 ms. The script waits on the agents, and asks the
+  control plane about the rollout only once they all run version 4.
 - Run-to-run variation: the control plane and the load processes share 2 cores, and the
   control plane's own CPU for the same push varies with how they are interleaved. Repeated
   10,000-agent runs while this script was written gave, for the push of every type, a p99

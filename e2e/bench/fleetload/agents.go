@@ -88,11 +88,16 @@ type fleetOptions struct {
 	Logger                 *slog.Logger
 }
 
-// ack is the version of a type an agent ACKed last, and when it first ACKed it.
+// ack is a version of a type an agent ACKed, and when it first ACKed it
+// (after ACKing another version, if it went back to this one).
 type ack struct {
 	version string
 	at      int64 // Unix nanoseconds
 }
+
+// keptACKs is how many versions of a type an agent remembers: enough for a
+// rollout's (old, new, and the old one's types again after its completion).
+const keptACKs = 8
 
 // agent is one simulated agent.
 type agent struct {
@@ -100,9 +105,9 @@ type agent struct {
 	labels map[string]string
 
 	mu          sync.Mutex
-	acked       [numTypes]ack
-	streamAcked [numTypes]bool // ACKed at least once on the current stream
-	syncedAt    int64          // when the current stream first had every subscribed type ACKed; 0 until then
+	acked       [numTypes][]ack // the last keptACKs versions, oldest first
+	streamAcked [numTypes]bool  // ACKed at least once on the current stream
+	syncedAt    int64           // when the current stream first had every subscribed type ACKed; 0 until then
 	connected   bool
 }
 
@@ -317,7 +322,7 @@ func (f *fleet) runStream(ctx context.Context, a *agent, shared *grpc.ClientConn
 		if err := request(t, resp.GetVersionInfo(), resp.GetNonce()); err != nil {
 			return progressed, err
 		}
-		a.recordACK(t, resp.GetVersionInfo(), f.opts.Subscribe)
+		a.recordACK(t, resp.GetVersionInfo(), f.opts.Subscribe, time.Now().UnixNano())
 		// Like the agent, ask for what clusters and listeners refer to once they arrived.
 		var follow []int
 		switch t {
@@ -336,13 +341,15 @@ func (f *fleet) runStream(ctx context.Context, a *agent, shared *grpc.ClientConn
 	}
 }
 
-// recordACK records the ACK of version of type t.
-func (a *agent) recordACK(t int, version string, subscribed [numTypes]bool) {
-	now := time.Now().UnixNano()
+// recordACK records the ACK of version of type t at now (Unix nanoseconds).
+func (a *agent) recordACK(t int, version string, subscribed [numTypes]bool, now int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.acked[t].version != version || a.acked[t].at == 0 {
-		a.acked[t] = ack{version: version, at: now}
+	if n := len(a.acked[t]); n == 0 || a.acked[t][n-1].version != version {
+		if n == keptACKs {
+			a.acked[t] = append(a.acked[t][:0], a.acked[t][1:]...)
+		}
+		a.acked[t] = append(a.acked[t], ack{version: version, at: now})
 	}
 	a.streamAcked[t] = true
 	if a.syncedAt != 0 {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,8 +77,11 @@ func TestConvergence(t *testing.T) {
 	tests := []struct {
 		name      string
 		at        [][numTypes]int64
+		span      span
 		want      [numTypes]bool
 		wantDone  int
+		wantNot   int
+		wantBef   int
 		wantTypes string
 		wantP99   time.Duration
 	}{
@@ -89,7 +93,7 @@ func TestConvergence(t *testing.T) {
 		{
 			name:     "an agent missing a type is not done",
 			at:       [][numTypes]int64{{cds: ms(10), eds: ms(30)}, {cds: ms(20)}},
-			wantDone: 1, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
+			wantDone: 1, wantNot: 1, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
 		},
 		{
 			name:     "types named",
@@ -97,22 +101,270 @@ func TestConvergence(t *testing.T) {
 			want:     [numTypes]bool{cds: true},
 			wantDone: 2, wantTypes: "cds", wantP99: 20 * time.Millisecond,
 		},
-		{name: "nothing acked", at: make([][numTypes]int64, 3), wantDone: 0},
+		{name: "nothing acked", at: make([][numTypes]int64, 3), wantNot: 3},
+		{
+			name: "ACKs after until do not count",
+			at:   [][numTypes]int64{{cds: ms(10), eds: ms(20)}, {cds: ms(15), eds: ms(50)}, {cds: ms(60), eds: ms(70)}},
+			span: span{until: ms(40)},
+			// The third agent's types are seen only after until, so
+			// they do not add to the types either.
+			wantDone: 1, wantNot: 2, wantTypes: "cds,eds", wantP99: 20 * time.Millisecond,
+		},
+		{
+			name:     "a rollout step: the earlier steps' agents are left out",
+			at:       [][numTypes]int64{{cds: ms(10), eds: ms(20)}, {cds: ms(110), eds: ms(130)}, {cds: ms(120)}},
+			span:     span{since: ms(100), newOnly: true},
+			wantDone: 1, wantNot: 1, wantBef: 1, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
+		},
+		{
+			name:     "one type before since, one after: the agent is new",
+			at:       [][numTypes]int64{{cds: ms(90), eds: ms(105)}},
+			span:     span{since: ms(100), newOnly: true},
+			want:     [numTypes]bool{cds: true, eds: true},
+			wantDone: 1, wantTypes: "cds,eds", wantP99: 5 * time.Millisecond,
+		},
+		{
+			name:     "new-only: the types are those ACKed from since on",
+			at:       [][numTypes]int64{{cds: ms(110), eds: ms(10)}, {cds: ms(120), eds: ms(20)}, {eds: ms(30)}},
+			span:     span{since: ms(100), newOnly: true},
+			wantDone: 2, wantNot: 1, wantTypes: "cds", wantP99: 20 * time.Millisecond,
+		},
+		{
+			name:     "without new-only, earlier ACKs count as at since",
+			at:       [][numTypes]int64{{cds: ms(10), eds: ms(20)}, {cds: ms(110), eds: ms(130)}},
+			span:     span{since: ms(100)},
+			wantDone: 2, wantTypes: "cds,eds", wantP99: 30 * time.Millisecond,
+		},
+		{
+			name:     "until and new-only",
+			at:       [][numTypes]int64{{eds: ms(10)}, {eds: ms(110)}, {eds: ms(210)}},
+			span:     span{since: ms(100), until: ms(200), newOnly: true},
+			wantDone: 1, wantNot: 1, wantBef: 1, wantTypes: "eds", wantP99: 10 * time.Millisecond,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := convergence(tt.at, 0, tt.want)
-			if r.done != tt.wantDone || strings.Join(r.types, ",") != tt.wantTypes {
-				t.Fatalf("done %d types %v, want %d %q", r.done, r.types, tt.wantDone, tt.wantTypes)
+			r := convergence(tt.at, tt.span, tt.want)
+			if r.done != tt.wantDone || r.notDone() != tt.wantNot || r.before != tt.wantBef || strings.Join(r.types, ",") != tt.wantTypes {
+				t.Fatalf("done %d not done %d before %d types %v, want %d %d %d %q",
+					r.done, r.notDone(), r.before, r.types, tt.wantDone, tt.wantNot, tt.wantBef, tt.wantTypes)
+			}
+			if r.complete() != (tt.wantNot == 0) {
+				t.Fatalf("complete() = %v with %d not done", r.complete(), tt.wantNot)
+			}
+			line := r.line() // sorts
+			if want := fmt.Sprintf("agents=%d done=%d not_done=%d before=%d", len(tt.at), tt.wantDone, tt.wantNot, tt.wantBef); !strings.HasPrefix(line, want) {
+				t.Fatalf("line %q, want it to start with %q", line, want)
 			}
 			if tt.wantDone > 0 {
-				r.line() // sorts
 				if got := percentile(r.latencies, 99); got != tt.wantP99 {
 					t.Fatalf("p99 = %v, want %v", got, tt.wantP99)
 				}
 			}
 		})
 	}
+}
+
+// TestAcksHistory: /acks?version=V has when an agent came to V last, also
+// after it went on to another version (a rollout's canary version, once the
+// completion pushed the old version's unchanged types again).
+func TestAcksHistory(t *testing.T) {
+	tests := []struct {
+		name     string
+		versions []string // ACKed in turn, one per step of time
+		version  string
+		want     int // index in versions of the ACK reported; -1: none
+	}{
+		{name: "never", versions: []string{"1", "2"}, version: "3", want: -1},
+		{name: "current", versions: []string{"1", "2"}, version: "2", want: 1},
+		{name: "repeated ACKs keep the first", versions: []string{"1", "2", "2", "2"}, version: "2", want: 1},
+		{name: "went on", versions: []string{"3", "4", "3"}, version: "4", want: 1},
+		{name: "came back", versions: []string{"3", "4", "3"}, version: "3", want: 2},
+		{name: "forgotten", versions: []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, version: "1", want: -1},
+		{name: "oldest kept", versions: []string{"1", "2", "3", "4", "5", "6", "7", "8", "9"}, version: "2", want: 1},
+	}
+	var subscribed [numTypes]bool
+	subscribed[eds] = true
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &agent{id: "t"}
+			f := &fleet{agents: []*agent{a}}
+			for i, v := range tt.versions {
+				a.recordACK(eds, v, subscribed, int64(i+1))
+			}
+			want := int64(tt.want + 1) // 0: none
+
+			if got := f.acks(tt.version).At[0][eds]; got != want {
+				t.Fatalf("ACK of %s at %d, want %d", tt.version, got, want)
+			}
+			if len(a.acked[eds]) > keptACKs {
+				t.Fatalf("%d versions kept, want at most %d", len(a.acked[eds]), keptACKs)
+			}
+			if got := f.status().Versions["eds"]; got[tt.versions[len(tt.versions)-1]] != 1 || len(got) != 1 {
+				t.Fatalf("status versions %v, want only the last one", got)
+			}
+		})
+	}
+}
+
+// TestReportCommand runs `fleetload report` against a process whose agents
+// ACKed version 4 at times 10 (one agent), 20 (another), and never (a third).
+func TestReportCommand(t *testing.T) {
+	var subscribed [numTypes]bool
+	subscribed[eds] = true
+	f := &fleet{agents: []*agent{{id: "a"}, {id: "b"}, {id: "c"}}}
+	for i, a := range f.agents {
+		a.recordACK(eds, "3", subscribed, 1)
+		if i < 2 {
+			a.recordACK(eds, "4", subscribed, int64(10*(i+1)))
+		}
+	}
+	srv := httptest.NewServer(f.handler())
+	t.Cleanup(srv.Close)
+	ep := strings.TrimPrefix(srv.URL, "http://")
+	tests := []struct {
+		name     string
+		args     []string
+		wantLine string // prefix
+		wantErr  string
+	}{
+		{
+			name:     "until passed: the agents not done are reported, not an error",
+			args:     []string{"--since", "5", "--until", "15", "--version", "4"},
+			wantLine: "agents=3 done=1 not_done=2 before=0 types=eds p50_ms=0.0",
+		},
+		{
+			name:     "new only: the earlier agent is left out, the one that never ACKed is waited for",
+			args:     []string{"--since", "15", "--version", "4", "--new-only", "--wait", "1ms"},
+			wantLine: "agents=3 done=1 not_done=1 before=1 types=eds",
+			wantErr:  "1 of 3 agents did not get there",
+		},
+		{name: "until before since", args: []string{"--since", "15", "--until", "5", "--version", "4"}, wantErr: "--until is before --since"},
+		{name: "synced with new-only", args: []string{"--since", "15", "--synced", "--new-only"}, wantErr: "not --synced"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			err := reportCommand(append([]string{"--endpoints", ep}, tt.args...), &out)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+			if !strings.HasPrefix(out.String(), tt.wantLine) {
+				t.Fatalf("printed %q, want it to start with %q", out.String(), tt.wantLine)
+			}
+		})
+	}
+}
+
+func TestProcessCPU(t *testing.T) {
+	tests := []struct {
+		name    string
+		stat    string
+		want    float64
+		wantErr bool
+	}{
+		{
+			name: "plain",
+			stat: "4242 (flotilla-contro) S 1 4242 4242 0 -1 4194560 5000 0 0 0 250 75 0 0 20 0 12 0 100 0 0\n",
+			want: 3.25,
+		},
+		{
+			name: "a command name with spaces and parentheses",
+			stat: "7 (a) b (c) R 1 7 7 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 1 0 0\n",
+			want: 0.03,
+		},
+		{name: "truncated", stat: "7 (x) R 1 7 7 0", wantErr: true},
+		{name: "no command name", stat: "7 x R", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := processCPU(tt.stat)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil && got != tt.want {
+				t.Fatalf("got %v s, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMachineBusy(t *testing.T) {
+	tests := []struct {
+		name    string
+		stat    string
+		want    float64
+		wantErr bool
+	}{
+		{
+			// user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+			name: "all CPUs line",
+			stat: "cpu  100 20 30 9000 500 1 2 3 0 0\ncpu0 50 10 15 4500 250 1 1 2 0 0\nintr 1\n",
+			want: 1.56,
+		},
+		{name: "no cpu line", stat: "intr 1\n", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := machineBusy(tt.stat)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil && got != tt.want {
+				t.Fatalf("got %v s, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCPUCommand samples this test's own process: every line holds the
+// time, its CPU seconds and the machine's, and the samples do not go back.
+func TestCPUCommand(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &lineWriter{want: 3, cancel: cancel}
+	if err := cpuCommand(ctx, []string{"--pids", strconv.Itoa(os.Getpid()), "--every", "5ms"}, w); err != nil {
+		t.Fatal(err)
+	}
+	var prev []float64
+	for _, l := range w.lines {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			t.Fatalf("line %q: %d fields, want 3 (time, process, machine)", l, len(f))
+		}
+		var cur []float64
+		for _, s := range f {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			cur = append(cur, v)
+		}
+		for i := range prev {
+			if cur[i] < prev[i] {
+				t.Fatalf("line %q went back from %v", l, prev)
+			}
+		}
+		prev = cur
+	}
+	if err := cpuCommand(ctx, []string{"--pids", "x"}, w); err == nil {
+		t.Fatal("--pids x: no error")
+	}
+}
+
+// lineWriter keeps what is written to it and cancels after want writes.
+type lineWriter struct {
+	want   int
+	cancel func()
+	lines  []string
+}
+
+func (w *lineWriter) Write(b []byte) (int, error) {
+	w.lines = append(w.lines, string(b))
+	if len(w.lines) >= w.want {
+		w.cancel()
+	}
+	return len(b), nil
 }
 
 // bundleFiles is a bundle with n clusters and TCP listeners, and one listener
@@ -183,7 +435,7 @@ func TestFleetAgainstControlPlane(t *testing.T) {
 			}
 			var r result
 			waitFor(t, "every agent acked version 2", func() bool {
-				r, err = collectAcks(context.Background(), []string{ep}, "2", since, [numTypes]bool{})
+				r, err = collectAcks(context.Background(), []string{ep}, "2", span{since: since}, [numTypes]bool{})
 				return err == nil && r.done == agents
 			})
 			// Only the endpoints changed: EDS alone goes to version 2.

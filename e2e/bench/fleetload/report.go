@@ -139,7 +139,9 @@ func reportCommand(args []string, out io.Writer) error {
 	eps := fs.String("endpoints", "", "status `addresses` of the run processes, comma separated")
 	since := fs.Int64("since", 0, "start of the measurement, Unix nanoseconds (e.g. date +%s%N before flotctl apply)")
 	version := fs.String("version", "", "the version whose ACKs are measured")
-	typesFlag := fs.String("types", "", "types that must reach --version (default: every type some agent ACKed it for)")
+	typesFlag := fs.String("types", "", "types that must reach --version (default: every type some agent ACKed it for; with --new-only, from --since on)")
+	until := fs.Int64("until", 0, "count only ACKs at or before this time, Unix nanoseconds: an agent that ACKed later is not done (0: no bound); once it has passed, report at once")
+	newOnly := fs.Bool("new-only", false, "leave out the agents that had ACKed --version before --since (an earlier rollout step's); they are counted as before=")
 	synced := fs.Bool("synced", false, "measure the time to each agent's first complete set of ACKs on its current stream instead")
 	wait := fs.Duration("wait", 2*time.Minute, "wait up to this long for every agent before reporting")
 	if err := fs.Parse(args); err != nil {
@@ -155,6 +157,13 @@ func reportCommand(args []string, out io.Writer) error {
 	if !*synced && *version == "" {
 		return errors.New("--version or --synced is required")
 	}
+	if *synced && (*until != 0 || *newOnly) {
+		return errors.New("--until and --new-only measure ACKs of a --version, not --synced")
+	}
+	if *until != 0 && *until < *since {
+		return errors.New("--until is before --since")
+	}
+	sp := span{since: *since, until: *until, newOnly: *newOnly}
 	types, err := parseTypes(*typesFlag)
 	if err != nil {
 		return fmt.Errorf("--types: %w", err)
@@ -166,15 +175,18 @@ func reportCommand(args []string, out io.Writer) error {
 		if *synced {
 			r, err = collectSynced(ctx, list, *since)
 		} else {
-			r, err = collectAcks(ctx, list, *version, *since, types)
+			r, err = collectAcks(ctx, list, *version, sp, types)
 		}
 		if err != nil {
 			return err
 		}
-		if r.done == r.agents || time.Now().After(deadline) {
+		// Past --until no later ACK counts: the agents not done are what
+		// is measured (those a rollout step left on the old version).
+		closed := sp.until != 0 && time.Now().UnixNano() > sp.until
+		if r.complete() || closed || time.Now().After(deadline) {
 			fmt.Fprintln(out, r.line())
-			if r.done != r.agents {
-				return fmt.Errorf("%d of %d agents did not get there within %s", r.agents-r.done, r.agents, *wait)
+			if !r.complete() && !closed {
+				return fmt.Errorf("%d of %d agents did not get there within %s", r.notDone(), r.agents, *wait)
 			}
 			return nil
 		}
@@ -182,17 +194,25 @@ func reportCommand(args []string, out io.Writer) error {
 	}
 }
 
-// result is a convergence measurement over every agent.
+// result is a convergence measurement over every agent: done ones got there
+// (latencies has one entry each), before ones had got there before the
+// measurement started and are left out (span.newOnly), and the others did
+// not get there (notDone).
 type result struct {
-	agents, done int
-	types        []string
-	latencies    []time.Duration
+	agents, done, before int
+	types                []string
+	latencies            []time.Duration
 }
+
+func (r result) notDone() int { return r.agents - r.done - r.before }
+
+// complete reports whether every agent is done or left out as before.
+func (r result) complete() bool { return r.notDone() == 0 }
 
 func (r result) line() string {
 	slices.Sort(r.latencies)
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
-	s := fmt.Sprintf("agents=%d done=%d", r.agents, r.done)
+	s := fmt.Sprintf("agents=%d done=%d not_done=%d before=%d", r.agents, r.done, r.notDone(), r.before)
 	if len(r.types) > 0 {
 		s += " types=" + strings.Join(r.types, ",")
 	}
@@ -212,15 +232,33 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[rank-1]
 }
 
+// span is what a convergence measurement counts: ACKs from since (Unix
+// nanoseconds; earlier ones count as at since) to until (later ones do not
+// count; 0 means no bound). With newOnly, an agent whose ACKs all came
+// before since is left out: during a rollout step, the earlier steps' agents.
+type span struct {
+	since, until int64
+	newOnly      bool
+}
+
+// acked reports whether an ACK at at (0: none) counts.
+func (s span) acked(at int64) bool { return at != 0 && (s.until == 0 || at <= s.until) }
+
+// pushed reports whether an ACK at at shows that the type was pushed within
+// the span: with newOnly, only ACKs from since on do.
+func (s span) pushed(at int64) bool { return s.acked(at) && (!s.newOnly || at >= s.since) }
+
 // convergence computes, per agent, the time from since to its ACK of the
 // target types: the latest of them. With no types given, the target types
-// are those some agent ACKed the version for.
-func convergence(at [][numTypes]int64, since int64, want [numTypes]bool) result {
+// are those some agent ACKed the version for within the span (with
+// newOnly, from since on: what was pushed during the span, not what some
+// agents had ACKed before).
+func convergence(at [][numTypes]int64, s span, want [numTypes]bool) result {
 	var r result
 	if want == ([numTypes]bool{}) {
 		for _, a := range at {
 			for t := range numTypes {
-				if a[t] != 0 {
+				if s.pushed(a[t]) {
 					want[t] = true
 				}
 			}
@@ -232,6 +270,9 @@ func convergence(at [][numTypes]int64, since int64, want [numTypes]bool) result 
 		}
 	}
 	r.agents = len(at)
+	if len(r.types) == 0 {
+		return r
+	}
 agents:
 	for _, a := range at {
 		var last int64
@@ -239,21 +280,22 @@ agents:
 			if !want[t] {
 				continue
 			}
-			if a[t] == 0 {
+			if !s.acked(a[t]) {
 				continue agents
 			}
 			last = max(last, a[t])
 		}
-		if len(r.types) == 0 {
+		if s.newOnly && last < s.since {
+			r.before++
 			continue
 		}
 		r.done++
-		r.latencies = append(r.latencies, time.Duration(max(last-since, 0)))
+		r.latencies = append(r.latencies, time.Duration(max(last-s.since, 0)))
 	}
 	return r
 }
 
-func collectAcks(ctx context.Context, eps []string, version string, since int64, want [numTypes]bool) (result, error) {
+func collectAcks(ctx context.Context, eps []string, version string, s span, want [numTypes]bool) (result, error) {
 	var all [][numTypes]int64
 	for _, e := range eps {
 		var a Acks
@@ -262,7 +304,7 @@ func collectAcks(ctx context.Context, eps []string, version string, since int64,
 		}
 		all = append(all, a.At...)
 	}
-	return convergence(all, since, want), nil
+	return convergence(all, s, want), nil
 }
 
 func collectSynced(ctx context.Context, eps []string, since int64) (result, error) {

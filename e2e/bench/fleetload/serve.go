@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,7 +32,9 @@ type Status struct {
 }
 
 // Acks is what GET /acks?version=V returns: per agent and type, when the
-// agent first ACKed V (Unix nanoseconds), 0 when it has not.
+// agent first ACKed V (Unix nanoseconds), 0 when it has not: the time it
+// came back to V if it went back to V from another version, and the time it
+// ACKed V even after it went on to another one.
 type Acks struct {
 	At [][numTypes]int64 `json:"at"`
 }
@@ -56,7 +59,8 @@ func (f *fleet) status() Status {
 			st.Synced++
 		}
 		for t := range numTypes {
-			if v := a.acked[t].version; a.acked[t].at != 0 {
+			if n := len(a.acked[t]); n > 0 {
+				v := a.acked[t][n-1].version
 				if st.Versions[typeNames[t]] == nil {
 					st.Versions[typeNames[t]] = map[string]int{}
 				}
@@ -73,8 +77,11 @@ func (f *fleet) acks(version string) Acks {
 	for i, a := range f.agents {
 		a.mu.Lock()
 		for t := range numTypes {
-			if a.acked[t].version == version {
-				out.At[i][t] = a.acked[t].at
+			for _, k := range slices.Backward(a.acked[t]) {
+				if k.version == version {
+					out.At[i][t] = k.at
+					break
+				}
 			}
 		}
 		a.mu.Unlock()
