@@ -1,5 +1,8 @@
 // Package xds serves the fleet's configuration to agents over Envoy's xDS v3
-// protocol (ADS, state-of-the-world and delta) with go-control-plane.
+// protocol: state-of-the-world ADS, which agents and gRPC clients use, with a
+// stream handler of our own (adsServer: one goroutine per idle stream), and
+// delta ADS and the per-type discovery services with go-control-plane's
+// server; both answer from one cache (nackAwareCache).
 //
 // Agents are grouped by their labels: agents with equal label sets share one
 // snapshot, so memory and compile work grow with the number of groups, not of
@@ -185,7 +188,7 @@ func New(opts Options) *Server {
 
 // Register registers ADS and the per-type discovery services on g.
 func (s *Server) Register(g *grpc.Server) {
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, &adsServer{Server: s.xds, cache: s.cache, callbacks: s.registry})
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
