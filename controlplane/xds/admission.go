@@ -2,11 +2,16 @@ package xds
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 )
 
 // Defaults of Options.StreamRate and Options.StreamBurst.
@@ -27,16 +32,6 @@ func (o Options) streamBurst() int {
 		return defaultStreamBurst
 	}
 	return o.StreamBurst
-}
-
-// GRPCOptions are the gRPC server options the xDS port needs besides
-// keepalive: admission of new streams at Options.StreamRate (see admission).
-// Pass them to grpc.NewServer before Register.
-func (s *Server) GRPCOptions() []grpc.ServerOption {
-	if s.admission == nil {
-		return nil
-	}
-	return []grpc.ServerOption{grpc.ChainStreamInterceptor(s.admission.intercept)}
 }
 
 // admission is a token bucket on new xDS streams. A control plane that
@@ -99,21 +94,66 @@ func (a *admission) wait(ctx context.Context) error {
 	}
 }
 
-// intercept admits an xDS stream before its handler runs. Other streams on the same
-// server (the agents' stats reports) cost no push and pass at once: they must not use up
-// the tokens a reconnecting fleet needs for its configuration.
-func (a *admission) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if !isXDS(info) {
-		return handler(srv, ss)
+// admit waits for st's admission (none when a is nil), then serves it.
+func admit[S interface{ Context() context.Context }](a *admission, st S, serve func(S) error) error {
+	if a != nil {
+		if err := a.wait(st.Context()); err != nil {
+			return err
+		}
 	}
-	if err := a.wait(ss.Context()); err != nil {
-		return err
-	}
-	return handler(srv, ss)
+	return serve(st)
 }
 
-// isXDS reports whether a stream is one of Envoy's discovery services (ADS, or a
-// per-type service such as /envoy.service.listener.v3.ListenerDiscoveryService/…).
-func isXDS(info *grpc.StreamServerInfo) bool {
-	return info == nil || strings.HasPrefix(info.FullMethod, "/envoy.service.")
+// admitted is go-control-plane's server with its streams admitted. The xDS
+// services are wrapped one by one rather than with a gRPC interceptor: an
+// interceptor would also see the agents' stats reports, which cost no push
+// and must not use up the tokens a reconnecting fleet needs, and its frames
+// would sit under every idle ADS stream's wait (see adsServer).
+type admitted struct {
+	serverv3.Server
+	adm *admission
+}
+
+func (a admitted) DeltaAggregatedResources(st discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return admit(a.adm, st, a.Server.DeltaAggregatedResources)
+}
+
+func (a admitted) StreamClusters(st clusterservice.ClusterDiscoveryService_StreamClustersServer) error {
+	return admit(a.adm, st, a.Server.StreamClusters)
+}
+
+func (a admitted) DeltaClusters(st clusterservice.ClusterDiscoveryService_DeltaClustersServer) error {
+	return admit(a.adm, st, a.Server.DeltaClusters)
+}
+
+func (a admitted) StreamEndpoints(st endpointservice.EndpointDiscoveryService_StreamEndpointsServer) error {
+	return admit(a.adm, st, a.Server.StreamEndpoints)
+}
+
+func (a admitted) DeltaEndpoints(st endpointservice.EndpointDiscoveryService_DeltaEndpointsServer) error {
+	return admit(a.adm, st, a.Server.DeltaEndpoints)
+}
+
+func (a admitted) StreamListeners(st listenerservice.ListenerDiscoveryService_StreamListenersServer) error {
+	return admit(a.adm, st, a.Server.StreamListeners)
+}
+
+func (a admitted) DeltaListeners(st listenerservice.ListenerDiscoveryService_DeltaListenersServer) error {
+	return admit(a.adm, st, a.Server.DeltaListeners)
+}
+
+func (a admitted) StreamRoutes(st routeservice.RouteDiscoveryService_StreamRoutesServer) error {
+	return admit(a.adm, st, a.Server.StreamRoutes)
+}
+
+func (a admitted) DeltaRoutes(st routeservice.RouteDiscoveryService_DeltaRoutesServer) error {
+	return admit(a.adm, st, a.Server.DeltaRoutes)
+}
+
+func (a admitted) StreamSecrets(st secretservice.SecretDiscoveryService_StreamSecretsServer) error {
+	return admit(a.adm, st, a.Server.StreamSecrets)
+}
+
+func (a admitted) DeltaSecrets(st secretservice.SecretDiscoveryService_DeltaSecretsServer) error {
+	return admit(a.adm, st, a.Server.DeltaSecrets)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -63,20 +64,11 @@ func TestAdmissionWaitGivesUp(t *testing.T) {
 	}
 }
 
-func TestGRPCOptions(t *testing.T) {
-	if got := len(New(Options{}).GRPCOptions()); got != 1 {
-		t.Fatalf("default options: %d, want the admission interceptor", got)
-	}
-	if got := len(New(Options{StreamRate: -1}).GRPCOptions()); got != 0 {
-		t.Fatalf("StreamRate -1: %d options, want none", got)
-	}
-}
-
 // TestAdmissionOnAServer: on a real gRPC server, streams past the burst are
 // served at the configured rate.
 func TestAdmissionOnAServer(t *testing.T) {
 	s := New(Options{StreamRate: 20, StreamBurst: 2, Logger: slog.New(slog.DiscardHandler)})
-	g := grpc.NewServer(s.GRPCOptions()...)
+	g := grpc.NewServer()
 	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,23 +104,75 @@ func TestAdmissionOnAServer(t *testing.T) {
 	}
 }
 
-// TestAdmissionOnlyXDS: with no tokens left, an xDS stream waits but a stream of another
-// service on the same server (the agents' reports) is served at once.
-func TestAdmissionOnlyXDS(t *testing.T) {
-	tests := []struct {
-		method string
-		xds    bool
-	}{
-		{"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources", true},
-		{"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources", true},
-		{"/envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners", true},
-		{"/flotilla.report.v1.ReportService/Report", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method, func(t *testing.T) {
-			if got := isXDS(&grpc.StreamServerInfo{FullMethod: tt.method}); got != tt.xds {
-				t.Errorf("isXDS(%q) = %v, want %v", tt.method, got, tt.xds)
+// TestAdmissionEveryXDSService: with no token left, a new stream of each
+// xDS service waits (here until its deadline, unserved); with a token, it is
+// served at once. Other services on the server (the agents' reports, package
+// stats) are not wrapped, so they never wait.
+func TestAdmissionEveryXDSService(t *testing.T) {
+	n := node("n1", nil)
+	first := map[string]func(ctx context.Context, conn *grpc.ClientConn) error{
+		"ADS": func(ctx context.Context, conn *grpc.ClientConn) error {
+			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+			if err == nil {
+				err = st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
 			}
-		})
+			if err == nil {
+				_, err = st.Recv()
+			}
+			return err
+		},
+		"delta ADS": func(ctx context.Context, conn *grpc.ClientConn) error {
+			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+			if err == nil {
+				err = st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
+			}
+			if err == nil {
+				_, err = st.Recv()
+			}
+			return err
+		},
+		"LDS": func(ctx context.Context, conn *grpc.ClientConn) error {
+			st, err := listenerservice.NewListenerDiscoveryServiceClient(conn).StreamListeners(ctx)
+			if err == nil {
+				err = st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ListenerType})
+			}
+			if err == nil {
+				_, err = st.Recv()
+			}
+			return err
+		},
+	}
+	for name, first := range first {
+		for _, tokens := range []float64{0, 1} {
+			t.Run(fmt.Sprintf("%s/tokens=%v", name, tokens), func(t *testing.T) {
+				s := New(Options{StreamRate: 0.001, StreamBurst: 1, Logger: slog.New(slog.DiscardHandler)})
+				s.admission.tokens = tokens
+				s.nodeSeen(n)
+				if err := s.SetVersion(1, files(7001, nil, "127.0.0.1:9001")); err != nil {
+					t.Fatal(err)
+				}
+				g := grpc.NewServer()
+				s.Register(g)
+				lis, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				go g.Serve(lis) //nolint:errcheck // ends with Stop
+				t.Cleanup(g.Stop)
+				conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				// Admitted, the stream is answered at once; held back, it
+				// waits until its deadline.
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				err = first(ctx, conn)
+				if admitted := err == nil; admitted != (tokens > 0) {
+					t.Fatalf("answered = %v (%v), want %v", admitted, err, tokens > 0)
+				}
+			})
+		}
 	}
 }

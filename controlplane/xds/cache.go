@@ -175,11 +175,18 @@ func (c *nackAwareCache) rewatch(nodeID string) {
 }
 
 // CreateWatch parks state-of-the-world watches for rejected versions.
+// go-control-plane's server calls it for the per-type discovery services;
+// ADS streams are served by adsServer, which calls watch.
 func (c *nackAwareCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
-	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func() bool, bool, error) { return c.createWatch(req, sub, out) })
+	return c.watch(req, sub, toChannel(out))
 }
 
-func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func() bool, bool, error) {
+// watch is CreateWatch with the response handed to deliver.
+func (c *nackAwareCache) watch(req *cache.Request, sub cache.Subscription, deliver deliverFunc) (func(), error) {
+	return c.track(req.GetNode().GetId(), req.GetTypeUrl(), func() (func() bool, bool, error) { return c.createWatch(req, sub, deliver) })
+}
+
+func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription, deliver deliverFunc) (func() bool, bool, error) {
 	hs := c.wrap(req.GetNode(), req.GetTypeUrl(), sub)
 	version, _ := hs.current()
 	park := version != "" && req.GetVersionInfo() != version
@@ -205,7 +212,7 @@ func (c *nackAwareCache) createWatch(req *cache.Request, sub cache.Subscription,
 		}
 		req = r
 	}
-	cancel, answered := c.sotw.createWatch(hs.group, req, hs, out)
+	cancel, answered := c.sotw.createWatch(hs.group, req, hs, deliver)
 	return cancel, answered, nil
 }
 

@@ -1,5 +1,8 @@
 // Package xds serves the fleet's configuration to agents over Envoy's xDS v3
-// protocol (ADS, state-of-the-world and delta) with go-control-plane.
+// protocol: state-of-the-world ADS, which agents and gRPC clients use, with a
+// stream handler of our own (adsServer: one goroutine per idle stream), and
+// delta ADS and the per-type discovery services with go-control-plane's
+// server; both answer from one cache (nackAwareCache).
 //
 // Agents are grouped by their labels: agents with equal label sets share one
 // snapshot, so memory and compile work grow with the number of groups, not of
@@ -72,7 +75,7 @@ type Options struct {
 	// config version (fleet.Observer); nil means nobody.
 	Observer fleet.Observer
 	// StreamRate bounds how many new xDS streams a second are served (see
-	// GRPCOptions); the others wait their turn. 0 means 5000; negative means
+	// admission); the others wait their turn. 0 means 5000; negative means
 	// no bound.
 	StreamRate float64
 	// StreamBurst is how many streams may be admitted at once above
@@ -183,14 +186,17 @@ func New(opts Options) *Server {
 	return s
 }
 
-// Register registers ADS and the per-type discovery services on g.
+// Register registers ADS and the per-type discovery services on g. New
+// streams of every one of them are admitted at Options.StreamRate; other
+// services on g (the agents' reports) are not held back.
 func (s *Server) Register(g *grpc.Server) {
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
-	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
-	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
-	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
-	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
-	secretservice.RegisterSecretDiscoveryServiceServer(g, s.xds)
+	adm := admitted{Server: s.xds, adm: s.admission}
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, &adsServer{Server: adm, cache: s.cache, callbacks: s.registry, admission: s.admission})
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, adm)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, adm)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, adm)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, adm)
+	secretservice.RegisterSecretDiscoveryServiceServer(g, adm)
 }
 
 // Agents returns the connected agents matching selector.

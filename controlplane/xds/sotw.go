@@ -92,9 +92,20 @@ type sotwGroup struct {
 }
 
 type sotwWatch struct {
-	req *cache.Request
-	sub cache.Subscription
-	out chan cache.Response
+	req     *cache.Request
+	sub     cache.Subscription
+	deliver deliverFunc
+}
+
+// deliverFunc hands a watch's response to its stream. It is called with the
+// cache's lock held and must not block or call back into the cache.
+type deliverFunc func(cache.Response)
+
+// toChannel delivers into a go-control-plane server's response channel,
+// which has room for one response per type; the server reads one response
+// per type before it asks again, so this never blocks.
+func toChannel(out chan cache.Response) deliverFunc {
+	return func(r cache.Response) { out <- r }
 }
 
 func newSOTWCache() *sotwCache {
@@ -115,20 +126,18 @@ func (c *sotwCache) group(key string) *sotwGroup {
 
 // createWatch answers req at once (answered) or parks it. The request must
 // be a wildcard one (nackAwareCache makes it so).
-func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, out chan cache.Response) (cancel func() (parked bool), answered bool) {
+func (c *sotwCache) createWatch(key string, req *cache.Request, sub cache.Subscription, deliver deliverFunc) (cancel func() (parked bool), answered bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	g := c.group(key)
 	if p := g.types[req.GetTypeUrl()]; p != nil && (req.GetVersionInfo() != p.version || missing(sub, p)) {
-		// The server reads one response per type before it asks again, and
-		// out has room for one per type: this never blocks.
-		out <- &sharedResponse{req: req, p: p}
+		deliver(&sharedResponse{req: req, p: p})
 		return func() bool { return false }, true
 	}
 	c.nextID++
 	id := c.nextID
 	rt := cache.GetResponseType(req.GetTypeUrl())
-	g.watches[rt][id] = &sotwWatch{req: req, sub: sub, out: out}
+	g.watches[rt][id] = &sotwWatch{req: req, sub: sub, deliver: deliver}
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -180,7 +189,7 @@ func (c *sotwCache) set(key string, types map[string]*prepared, publish func()) 
 			if p == nil || p.version == w.req.GetVersionInfo() {
 				continue
 			}
-			w.out <- &sharedResponse{req: w.req, p: p}
+			w.deliver(&sharedResponse{req: w.req, p: p})
 			delete(watches, id)
 		}
 	}

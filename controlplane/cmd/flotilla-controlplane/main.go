@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -49,8 +50,10 @@ type config struct {
 	// metricsAddrSet is true when --metrics-addr was given: failing to bind
 	// it is then fatal, while a busy default only turns /metrics off.
 	metricsAddrSet bool
-	dataDir        string
-	logLevel       string
+	// pprof adds net/http/pprof's /debug/pprof/ to the metrics server.
+	pprof    bool
+	dataDir  string
+	logLevel string
 }
 
 // defaultMetricsAddr is where /metrics listens unless told otherwise.
@@ -67,6 +70,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.xdsAddr, "xds-addr", ":18000", "address of the xDS (ADS) gRPC server agents connect to")
 	fs.StringVar(&cfg.adminAddr, "admin-addr", "127.0.0.1:18001", "address of the admin gRPC API flotctl calls")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, `address of the HTTP server for Prometheus /metrics ("" turns it off)`)
+	fs.BoolVar(&cfg.pprof, "pprof", false, "serve Go's profiles (/debug/pprof/) on the metrics address; only on a trusted address")
 	fs.StringVar(&cfg.dataDir, "data-dir", "/var/lib/flotilla-controlplane", "directory of the embedded store (flotilla.db)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -151,13 +155,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	xdsGRPC := grpc.NewServer(append([]grpc.ServerOption{
+	xdsGRPC := grpc.NewServer(
 		// Agents keep their stream alive with pings; allow them, and close
 		// streams whose peer vanished without a FIN.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(1000),
-	}, xdsServer.GRPCOptions()...)...)
+	)
 	xdsServer.Register(xdsGRPC)
 	reports.Register(xdsGRPC)
 
@@ -225,6 +229,13 @@ func serveMetrics(cfg config, reg *prometheus.Registry, log *slog.Logger, errc c
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if cfg.pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { errc <- fmt.Errorf("metrics server: %w", srv.Serve(lis)) }()
 	return srv, lis.Addr().String(), nil
