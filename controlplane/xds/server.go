@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -357,6 +358,13 @@ func (s *Server) build(key string, cfg *configState) error {
 		}
 		tv.version = strconv.FormatUint(cfg.number, 10)
 		prev, ok := g.types[typeURL]
+		if !ok {
+			// A new group (e.g. a rollout's canaries, pinned on a version):
+			// a type whose content another group of the same labels serves
+			// takes its version, so agents moved between the two are not
+			// sent the same resources again.
+			prev, ok = s.sameContent(g, typeURL, tv.hash)
+		}
 		if ok && prev.hash == tv.hash {
 			tv.version = prev.version
 			// Unchanged: keep what agents were sent, shared.
@@ -383,6 +391,22 @@ func (s *Server) build(key string, cfg *configState) error {
 		s.groupsMu.Unlock()
 	}
 	return s.cache.setSnapshot(context.Background(), key, snap, wire, publish)
+}
+
+// sameContent finds, among the other groups with g's labels, one serving
+// typeURL with content hash.
+func (s *Server) sameContent(g *group, typeURL, hash string) (typeVersion, bool) {
+	s.groupsMu.RLock()
+	defer s.groupsMu.RUnlock()
+	for _, o := range s.groups {
+		if o == g || o.grpc != g.grpc || !maps.Equal(o.labels, g.labels) {
+			continue
+		}
+		if tv, ok := o.types[typeURL]; ok && tv.hash == hash {
+			return tv, true
+		}
+	}
+	return typeVersion{}, false
 }
 
 func asResources[T types.Resource](in []T) []types.Resource {
