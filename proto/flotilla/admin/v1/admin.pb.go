@@ -1378,11 +1378,12 @@ type StatsGroup struct {
 	LastReport *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
 	// Agent is set in per-agent groups.
 	Agent *AgentReportInfo `protobuf:"bytes,9,opt,name=agent,proto3" json:"agent,omitempty"`
-	// Cumulative counts everything the group's agents reported since the
+	// Cumulative counts the upstream connection attempts, connect failures,
+	// HTTP responses and 5xx responses the group's agents reported since the
 	// control plane first heard from each (it forgets an agent after 10
-	// minutes without a report): the counts of two answers subtracted, agent
-	// by agent, are what happened in between (the rollout analysis does so).
-	// Its window and rates are not set.
+	// minutes without a report): two answers subtracted, agent by agent, count
+	// what happened in between, however long (the rollout analysis does so).
+	// Its other counts, its window and its rates are not set.
 	Cumulative    *WindowStats `protobuf:"bytes,10,opt,name=cumulative,proto3" json:"cumulative,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
