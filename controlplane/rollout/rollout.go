@@ -703,6 +703,7 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 	if err != nil {
 		return nil, err
 	}
+	withDefaults(r)
 	if live(r) {
 		_, ready, _, missing := c.assigned(r)
 		r.Ready = uint32(ready)
@@ -718,7 +719,17 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 
 // List returns rollouts newest first.
 func (c *Controller) List(ctx context.Context, limit int) ([]*adminv1.Rollout, error) {
-	return c.opts.Store.ListRollouts(ctx, limit)
+	rs, err := c.opts.Store.ListRollouts(ctx, limit)
+	for _, r := range rs {
+		withDefaults(r)
+	}
+	return rs, err
+}
+
+// withDefaults fills in the settings a rollout stored before it had them
+// runs with.
+func withDefaults(r *adminv1.Rollout) {
+	r.MinSamples, r.MaxActiveDropRatio = minSamples(r), maxActiveDropRatio(r)
 }
 
 // change applies an operator's action to rollout id (0: the latest).
