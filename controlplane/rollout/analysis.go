@@ -158,13 +158,13 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 	least := uint64(minSamples(r))
 	span := c.opts.now().Sub(start.at).Round(time.Second)
 	var notes []string
-	notes = append(notes, fmt.Sprintf("%s over %s: %d canaries against %d baseline agents on v%d",
-		step, span, canary.agents, base.agents, r.GetFromVersion()))
+	notes = append(notes, fmt.Sprintf("%s over %s: %s against %s on v%d",
+		step, span, count(canary.agents, "canary", "canaries"), count(base.agents, "baseline agent", "baseline agents"), r.GetFromVersion()))
 
 	cf, bf := ratio(canary.failures, canary.attempts), ratio(base.failures, base.attempts)
 	switch {
 	case canary.attempts < least:
-		notes = append(notes, fmt.Sprintf("connect failures not judged: %d attempts, fewer than %d", canary.attempts, least))
+		notes = append(notes, fmt.Sprintf("connect failures not judged: %s, fewer than %d", count(canary.attempts, "attempt", "attempts"), least))
 	default:
 		notes = append(notes, fmt.Sprintf("connect failures %.1f%% (%d of %d), baseline %.1f%% (%d of %d)",
 			cf*100, canary.failures, canary.attempts, bf*100, base.failures, base.attempts))
@@ -177,7 +177,7 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 	c5, b5 := ratio(canary.http5xx, canary.requests), ratio(base.http5xx, base.requests)
 	switch {
 	case canary.requests < least:
-		notes = append(notes, fmt.Sprintf("5xx not judged: %d requests, fewer than %d", canary.requests, least))
+		notes = append(notes, fmt.Sprintf("5xx not judged: %s, fewer than %d", count(canary.requests, "request", "requests"), least))
 	default:
 		notes = append(notes, fmt.Sprintf("5xx %.1f%% (%d of %d), baseline %.1f%% (%d of %d)",
 			c5*100, canary.http5xx, canary.requests, b5*100, base.http5xx, base.requests))
@@ -200,6 +200,14 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 		}
 	}
 	return reason, strings.Join(notes, "; ")
+}
+
+// count is "1 canary", "3 canaries".
+func count[N int | uint64](n N, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // change describes a relative drop as a change: "-70.0%", "+5.0%".

@@ -342,7 +342,7 @@ func TestAnalysis(t *testing.T) {
 		wantNotInAnalysis []string
 	}{
 		{name: "healthy", before: cohorts{healthy, healthy}, early: cohorts{healthy, healthy},
-			wantAnalysis: []string{"step 1 (25%) over 1m0s: 1 canaries against 3 baseline agents on v1",
+			wantAnalysis: []string{"step 1 (25%) over 1m0s: 1 canary against 3 baseline agents on v1",
 				"connect failures 1.0% (12 of 1200), baseline 1.0% (36 of 3600)", "5xx 1.0% (12 of 1200)",
 				"active connections 100 to 100 (+0.0%), baseline 300 to 300 (+0.0%)"}},
 		{name: "connect failures", before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.failures = 60 }), healthy},
@@ -380,7 +380,7 @@ func TestAnalysis(t *testing.T) {
 		// Minimum samples: 1 failure out of 1 attempt is not worth an abort...
 		{name: "one failed attempt", req: &adminv1.StartRolloutRequest{Bake: durationpb.New(5 * time.Second)},
 			before: cohorts{load{}, healthy}, early: cohorts{load{attempts: 1, failures: 1, requests: 3, http5xx: 3}, healthy},
-			wantAnalysis: []string{"connect failures not judged: 1 attempts, fewer than 20", "5xx not judged: 3 requests, fewer than 20",
+			wantAnalysis: []string{"connect failures not judged: 1 attempt, fewer than 20", "5xx not judged: 3 requests, fewer than 20",
 				"active connections not judged: 0 at the bake's start, fewer than 20"},
 			wantNotInAnalysis: []string{"connect failures 100.0%"}},
 		// ... unless the rollout says so.
@@ -812,7 +812,7 @@ func TestAnalysisAfterRestartCountsFromTheResume(t *testing.T) {
 	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING || r.GetStep() != 1 {
 		t.Fatalf("rollout %v, want step 2: the failures were before the restart", r)
 	}
-	if want := "over 20s: 1 canaries against 3 baseline agents on v1; connect failures 0.0% (0 of 400)"; !strings.Contains(r.GetAnalysis(), want) {
+	if want := "over 20s: 1 canary against 3 baseline agents on v1; connect failures 0.0% (0 of 400)"; !strings.Contains(r.GetAnalysis(), want) {
 		t.Errorf("analysis %q lacks %q", r.GetAnalysis(), want)
 	}
 }
