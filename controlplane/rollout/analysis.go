@@ -125,10 +125,10 @@ func (co *cohort) drop() float64 {
 // step's bake. It returns why the step fails ("" when it passes) and what
 // it compared and skipped, for Rollout.Analysis.
 func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, summary string) {
-	step := fmt.Sprintf("step %d (%d%%)", r.GetStep()+1, r.GetSteps()[r.GetStep()])
 	if c.opts.Stats == nil {
 		return "", ""
 	}
+	step := fmt.Sprintf("step %d (%d%%)", r.GetStep()+1, r.GetSteps()[r.GetStep()])
 	start := c.start
 	if start == nil || start.id != r.GetId() || start.step != r.GetStep() {
 		return "", step + ": not analysed: no stats from the bake's start"
