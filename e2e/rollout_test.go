@@ -276,6 +276,10 @@ func TestRolloutAnalysisAborts(t *testing.T) {
 		!strings.Contains(r.stderr, "is above 20.0% and the baseline's 0.0%") {
 		t.Fatalf("flotctl rollout start -w of a version with a dead backend: %s", r)
 	}
+	// The analysis covered the bake, the canary against the two agents on v1.
+	if !strings.Contains(r.stdout, "analysis: step 1 (34%) over ") || !strings.Contains(r.stdout, ": 1 canary against 2 baseline agents on v1; connect failures ") {
+		t.Errorf("flotctl rollout start -w does not show the analysis: %s", r)
+	}
 	waitFor(t, convergeTimeout, "every agent on b1", f.split(0, "b2", "b1", nil))
 	if r := cp.flotctl(t, "wait", "1", "--timeout", "30s"); r.code != 0 {
 		t.Errorf("flotctl wait 1 after the abort: %s", r)

@@ -381,6 +381,7 @@ func TestUsageErrors(t *testing.T) {
 		{"rollback without a version", []string{"rollback", "-m", "x"}, "rollback takes one version number, got 0 arguments"},
 		{"rollback without a message", []string{"rollback", "3"}, "rollback needs a message"},
 		{"negative timeout", []string{"history", "--timeout", "-1s"}, "--timeout must be positive"},
+		{"negative ack wait", []string{"rollout", "start", "2", "--ack-wait", "-1s"}, "--ack-wait must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,10 +28,11 @@ func (a *app) rolloutCommand() *cobra.Command {
 		Long: `A rollout serves a stored version (typically one applied with --stage) to a
 growing share of the selected agents, step by step. Each step assigns the
 version to its share (agents ordered by a stable hash of their node id, so a
-step only adds agents), waits until they all run it, bakes, then compares the
-canaries' connect-failure and 5xx ratios with the other agents'. A NACK or
-bad numbers abort the rollout and put the canaries back on the version they
-ran before. See docs/rollouts.md.`,
+step only adds agents), waits until they all run it, bakes, then compares
+what the canaries did over the bake (connect-failure and 5xx ratios, open
+connections dropping) with what the selected agents still on the version
+the rollout started from did. A NACK or bad numbers abort the rollout and
+put the canaries back on the version they ran before. See docs/rollouts.md.`,
 	}
 	cmd.AddCommand(a.rolloutStartCommand(), a.rolloutStatusCommand(), a.rolloutListCommand(),
 		a.rolloutActionCommand("pause", "Pause a rollout where it is (the bake clock stops)"),
@@ -82,8 +83,9 @@ func maxOneID(cmd *cobra.Command, args []string) error {
 
 func (a *app) rolloutStartCommand() *cobra.Command {
 	var selector, steps, author string
-	var bake time.Duration
-	var maxCF, max5xx float64
+	var bake, ackWait time.Duration
+	var maxCF, max5xx, maxDrop float64
+	var minSamples uint32
 	var watch bool
 	cmd := &cobra.Command{
 		Use:   "start VERSION [--selector k=v,...] [--steps 1,10,50,100] [--bake 2m] [-w]",
@@ -105,13 +107,20 @@ func (a *app) rolloutStartCommand() *cobra.Command {
 			if bake < 0 {
 				return usageError(cmd, fmt.Errorf("--bake must not be negative, not %s", bake))
 			}
+			if ackWait < 0 {
+				return usageError(cmd, fmt.Errorf("--ack-wait must not be negative, not %s", ackWait))
+			}
 			c, err := a.connect()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			req := &adminv1.StartRolloutRequest{Version: v, Selector: sel, Steps: st, Bake: durationpb.New(bake),
-				MaxConnectFailureRatio: maxCF, Max_5XxRatio: max5xx, Author: a.author(author)}
+				MaxConnectFailureRatio: maxCF, Max_5XxRatio: max5xx, MaxActiveDropRatio: maxDrop, MinSamples: minSamples,
+				Author: a.author(author)}
+			if ackWait > 0 {
+				req.AckWait = durationpb.New(ackWait)
+			}
 			var resp *adminv1.StartRolloutResponse
 			if err := c.call(cmd.Context(), func(ctx context.Context) (err error) {
 				resp, err = c.api.StartRollout(ctx, req)
@@ -140,6 +149,12 @@ func (a *app) rolloutStartCommand() *cobra.Command {
 	f.DurationVar(&bake, "bake", 2*time.Minute, "how long each step runs before its analysis")
 	f.Float64Var(&maxCF, "max-connect-failure-ratio", 0.05, "abort when the canaries' connect-failure ratio is above this and the baseline's")
 	f.Float64Var(&max5xx, "max-5xx-ratio", 0.05, "abort when the canaries' 5xx ratio is above this and the baseline's")
+	f.Float64Var(&maxDrop, "max-active-drop-ratio", 0.5,
+		"abort when the canaries' open connections fall over the bake by more than this share of their number at its start, and more than the baseline's")
+	f.Uint32Var(&minSamples, "min-samples", 20,
+		"judge a ratio only when the canaries made at least this many connection attempts, requests, or had this many open connections at the bake's start")
+	f.DurationVar(&ackWait, "ack-wait", 0,
+		"fail a step whose assigned agents do not all run the version within this (default: the control plane's, max(30s, bake) unless configured)")
 	f.StringVar(&author, "author", "", "who (default $FLOTILLA_AUTHOR, else git config user.email, else $USER@hostname)")
 	f.BoolVarP(&watch, "watch", "w", false, "follow the rollout until it ends (exit 1 if it is aborted)")
 	return cmd
@@ -285,10 +300,11 @@ func (a *app) rolloutActionCommand(verb, short string) *cobra.Command {
 }
 
 // watchRollout follows a rollout until it ends: a progress bar redrawn in
-// place on a terminal, else one line whenever what it shows changes.
+// place on a terminal, else one line whenever what it shows changes; and a
+// line with each step's analysis.
 func (a *app) watchRollout(ctx context.Context, c *client, id uint64) error {
 	tty := isTerminal(a.stdout)
-	last := ""
+	last, analysis := "", ""
 	for {
 		r, err := getRollout(ctx, c, id)
 		if err != nil {
@@ -298,6 +314,13 @@ func (a *app) watchRollout(ctx context.Context, c *client, id uint64) error {
 			return err
 		}
 		id = r.GetId()
+		if an := r.GetAnalysis(); an != analysis {
+			if tty {
+				fmt.Fprint(a.stdout, "\r\033[K")
+			}
+			fmt.Fprintln(a.stdout, "analysis: "+an)
+			analysis = an
+		}
 		line := progressLine(r, tty)
 		switch {
 		case tty:
@@ -423,10 +446,17 @@ func writeRollout(w io.Writer, r *adminv1.Rollout, now time.Time) error {
 	fmt.Fprintf(tw, "version:\t%d (from %d)\n", r.GetVersion(), r.GetFromVersion())
 	fmt.Fprintf(tw, "selector:\t%s\n", selectorText(r.GetSelector()))
 	fmt.Fprintf(tw, "steps:\t%s, bake %s\n", percents(r.GetSteps()), r.GetBake().AsDuration())
-	fmt.Fprintf(tw, "thresholds:\tconnect failures %.1f%%, 5xx %.1f%%\n", r.GetMaxConnectFailureRatio()*100, r.GetMax_5XxRatio()*100)
+	fmt.Fprintf(tw, "thresholds:\tconnect failures %.1f%%, 5xx %.1f%%, active connections dropping %.1f%%; at least %d samples\n",
+		r.GetMaxConnectFailureRatio()*100, r.GetMax_5XxRatio()*100, r.GetMaxActiveDropRatio()*100, r.GetMinSamples())
+	if d := r.GetAckWait(); d != nil {
+		fmt.Fprintf(tw, "ack wait:\t%s\n", d.AsDuration())
+	}
 	fmt.Fprintf(tw, "state:\t%s, step %s\n", stateText(r.GetState()), stepText(r))
 	if d := doing(r); d != "" {
 		fmt.Fprintf(tw, "\t%s\n", d)
+	}
+	if an := r.GetAnalysis(); an != "" {
+		fmt.Fprintf(tw, "analysis:\t%s\n", an)
 	}
 	if t := r.GetUpdatedAt(); t != nil {
 		fmt.Fprintf(tw, "updated:\t%s ago\n", age(now.Sub(t.AsTime())))

@@ -2,6 +2,7 @@ package flotctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -29,10 +30,12 @@ func (a *app) waitCommand() *cobra.Command {
 group's snapshot ACKed. VERSION defaults to the active version (the latest
 one, unless later ones were staged with apply --stage).
 
-Exit 0 when they do. At --timeout it names each agent that does not and why
-(a NACK with the agent's message, a push not yet ACKed, an older version),
-and the agents that reported in the last 10 minutes but are not connected,
-and exits 1. With no matching agent connected it waits, then exits 1.`,
+Exit 0 when they do; agents that reported in the last 10 minutes but are
+not connected run nothing and do not hold it, but a warning on stderr names
+them. At --timeout it names each agent that does not converge and why (a
+NACK with the agent's message, a push not yet ACKed, an older version), and
+the agents that reported in the last 10 minutes but are not connected, and
+exits 1. With no matching agent connected it waits, then exits 1.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usageError(cmd, fmt.Errorf("wait takes at most one VERSION, got %d arguments", len(args)))
@@ -107,8 +110,24 @@ func (a *app) wait(ctx context.Context, c *client, target uint64, sel map[string
 			if len(agents) == 1 {
 				verb = "runs"
 			}
-			_, err := fmt.Fprintf(a.stdout, "converged: %s %s version %d\n", plural(len(agents), "agent"), verb, target)
-			return err
+			if _, err := fmt.Fprintf(a.stdout, "converged: %s %s version %d\n", plural(len(agents), "agent"), verb, target); err != nil {
+				return err
+			}
+			if gone, err := a.notConnected(ctx, c, sel, agents); err != nil {
+				fmt.Fprintf(a.stderr, "warning: cannot list the agents that are not connected: %s\n", err)
+			} else if len(gone) > 0 {
+				names := make([]string, len(gone))
+				for i, g := range gone {
+					names[i] = fmt.Sprintf("%s (last report %s)", g.id, g.last)
+				}
+				verb := "are"
+				if len(gone) == 1 {
+					verb = "is"
+				}
+				fmt.Fprintf(a.stderr, "warning: %s reported in the last 10 minutes but %s not connected: %s\n",
+					plural(len(gone), "agent"), verb, strings.Join(names, ", "))
+			}
+			return nil
 		}
 		if !a.now().Before(deadline) {
 			break
@@ -172,8 +191,27 @@ func whyLagging(ag *adminv1.Agent, target uint64) string {
 }
 
 // disconnected lists the agents that reported in the last 10 minutes but
-// have no xDS stream, if the control plane aggregates reports.
+// have no xDS stream, one line each, if the control plane aggregates reports.
 func (a *app) disconnected(ctx context.Context, c *client, sel map[string]string, connected []*adminv1.Agent) []string {
+	gone, err := a.notConnected(ctx, c, sel, connected)
+	if err != nil {
+		return []string{"(cannot list agents that are not connected: " + err.Error() + ")"}
+	}
+	lines := make([]string, len(gone))
+	for i, g := range gone {
+		lines[i] = fmt.Sprintf("%s: not connected (last report %s)", g.id, g.last)
+	}
+	return lines
+}
+
+// goneAgent is an agent that reported but is not connected, and how long
+// ago its last report was ("3m ago", "-").
+type goneAgent struct{ id, last string }
+
+// notConnected returns the agents that reported in the last 10 minutes but
+// have no xDS stream; none when the control plane does not aggregate
+// reports.
+func (a *app) notConnected(ctx context.Context, c *client, sel map[string]string, connected []*adminv1.Agent) ([]goneAgent, error) {
 	var resp *adminv1.GetStatsResponse
 	err := c.call(ctx, func(ctx context.Context) (err error) {
 		resp, err = c.api.GetStats(ctx, &adminv1.GetStatsRequest{Selector: sel})
@@ -181,11 +219,11 @@ func (a *app) disconnected(ctx context.Context, c *client, sel map[string]string
 	})
 	if err != nil {
 		if status.Code(err) != codes.Unimplemented {
-			return []string{"(cannot list agents that are not connected: " + c.explain(err, "").msg + ")"}
+			return nil, errors.New(c.explain(err, "").msg)
 		}
-		return nil
+		return nil, nil
 	}
-	var lines []string
+	var out []goneAgent
 	for _, g := range resp.GetGroups() {
 		id := g.GetKey()
 		if slices.ContainsFunc(connected, func(ag *adminv1.Agent) bool { return ag.GetNodeId() == id }) {
@@ -195,7 +233,7 @@ func (a *app) disconnected(ctx context.Context, c *client, sel map[string]string
 		if t := g.GetLastReport(); t != nil {
 			last = age(a.now().Sub(t.AsTime())) + " ago"
 		}
-		lines = append(lines, fmt.Sprintf("%s: not connected (last report %s)", id, last))
+		out = append(out, goneAgent{id, last})
 	}
-	return lines
+	return out, nil
 }

@@ -13,19 +13,31 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flotilla-proxy/flotilla/controlplane/admin"
+	"github.com/flotilla-proxy/flotilla/controlplane/compiler"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 )
 
-// staticStats answers GetStats with fixed groups, keeping the request.
+// staticStats answers GetStats with fixed groups, keeping the request; with
+// bySelector, only the groups whose agent's labels match its selector.
 type staticStats struct {
-	groups []*adminv1.StatsGroup
-	last   *adminv1.GetStatsRequest
+	groups     []*adminv1.StatsGroup
+	bySelector bool
+	last       *adminv1.GetStatsRequest
 }
 
 func (s *staticStats) GetStats(_ context.Context, req *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error) {
 	s.last = req
-	return &adminv1.GetStatsResponse{Groups: s.groups, GroupBy: req.GetGroupBy(), Time: timestamppb.Now()}, nil
+	groups := s.groups
+	if s.bySelector {
+		groups = nil
+		for _, g := range s.groups {
+			if compiler.Selects(req.GetSelector(), g.GetAgent().GetLabels()) {
+				groups = append(groups, g)
+			}
+		}
+	}
+	return &adminv1.GetStatsResponse{Groups: groups, GroupBy: req.GetGroupBy(), Time: timestamppb.Now()}, nil
 }
 
 // startAdminWithStats is startAdmin with GetStats answered by st.
@@ -60,12 +72,21 @@ func TestWait(t *testing.T) {
 	nacked := &adminv1.ResourceStatus{Short: "LDS", State: adminv1.SyncState_SYNC_STATE_NACKED,
 		LastNack: &adminv1.Nack{Version: "2", Message: "listener \"web\": bind 127.0.0.1:80:\naddress already in use"}}
 	stale := &adminv1.ResourceStatus{Short: "CDS", State: adminv1.SyncState_SYNC_STATE_STALE, Sent: "2", Acked: "1"}
-	st := &staticStats{groups: []*adminv1.StatsGroup{
-		{Key: "f1"}, {Key: "gone", LastReport: timestamppb.New(time.Now().Add(-3 * time.Minute))},
+	ber := map[string]string{"dc": "ber"}
+	reported := func(id string, labels map[string]string, ago time.Duration) *adminv1.StatsGroup {
+		g := &adminv1.StatsGroup{Key: id, Agent: &adminv1.AgentReportInfo{Labels: labels}}
+		if ago > 0 {
+			g.LastReport = timestamppb.New(time.Now().Add(-ago))
+		}
+		return g
+	}
+	st := &staticStats{bySelector: true, groups: []*adminv1.StatsGroup{
+		reported("a1", ams, time.Second), reported("f1", fra, 0), reported("gone", fra, 3*time.Minute),
+		reported("b1", ber, time.Second), reported("b2", ber, 3*time.Minute), reported("b3", ber, 4*time.Minute),
 	}}
 	server := startAdminWithStats(t, st,
 		agentAt("a1", 2, ams), agentAt("a2", 2, ams),
-		agentAt("f1", 0, fra, nacked), agentAt("f2", 1, fra, stale), agentAt("f3", 1, fra))
+		agentAt("f1", 0, fra, nacked), agentAt("f2", 1, fra, stale), agentAt("f3", 1, fra), agentAt("b1", 2, ber))
 	dir := t.TempDir()
 	for _, ep := range []string{"192.0.2.1:1", "192.0.2.2:1"} {
 		writeFile(t, dir, "l.yaml", listenersYAML)
@@ -77,6 +98,12 @@ func TestWait(t *testing.T) {
 	steps := []step{
 		{name: "latest, converged", args: []string{"wait", "--for=converged", "-l", "dc=ams"},
 			wantOut: []string{"converged: 2 agents run version 2"}, wantNoErr: true},
+		// The agents that reported but are not connected run nothing: they
+		// do not hold the wait, but a warning names them.
+		{name: "converged, some not connected", args: []string{"wait", "-l", "dc=ber"},
+			wantOut: []string{"converged: 1 agent runs version 2"},
+			wantErr: []string{"warning: 2 agents reported in the last 10 minutes but are not connected: " +
+				"b2 (last report 3m ago), b3 (last report 4m ago)\n"}, wantLines: 1},
 		{name: "older version", args: []string{"wait", "v1", "--selector", "dc=fra", "--timeout", "200ms"}, wantCode: ExitFailure,
 			wantErr: []string{"1 of 3 agents matching the selector did not converge on version 1 within 200ms",
 				`f1: LDS NACKED v2: listener "web": bind 127.0.0.1:80:; address already in use`,

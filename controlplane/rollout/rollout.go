@@ -10,15 +10,19 @@
 // when its hash is under the threshold. The node ids assigned so far are
 // stored in the rollout (AssignedNodes). Each step then waits until every
 // stored agent is connected and runs the version (ACKed every type), bakes,
-// and analyses the agents' reports: the canary cohort against the baseline
-// cohort (GetStats by version, 1m window). An assigned agent that
+// and analyses the agents' reports over the bake (analysis.go): the canary
+// cohort (the assigned agents) against the baseline cohort (the other
+// selected agents on the rollout's from_version). An assigned agent that
 // disconnects or stops running the version stops the bake (what was baked
 // is kept); one that is not back and running the version within the ACK
-// wait (Options.AckWait, by default max(30s, bake)) fails the step. A
-// step never passes with no agent to check: a rollout with no connected
-// agent to assign is refused at Start. Any NACK of the version by an
-// assigned agent fails the step at once; so does a canary connect-failure
-// or 5xx ratio above the rollout's threshold and above the baseline's. A failed step aborts the
+// wait (the rollout's ack_wait, else Options.AckWait, else max(30s, bake))
+// fails the step. A step never passes with no agent to check: a rollout
+// with no connected agent to assign is refused at Start. Any NACK of the
+// version by an assigned agent fails the step at once; so does a canary
+// connect-failure or 5xx ratio above the rollout's threshold and above the
+// baseline's, or a fall of the canaries' open connections by more than the
+// rollout's ratio and more than the baseline's, each judged only with
+// min_samples attempts, requests or connections. A failed step aborts the
 // rollout: its assignments are dropped, so the canaries run the active
 // version again. After the last step (100%) the rollout is COMPLETED; with
 // an empty selector its version becomes the active version, unless the
@@ -61,6 +65,8 @@ const (
 	DefaultBake                   = 2 * time.Minute
 	DefaultMaxConnectFailureRatio = 0.05
 	DefaultMax5xxRatio            = 0.05
+	DefaultMaxActiveDropRatio     = 0.5
+	DefaultMinSamples             = 20
 )
 
 // DefaultSteps are the steps of a rollout that names none.
@@ -97,8 +103,8 @@ type Options struct {
 	// Interval is how often Run ticks while a rollout runs; 0 means 250ms.
 	Interval time.Duration
 	// AckWait is how long a step waits for an assigned agent to be
-	// connected and run the version before it fails; 0 means max(30s, the
-	// rollout's bake).
+	// connected and run the version before it fails, for rollouts that do
+	// not set their ack_wait; 0 means max(30s, the rollout's bake).
 	AckWait time.Duration
 }
 
@@ -106,10 +112,29 @@ type Options struct {
 const MinAckWait = 30 * time.Second
 
 func (o Options) ackWait(r *adminv1.Rollout) time.Duration {
+	if d := r.GetAckWait().AsDuration(); d > 0 {
+		return d
+	}
 	if o.AckWait > 0 {
 		return o.AckWait
 	}
 	return max(MinAckWait, r.GetBake().AsDuration())
+}
+
+// minSamples and maxActiveDropRatio default for rollouts stored before they
+// had the fields.
+func minSamples(r *adminv1.Rollout) uint32 {
+	if r.GetMinSamples() == 0 {
+		return DefaultMinSamples
+	}
+	return r.GetMinSamples()
+}
+
+func maxActiveDropRatio(r *adminv1.Rollout) float64 {
+	if r.GetMaxActiveDropRatio() == 0 {
+		return DefaultMaxActiveDropRatio
+	}
+	return r.GetMaxActiveDropRatio()
 }
 
 func (o Options) now() time.Time {
@@ -147,6 +172,10 @@ type Controller struct {
 	// pause, a resume or a restart.
 	waitSince time.Time
 	waitID    uint64
+	// start holds the agents' counts at the start of the current step's
+	// bake, for its analysis; nil until read (after a restart: when the
+	// bake resumes).
+	start *bakeStart
 }
 
 // ErrConflict is returned when a rollout cannot change state (another one
@@ -380,6 +409,26 @@ func newRollout(req *adminv1.StartRolloutRequest, active uint64) (*adminv1.Rollo
 	if err != nil {
 		return nil, err
 	}
+	drop, err := ratio("max_active_drop_ratio", req.GetMaxActiveDropRatio(), DefaultMaxActiveDropRatio)
+	if err != nil {
+		return nil, err
+	}
+	minSamples := req.GetMinSamples()
+	if minSamples == 0 {
+		minSamples = DefaultMinSamples
+	}
+	var ackWait *durationpb.Duration
+	if req.GetAckWait() != nil {
+		if err := req.GetAckWait().CheckValid(); err != nil {
+			return nil, fmt.Errorf("%w: ack_wait: %w", ErrInvalid, err)
+		}
+		switch d := req.GetAckWait().AsDuration(); {
+		case d < 0:
+			return nil, fmt.Errorf("%w: ack_wait: %s is negative", ErrInvalid, d)
+		case d > 0:
+			ackWait = durationpb.New(d)
+		}
+	}
 	return &adminv1.Rollout{
 		Version:                req.GetVersion(),
 		FromVersion:            active,
@@ -388,6 +437,9 @@ func newRollout(req *adminv1.StartRolloutRequest, active uint64) (*adminv1.Rollo
 		Bake:                   durationpb.New(bake),
 		MaxConnectFailureRatio: cfr,
 		Max_5XxRatio:           r5,
+		MaxActiveDropRatio:     drop,
+		MinSamples:             minSamples,
+		AckWait:                ackWait,
 		State:                  adminv1.RolloutState_ROLLOUT_STATE_RUNNING,
 		Author:                 req.GetAuthor(),
 	}, nil
@@ -449,6 +501,7 @@ func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int
 	r.Reason = ""
 	c.lastTick, c.stored = time.Time{}, 0
 	c.waitSince = time.Time{}
+	c.start = nil
 	if len(nodes) == 0 {
 		return c.abort(ctx, r, fmt.Sprintf("step %d (%d%%): no connected agent matches the selector: nothing to check", step+1, p))
 	}
@@ -522,10 +575,12 @@ func (c *Controller) Tick(ctx context.Context) error {
 		r.UpdatedAt = timestamppb.New(now)
 		c.lastTick = time.Time{}
 		c.advanceBake(r, now)
+		c.markBakeStart(ctx, r, now)
 		c.log.Info("rollout step acked; baking", "rollout", r.GetId(), "step", r.GetStep()+1,
 			"agents", assigned, "bake_s", (r.GetBake().AsDuration() - c.stored).Seconds())
 		return c.opts.Store.PutRollout(ctx, r)
 	case adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING:
+		c.markBakeStart(ctx, r, now) // after a restart: from the resume
 		baked := c.advanceBake(r, now)
 		if baked < r.GetBake().AsDuration() {
 			if baked-c.stored >= checkpoint {
@@ -534,9 +589,12 @@ func (c *Controller) Tick(ctx context.Context) error {
 			}
 			return nil
 		}
-		if reason, err := c.analyse(ctx, r); err != nil {
-			return err
-		} else if reason != "" {
+		reason, summary := c.analyse(ctx, r)
+		r.Analysis = summary
+		if summary != "" {
+			c.log.Info("rollout analysis", "rollout", r.GetId(), "step", r.GetStep()+1, "analysis", summary)
+		}
+		if reason != "" {
 			return c.abort(ctx, r, reason)
 		}
 		return c.next(ctx, r)
@@ -583,67 +641,6 @@ func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack, mi
 		notReady = append(notReady[:maxMissing], fmt.Sprintf("%d more", len(notReady)-maxMissing))
 	}
 	return assigned, ready, nack, strings.Join(notReady, ", ")
-}
-
-// analyse compares the canary cohort with the baseline cohort over the last
-// minute; it returns why the step fails, or "".
-func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (string, error) {
-	if c.opts.Stats == nil {
-		return "", nil
-	}
-	resp, err := c.opts.Stats.GetStats(ctx, &adminv1.GetStatsRequest{Selector: r.GetSelector(), GroupBy: "version"})
-	if err != nil {
-		c.log.Warn("rollout analysis without stats", "rollout", r.GetId(), "error", err)
-		return "", nil
-	}
-	canaryKey := strconv.FormatUint(r.GetVersion(), 10)
-	var canary, base cohort
-	for _, g := range resp.GetGroups() {
-		if len(g.GetWindows()) == 0 {
-			continue
-		}
-		w := g.GetWindows()[0]
-		switch g.GetKey() {
-		case canaryKey:
-			canary.add(w)
-		case "":
-		default:
-			base.add(w)
-		}
-	}
-	if cf, bf := canary.connectFailureRatio(), base.connectFailureRatio(); cf > r.GetMaxConnectFailureRatio() && cf > bf {
-		return fmt.Sprintf("analysis: canary connect-failure ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
-			cf*100, canary.failures, canary.attempts, r.GetMaxConnectFailureRatio()*100, bf*100), nil
-	}
-	if c5, b5 := canary.ratio5xx(), base.ratio5xx(); c5 > r.GetMax_5XxRatio() && c5 > b5 {
-		return fmt.Sprintf("analysis: canary 5xx ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
-			c5*100, canary.http5xx, canary.requests, r.GetMax_5XxRatio()*100, b5*100), nil
-	}
-	return "", nil
-}
-
-// cohort sums the counts of some stats groups over one window.
-type cohort struct{ attempts, failures, requests, http5xx uint64 }
-
-func (c *cohort) add(w *adminv1.WindowStats) {
-	c.attempts += w.GetUpstreamCx()
-	c.failures += w.GetConnectFailures()
-	c.requests += w.GetHttpRequests()
-	c.http5xx += w.GetHttp_5Xx()
-}
-
-func (c *cohort) connectFailureRatio() float64 {
-	if c.attempts == 0 {
-		return 0
-	}
-	return float64(c.failures) / float64(c.attempts)
-}
-
-func (c *cohort) ratio5xx() float64 {
-	if c.requests == 0 {
-		return 0
-	}
-	return float64(c.http5xx) / float64(c.requests)
 }
 
 // next goes to the next step, or completes the rollout after the last one.
@@ -706,6 +703,7 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 	if err != nil {
 		return nil, err
 	}
+	withDefaults(r)
 	if live(r) {
 		_, ready, _, missing := c.assigned(r)
 		r.Ready = uint32(ready)
@@ -721,7 +719,17 @@ func (c *Controller) Get(ctx context.Context, id uint64) (*adminv1.Rollout, erro
 
 // List returns rollouts newest first.
 func (c *Controller) List(ctx context.Context, limit int) ([]*adminv1.Rollout, error) {
-	return c.opts.Store.ListRollouts(ctx, limit)
+	rs, err := c.opts.Store.ListRollouts(ctx, limit)
+	for _, r := range rs {
+		withDefaults(r)
+	}
+	return rs, err
+}
+
+// withDefaults fills in the settings a rollout stored before it had them
+// runs with.
+func withDefaults(r *adminv1.Rollout) {
+	r.MinSamples, r.MaxActiveDropRatio = minSamples(r), maxActiveDropRatio(r)
 }
 
 // change applies an operator's action to rollout id (0: the latest).

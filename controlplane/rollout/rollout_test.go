@@ -13,26 +13,31 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/flotilla-proxy/flotilla/controlplane/stats"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	"github.com/flotilla-proxy/flotilla/controlplane/xds"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
 	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
+	reportv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/report/v1"
 )
 
 // fakeFleet is a fleet whose agents ACK whatever they are assigned at once,
-// except the ones in nack, which reject every version but the active one.
+// except the ones in nack, which reject every version but the active one,
+// and the ones in pinned, which run the version it says whatever happens
+// (as if another rollout had pinned it).
 type fakeFleet struct {
 	mu      sync.Mutex
 	active  uint64
 	ids     []string
 	labels  map[string]map[string]string
 	nack    map[string]bool
+	pinned  map[string]uint64
 	assigns []*xds.Assignment
 	sets    int
 }
 
 func newFakeFleet(n int) *fakeFleet {
-	f := &fakeFleet{labels: map[string]map[string]string{}, nack: map[string]bool{}}
+	f := &fakeFleet{labels: map[string]map[string]string{}, nack: map[string]bool{}, pinned: map[string]uint64{}}
 	for i := range n {
 		id := fmt.Sprintf("a%02d", i)
 		f.ids = append(f.ids, id)
@@ -43,6 +48,9 @@ func newFakeFleet(n int) *fakeFleet {
 
 // version is what an agent should run: the last assignment covering it wins.
 func (f *fakeFleet) version(id string) uint64 {
+	if v := f.pinned[id]; v != 0 {
+		return v
+	}
 	for i := len(f.assigns) - 1; i >= 0; i-- {
 		if f.assigns[i].Covers(id, f.labels[id]) {
 			return f.assigns[i].Version
@@ -112,27 +120,33 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// fakeStats answers GetStats with fixed windows per version key.
-type fakeStats struct {
-	groups map[string]*adminv1.WindowStats
-}
-
-func (s *fakeStats) GetStats(context.Context, *adminv1.GetStatsRequest) (*adminv1.GetStatsResponse, error) {
-	resp := &adminv1.GetStatsResponse{GroupBy: "version"}
-	for k, w := range s.groups {
-		resp.Groups = append(resp.Groups, &adminv1.StatsGroup{Key: k, Windows: []*adminv1.WindowStats{w}})
-	}
-	return resp, nil
-}
-
 type env struct {
 	t     *testing.T
 	st    *store.Bolt
 	path  string
 	fleet *fakeFleet
 	clock *fakeClock
-	stats *fakeStats
-	c     *Controller
+	stats *stats.Aggregator // on the fake clock and fleet
+	seq   map[string]uint64
+	// ackWait is the controller's Options.AckWait.
+	ackWait time.Duration
+	c       *Controller
+}
+
+// load is what one agent reports every 5 seconds.
+type load struct{ attempts, failures, requests, http5xx, active uint64 }
+
+// report records one 5s report of agent id, after moving the clock 5s.
+func (e *env) report(id string, l load) {
+	e.t.Helper()
+	e.seq[id]++
+	rep := &reportv1.AgentReport{NodeId: id, Labels: e.fleet.labels[id], Sequence: e.seq[id], Period: durationpb.New(5 * time.Second),
+		Listeners: []*reportv1.ListenerStats{{Name: "l", DownstreamCxActive: l.active,
+			Http: &reportv1.HttpStats{RqTotal: l.requests, Rq_5Xx: l.http5xx, Rq_2Xx: l.requests - l.http5xx}}},
+		Clusters: []*reportv1.ClusterStats{{Name: "c", UpstreamCxTotal: l.attempts, UpstreamCxConnectFail: l.failures}}}
+	if err := e.stats.Record(rep); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 func version(port int) []*adminv1.ConfigFile {
@@ -157,8 +171,8 @@ func newEnv(t *testing.T, n int) *env {
 	if _, _, err := st.Apply(ctx, store.ApplyParams{Files: version(2), Stage: true}); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, st: st, path: path, fleet: newFakeFleet(n), clock: &fakeClock{now: time.Unix(1e9, 0)},
-		stats: &fakeStats{groups: map[string]*adminv1.WindowStats{}}}
+	e := &env{t: t, st: st, path: path, fleet: newFakeFleet(n), clock: &fakeClock{now: time.Unix(1e9, 0)}, seq: map[string]uint64{}}
+	e.stats = stats.NewAggregator(stats.Options{Fleet: e.fleet.Agents, Now: e.clock.Now})
 	e.fleet.active = 1
 	e.restart()
 	return e
@@ -180,8 +194,9 @@ func (e *env) restart() {
 			e.fleet.mu.Unlock()
 			return nil
 		},
-		Stats: e.stats,
-		Now:   e.clock.Now,
+		Stats:   e.stats,
+		Now:     e.clock.Now,
+		AckWait: e.ackWait,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -306,33 +321,148 @@ func TestNACKAbortsAndRollsBack(t *testing.T) {
 	e.start(&adminv1.StartRolloutRequest{Version: 2})
 }
 
+// cohorts is what each canary and each baseline agent reports.
+type cohorts struct{ canary, base load }
+
+// TestAnalysis: the canaries against the baseline over the step's bake,
+// from the agents' reports. Before the bake the canaries report for 30s
+// (before); during it, they report every 5s, early in the first half and
+// late in the second.
 func TestAnalysis(t *testing.T) {
+	healthy := load{attempts: 100, failures: 1, requests: 100, http5xx: 1, active: 100}
+	with := func(l load, f func(*load)) load { f(&l); return l }
 	tests := []struct {
-		name       string
-		canary     *adminv1.WindowStats
-		baseline   *adminv1.WindowStats
-		wantReason string
+		name              string
+		req               *adminv1.StartRolloutRequest // Version, Steps and Bake set
+		before, early     cohorts
+		late              *cohorts // nil: as early
+		other             *load    // an agent on version 3, as if another rollout pinned it
+		wantReason        string   // "" the step passes
+		wantAnalysis      []string
+		wantNotInAnalysis []string
 	}{
-		{"healthy", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 1}, &adminv1.WindowStats{UpstreamCx: 100}, ""},
-		{"connect failures", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 60}, &adminv1.WindowStats{UpstreamCx: 100},
-			"canary connect-failure ratio 60.0% (60 of 100) is above 5.0%"},
-		{"baseline as bad", &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 60}, &adminv1.WindowStats{UpstreamCx: 100, ConnectFailures: 70}, ""},
-		{"5xx", &adminv1.WindowStats{HttpRequests: 50, Http_5Xx: 10}, &adminv1.WindowStats{HttpRequests: 50, Http_5Xx: 1},
-			"canary 5xx ratio 20.0% (10 of 50) is above 5.0% and the baseline's 2.0%"},
+		{name: "healthy", before: cohorts{healthy, healthy}, early: cohorts{healthy, healthy},
+			wantAnalysis: []string{"step 1 (25%) over 1m0s: 1 canary against 3 baseline agents on v1",
+				"connect failures 1.0% (12 of 1200), baseline 1.0% (36 of 3600)", "5xx 1.0% (12 of 1200)",
+				"active connections 100 to 100 (+0.0%), baseline 300 to 300 (+0.0%)"}},
+		{name: "connect failures", before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.failures = 60 }), healthy},
+			wantReason: "analysis: canary connect-failure ratio 60.0% (720 of 1200) is above 5.0% and the baseline's 1.0%"},
+		{name: "baseline as bad", before: cohorts{healthy, healthy},
+			early: cohorts{with(healthy, func(l *load) { l.failures = 60 }), with(healthy, func(l *load) { l.failures = 70 })}},
+		{name: "5xx", before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.http5xx = 20 }), healthy},
+			wantReason: "analysis: canary 5xx ratio 20.0% (240 of 1200) is above 5.0% and the baseline's 1.0%"},
+		// Time span: what the canaries did before the bake is not the
+		// bake's (a 1m window over a 10s bake held it)...
+		{name: "failures before a short bake", req: &adminv1.StartRolloutRequest{Bake: durationpb.New(10 * time.Second)},
+			before: cohorts{with(healthy, func(l *load) { l.failures = 90 }), healthy}, early: cohorts{healthy, healthy},
+			wantAnalysis: []string{"over 10s", "connect failures 1.0% (2 of 200)"}},
+		// ... and a long bake counts whole (a 1m window saw its last minute).
+		{name: "failures early in a long bake", req: &adminv1.StartRolloutRequest{Bake: durationpb.New(6 * time.Minute)},
+			before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.failures = 30 }), healthy}, late: &cohorts{healthy, healthy},
+			wantReason: "analysis: canary connect-failure ratio 15.5% (1116 of 7200) is above 5.0% and the baseline's 1.0%"},
+		// Baseline: only the agents on from_version, not one pinned to
+		// another version doing worse.
+		{name: "baseline is from_version only", before: cohorts{healthy, healthy},
+			early:      cohorts{with(healthy, func(l *load) { l.failures = 25 }), with(healthy, func(l *load) { l.failures = 0 })},
+			other:      &load{attempts: 100, failures: 90},
+			wantReason: "analysis: canary connect-failure ratio 25.0% (300 of 1200) is above 5.0% and the baseline's 0.0%"},
+		// Active connections dropping.
+		{name: "active connections drop", before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.active = 30 }), healthy},
+			wantReason: "analysis: canary active connections fell 70.0% (100 to 30), more than 50.0% and than the baseline's (+0.0%)"},
+		{name: "fleet-wide quiet", before: cohorts{healthy, healthy},
+			early:        cohorts{with(healthy, func(l *load) { l.active = 30 }), with(healthy, func(l *load) { l.active = 20 })},
+			wantAnalysis: []string{"active connections 100 to 30 (-70.0%), baseline 300 to 60 (-80.0%)"}},
+		{name: "drop under the rollout's ratio", req: &adminv1.StartRolloutRequest{MaxActiveDropRatio: 0.8},
+			before: cohorts{healthy, healthy}, early: cohorts{with(healthy, func(l *load) { l.active = 30 }), healthy}},
+		{name: "few active connections", before: cohorts{with(healthy, func(l *load) { l.active = 10 }), healthy},
+			early:        cohorts{with(healthy, func(l *load) { l.active = 0 }), healthy},
+			wantAnalysis: []string{"active connections not judged: 10 at the bake's start, fewer than 20"}},
+		// Minimum samples: 1 failure out of 1 attempt is not worth an abort...
+		{name: "one failed attempt", req: &adminv1.StartRolloutRequest{Bake: durationpb.New(5 * time.Second)},
+			before: cohorts{load{}, healthy}, early: cohorts{load{attempts: 1, failures: 1, requests: 3, http5xx: 3}, healthy},
+			wantAnalysis: []string{"connect failures not judged: 1 attempt, fewer than 20", "5xx not judged: 3 requests, fewer than 20",
+				"active connections not judged: 0 at the bake's start, fewer than 20"},
+			wantNotInAnalysis: []string{"connect failures 100.0%"}},
+		// ... unless the rollout says so.
+		{name: "one failed attempt judged", req: &adminv1.StartRolloutRequest{Bake: durationpb.New(5 * time.Second), MinSamples: 1},
+			before: cohorts{load{}, healthy}, early: cohorts{load{attempts: 1, failures: 1}, healthy},
+			wantReason: "analysis: canary connect-failure ratio 100.0% (1 of 1) is above 5.0%"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, 2)
-			e.stats.groups["2"], e.stats.groups["1"] = tt.canary, tt.baseline
-			e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{50, 100}, Bake: durationpb.New(time.Second)})
-			e.tick()
-			e.clock.add(time.Second)
+			e := newEnv(t, 4)
+			req := &adminv1.StartRolloutRequest{Bake: durationpb.New(time.Minute)}
+			if tt.req != nil {
+				req = tt.req
+			}
+			req.Version, req.Steps = 2, []uint32{25, 100}
+			if req.Bake == nil {
+				req.Bake = durationpb.New(time.Minute)
+			}
+			e.start(req)
+			canaries := e.fleet.on(2)
+			if len(canaries) != 1 {
+				t.Fatalf("canaries %v, want 1", canaries)
+			}
+			var others []string
+			for _, id := range e.fleet.ids {
+				if !slices.Contains(canaries, id) {
+					others = append(others, id)
+				}
+			}
+			if tt.other != nil {
+				e.fleet.mu.Lock()
+				e.fleet.pinned[others[0]] = 3
+				e.fleet.mu.Unlock()
+			}
+			each := func(c cohorts) {
+				e.clock.add(5 * time.Second)
+				for _, id := range e.fleet.ids {
+					switch {
+					case slices.Contains(canaries, id):
+						e.report(id, c.canary)
+					case tt.other != nil && id == others[0]:
+						e.report(id, *tt.other)
+					default:
+						e.report(id, c.base)
+					}
+				}
+			}
+			for range 6 {
+				each(tt.before)
+			}
+			if r := e.tick(); r.GetPhase() != adminv1.RolloutPhase_ROLLOUT_PHASE_BAKING {
+				t.Fatalf("rollout %v, want baking", r)
+			}
+			late := tt.early
+			if tt.late != nil {
+				late = *tt.late
+			}
+			n := int(req.GetBake().AsDuration() / (5 * time.Second))
+			for i := range n {
+				if i < n/2 || n == 1 {
+					each(tt.early)
+				} else {
+					each(late)
+				}
+			}
 			r := e.tick()
+			t.Logf("analysis: %s", r.GetAnalysis())
 			switch {
 			case tt.wantReason == "" && (r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING || r.GetStep() != 1):
 				t.Errorf("rollout %v, want running step 2", r)
 			case tt.wantReason != "" && (r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), tt.wantReason)):
 				t.Errorf("rollout %v, want ABORTED: %s", r, tt.wantReason)
+			}
+			for _, want := range tt.wantAnalysis {
+				if !strings.Contains(r.GetAnalysis(), want) {
+					t.Errorf("analysis %q lacks %q", r.GetAnalysis(), want)
+				}
+			}
+			for _, not := range tt.wantNotInAnalysis {
+				if strings.Contains(r.GetAnalysis(), not) {
+					t.Errorf("analysis %q has %q", r.GetAnalysis(), not)
+				}
 			}
 		})
 	}
@@ -440,6 +570,8 @@ func TestStartRefuses(t *testing.T) {
 		{"no 100", &adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 50}}, "it must be 100"},
 		{"negative bake", &adminv1.StartRolloutRequest{Version: 2, Bake: durationpb.New(-time.Second)}, "bake: -1s is negative"},
 		{"ratio", &adminv1.StartRolloutRequest{Version: 2, MaxConnectFailureRatio: 2}, "max_connect_failure_ratio: 2 is not a ratio"},
+		{"drop ratio", &adminv1.StartRolloutRequest{Version: 2, MaxActiveDropRatio: -0.5}, "max_active_drop_ratio: -0.5 is not a ratio"},
+		{"negative ack wait", &adminv1.StartRolloutRequest{Version: 2, AckWait: durationpb.New(-time.Second)}, "ack_wait: -1s is negative"},
 	}
 	e := newEnv(t, 1)
 	for _, tt := range tests {
@@ -608,5 +740,79 @@ func TestCompleteDoesNotRevertANewerActiveVersion(t *testing.T) {
 	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED ||
 		!strings.Contains(r.GetReason(), "version 3 became active during the rollout (it started from 1): not activating v2") {
 		t.Errorf("rollout %v, want ABORTED with the reason", r)
+	}
+}
+
+// The ACK wait is the rollout's when it sets one, else the controller's
+// Options.AckWait, else max(30s, bake).
+func TestAckWait(t *testing.T) {
+	tests := []struct {
+		name          string
+		rollout, opts time.Duration
+		want          time.Duration
+	}{
+		{"rollout's", 10 * time.Second, 0, 10 * time.Second},
+		{"rollout's over the controller's", 10 * time.Second, 20 * time.Second, 10 * time.Second},
+		{"controller's", 0, 20 * time.Second, 20 * time.Second},
+		{"the bake", 0, 0, time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, 10)
+			e.ackWait = tt.opts
+			e.restart()
+			req := &adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{10, 100}, Bake: durationpb.New(time.Minute)}
+			if tt.rollout != 0 {
+				req.AckWait = durationpb.New(tt.rollout)
+			}
+			if r := e.start(req); r.GetAckWait().AsDuration() != tt.rollout {
+				t.Errorf("stored ack_wait %v, want %v", r.GetAckWait(), tt.rollout)
+			}
+			e.fleet.disconnect(e.fleet.on(2)...)
+			e.tick()
+			e.clock.add(tt.want - time.Second)
+			if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING {
+				t.Fatalf("a second before the ACK wait: %v, want RUNNING", r)
+			}
+			e.clock.add(time.Second)
+			if r := e.tick(); r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED ||
+				!strings.Contains(r.GetReason(), fmt.Sprintf("do not run v2 after %s", tt.want)) {
+				t.Fatalf("after the ACK wait: %v, want ABORTED after %s", r, tt.want)
+			}
+		})
+	}
+}
+
+// After a restart the analysis counts from the resume of the bake: the
+// controller has lost the counts of the bake's start (and a restarted
+// control plane's aggregator those of before).
+func TestAnalysisAfterRestartCountsFromTheResume(t *testing.T) {
+	e := newEnv(t, 4)
+	e.start(&adminv1.StartRolloutRequest{Version: 2, Steps: []uint32{25, 100}, Bake: durationpb.New(time.Minute)})
+	canary := e.fleet.on(2)[0]
+	reports := func(n int, canaryLoad load) {
+		for range n {
+			e.clock.add(5 * time.Second)
+			for _, id := range e.fleet.ids {
+				if id == canary {
+					e.report(id, canaryLoad)
+				} else {
+					e.report(id, load{attempts: 100, requests: 100, active: 50})
+				}
+			}
+			e.tick()
+		}
+	}
+	e.tick()
+	reports(8, load{attempts: 100, failures: 50, requests: 100, active: 50}) // 40s baked, failing
+	e.restart()
+	e.tick() // the bake resumes
+	reports(4, load{attempts: 100, requests: 100, active: 50})
+	r := e.tick()
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_RUNNING || r.GetStep() != 1 {
+		t.Fatalf("rollout %v, want step 2: the failures were before the restart", r)
+	}
+	if want := "over 20s: 1 canary against 3 baseline agents on v1; connect failures 0.0% (0 of 400)"; !strings.Contains(r.GetAnalysis(), want) {
+		t.Errorf("analysis %q lacks %q", r.GetAnalysis(), want)
 	}
 }

@@ -6,7 +6,9 @@
 // open connections, endpoint health) and the counter deltas of the last five
 // minutes, and answers the admin API's GetStats: counts and rates over
 // sliding windows (1m and 5m) per agent, per config-version cohort or per
-// value of any label. A report's deltas are spread evenly over the period it
+// value of any label, and the cumulative counts a caller subtracts to count
+// what happened over a span of any length (the rollout analysis: a step's
+// bake). A report's deltas are spread evenly over the period it
 // covers, so a report that carries several intervals (the agent's queue was
 // full) does not look like a burst. Agents that have not reported for ten
 // minutes are forgotten.
@@ -97,21 +99,37 @@ type Aggregator struct {
 
 var _ reportv1.ReportServiceServer = (*Aggregator)(nil)
 
-// agentStats is what is kept of one agent's reports.
+// agentStats is what is kept of one agent's reports. Its fields are laid
+// out (and lastSeen and missed narrowed) to fit a 160-byte allocation.
 type agentStats struct {
 	labels     map[string]string
 	build      string
 	uptime     time.Duration
 	resources  []*reportv1.ResourceVersion
-	truncated  bool
-	lastSeen   time.Time
+	lastSeen   int64 // Unix nanoseconds
 	lastSeq    uint64
-	missed     uint64
 	downActive uint64
 	upActive   uint64
+	missed     uint32 // saturates
 	epHealthy  uint32
 	epTotal    uint32
+	truncated  bool
 	spans      []span // oldest first, trimmed to the longest window
+	cum        sums   // everything reported since the agent was first seen
+}
+
+func (ag *agentStats) seen() time.Time { return time.Unix(0, ag.lastSeen) }
+
+// sums are the counts of an agent's reports since it was first seen: those
+// the rollout analysis compares. They are integers, exact however long the
+// agent reports.
+type sums struct{ upCx, fail, rq, rq5 uint64 }
+
+func (s *sums) add(o sums) {
+	s.upCx += o.upCx
+	s.fail += o.fail
+	s.rq += o.rq
+	s.rq5 += o.rq5
 }
 
 // span is one report's deltas (or a few consecutive ones) and the time they
@@ -197,21 +215,29 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 	}
 	now := a.now()
 	var t totals
+	var cum sums
 	var downActive, upActive uint64
 	var healthy, total uint32
 	for _, l := range rep.GetListeners() {
 		t.downCx += float64(l.GetDownstreamCxTotal())
 		t.rx += float64(l.GetRxBytes())
 		t.tx += float64(l.GetTxBytes())
-		t.rq += float64(l.GetHttp().GetRqTotal())
-		t.rq2 += float64(l.GetHttp().GetRq_2Xx())
-		t.rq4 += float64(l.GetHttp().GetRq_4Xx())
-		t.rq5 += float64(l.GetHttp().GetRq_5Xx())
+		h := l.GetHttp()
+		rq, rq5 := h.GetRqTotal(), h.GetRq_5Xx()
+		t.rq += float64(rq)
+		t.rq2 += float64(h.GetRq_2Xx())
+		t.rq4 += float64(h.GetRq_4Xx())
+		t.rq5 += float64(rq5)
+		cum.rq += rq
+		cum.rq5 += rq5
 		downActive += l.GetDownstreamCxActive()
 	}
 	for _, c := range rep.GetClusters() {
-		t.upCx += float64(c.GetUpstreamCxTotal())
-		t.fail += float64(c.GetUpstreamCxConnectFail())
+		up, fail := c.GetUpstreamCxTotal(), c.GetUpstreamCxConnectFail()
+		t.upCx += float64(up)
+		t.fail += float64(fail)
+		cum.upCx += up
+		cum.fail += fail
 		t.rx += float64(c.GetRxBytes())
 		t.tx += float64(c.GetTxBytes())
 		upActive += c.GetUpstreamCxActive()
@@ -242,7 +268,7 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 	}
 	seq := rep.GetSequence()
 	if seq > ag.lastSeq+1 && ag.lastSeq != 0 {
-		ag.missed += seq - ag.lastSeq - 1
+		ag.missed += uint32(min(seq-ag.lastSeq-1, uint64(math.MaxUint32-ag.missed)))
 	}
 	ag.lastSeq = seq // a smaller number: the agent restarted
 	if !maps.Equal(ag.labels, rep.GetLabels()) {
@@ -261,7 +287,8 @@ func (a *Aggregator) Record(rep *reportv1.AgentReport) error {
 		ag.resources = append(ag.resources, kept)
 	}
 	ag.truncated = rep.GetTruncated()
-	ag.lastSeen = now
+	ag.lastSeen = now.UnixNano()
+	ag.cum.add(cum)
 	ag.downActive, ag.upActive, ag.epHealthy, ag.epTotal = downActive, upActive, healthy, total
 	// The deltas end now (the report just arrived) and cover period.
 	from := now.Add(-period)
@@ -348,7 +375,7 @@ func (a *Aggregator) pruneLocked(now time.Time) {
 	}
 	a.lastPrune = now
 	for id, ag := range a.agents {
-		if now.Sub(ag.lastSeen) > a.opts.Forget {
+		if now.Sub(ag.seen()) > a.opts.Forget {
 			delete(a.agents, id)
 		}
 	}
@@ -362,7 +389,7 @@ func (a *Aggregator) Agents() int {
 	a.pruneLocked(now)
 	n := 0
 	for _, ag := range a.agents {
-		if now.Sub(ag.lastSeen) <= a.opts.Forget {
+		if now.Sub(ag.seen()) <= a.opts.Forget {
 			n++
 		}
 	}
@@ -375,6 +402,7 @@ type groupAcc struct {
 	g       *adminv1.StatsGroup
 	windows []totals
 	rates   []rates
+	cum     sums
 }
 
 // rates are per-second rates.
@@ -394,7 +422,7 @@ func (a *Aggregator) GetStats(_ context.Context, req *adminv1.GetStatsRequest) (
 	a.mu.Lock()
 	a.pruneLocked(now)
 	for id, ag := range a.agents {
-		if now.Sub(ag.lastSeen) > a.opts.Forget || !matches(req.GetSelector(), ag.labels) {
+		if now.Sub(ag.seen()) > a.opts.Forget || !matches(req.GetSelector(), ag.labels) {
 			continue
 		}
 		fv := fleetView[id]
@@ -420,8 +448,9 @@ func (a *Aggregator) GetStats(_ context.Context, req *adminv1.GetStatsRequest) (
 		g.UpstreamCxActive += ag.upActive
 		g.EndpointsHealthy += ag.epHealthy
 		g.EndpointsTotal += ag.epTotal
-		if g.LastReport == nil || ag.lastSeen.After(g.LastReport.AsTime()) {
-			g.LastReport = timestamppb.New(ag.lastSeen)
+		acc.cum.add(ag.cum)
+		if g.LastReport == nil || ag.seen().After(g.LastReport.AsTime()) {
+			g.LastReport = timestamppb.New(ag.seen())
 		}
 		if req.GetGroupBy() == "" {
 			g.Agent = agentInfo(ag, fv)
@@ -468,9 +497,22 @@ func (a *Aggregator) GetStats(_ context.Context, req *adminv1.GetStatsRequest) (
 			ws.ConnectionsPerSecond, ws.BytesPerSecond, ws.RequestsPerSecond = r.downCx, r.bytes, r.rq
 			acc.g.Windows = append(acc.g.Windows, ws)
 		}
+		acc.g.Cumulative = acc.cum.stats()
 		resp.Groups = append(resp.Groups, acc.g)
 	}
 	return resp, nil
+}
+
+// stats are the sums as WindowStats without a window.
+func (s sums) stats() *adminv1.WindowStats {
+	ws := &adminv1.WindowStats{UpstreamCx: s.upCx, ConnectFailures: s.fail, HttpRequests: s.rq, Http_5Xx: s.rq5}
+	if s.upCx > 0 {
+		ws.ConnectFailureRatio = math.Min(1, float64(s.fail)/float64(s.upCx))
+	}
+	if s.rq > 0 {
+		ws.Http_5XxRatio = math.Min(1, float64(s.rq5)/float64(s.rq))
+	}
+	return ws
 }
 
 // window sums the agent's deltas over (now-w, now], each span pro rata of
@@ -508,7 +550,7 @@ func agentInfo(ag *agentStats, fv *adminv1.Agent) *adminv1.AgentReportInfo {
 		Uptime:        durationpb.New(ag.uptime),
 		ConfigVersion: fv.GetConfigVersion(),
 		Connected:     fv != nil,
-		ReportsMissed: ag.missed,
+		ReportsMissed: uint64(ag.missed),
 		Truncated:     ag.truncated,
 	}
 	for _, rv := range ag.resources {

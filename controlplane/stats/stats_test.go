@@ -220,6 +220,57 @@ func TestMissedReports(t *testing.T) {
 	if m := getStats(t, a, "", nil)["a1"].GetAgent().GetReportsMissed(); m != 2 {
 		t.Fatalf("reports missed = %d, want 2", m)
 	}
+	// A sequence number far ahead saturates the count.
+	record(t, a, report("a1", nil, math.MaxUint64, time.Second, 1, 0, 0, 0, 0))
+	if m := getStats(t, a, "", nil)["a1"].GetAgent().GetReportsMissed(); m != math.MaxUint32 {
+		t.Fatalf("reports missed after a jump = %d, want %d", m, uint64(math.MaxUint32))
+	}
+}
+
+// TestCumulative: the cumulative counts hold every report since the agent
+// was first seen, beyond the longest window, per agent and summed per
+// group; two answers subtracted count what happened in between.
+func TestCumulative(t *testing.T) {
+	c := &clock{t: t0}
+	a := newTestAggregator(c, &adminv1.Agent{NodeId: "a1", ConfigVersion: 7}, &adminv1.Agent{NodeId: "a2", ConfigVersion: 7})
+	// Ten minutes of reports, 5s apart: 4 attempts (1 failed) and 20
+	// responses (2 5xx) from a1, twice as many from a2.
+	for i := range 120 {
+		c.advance(5 * time.Second)
+		record(t, a, report("a1", nil, uint64(i+1), 5*time.Second, 10, 4, 1, 20, 2))
+		record(t, a, report("a2", nil, uint64(i+1), 5*time.Second, 10, 8, 2, 40, 4))
+	}
+	tests := []struct {
+		groupBy, key               string
+		upCx, fail, rq, rq5        uint64
+		failRatio, ratio5xx        float64
+		windowUpCx, windowRequests uint64
+	}{
+		{"", "a1", 480, 120, 2400, 240, 0.25, 0.1, 240, 1200},
+		{"", "a2", 960, 240, 4800, 480, 0.25, 0.1, 480, 2400},
+		{"version", "7", 1440, 360, 7200, 720, 0.25, 0.1, 720, 3600},
+	}
+	for _, tc := range tests {
+		t.Run(tc.groupBy+"/"+tc.key, func(t *testing.T) {
+			g := getStats(t, a, tc.groupBy, nil)[tc.key]
+			cum := g.GetCumulative()
+			if cum.GetUpstreamCx() != tc.upCx || cum.GetConnectFailures() != tc.fail || cum.GetHttpRequests() != tc.rq || cum.GetHttp_5Xx() != tc.rq5 ||
+				!near(cum.GetConnectFailureRatio(), tc.failRatio) || !near(cum.GetHttp_5XxRatio(), tc.ratio5xx) {
+				t.Errorf("cumulative %v", cum)
+			}
+			// The 5m window holds half of it.
+			if w5 := g.GetWindows()[1]; w5.GetUpstreamCx() != tc.windowUpCx || w5.GetHttpRequests() != tc.windowRequests {
+				t.Errorf("5m window %v", w5)
+			}
+		})
+	}
+	before := getStats(t, a, "", nil)["a1"].GetCumulative()
+	c.advance(5 * time.Second)
+	record(t, a, report("a1", nil, 121, 5*time.Second, 10, 4, 3, 20, 2))
+	after := getStats(t, a, "", nil)["a1"].GetCumulative()
+	if d := after.GetConnectFailures() - before.GetConnectFailures(); d != 3 {
+		t.Errorf("connect failures between two answers = %d, want 3", d)
+	}
 }
 
 func TestRejected(t *testing.T) {

@@ -117,7 +117,9 @@ func pinnedOf(key string) uint64 {
 // SetAssignments replaces the assignments (nil: none; later ones win where
 // they overlap). Agents whose version changes are moved at once: their
 // groups' snapshots are built if needed and their open watches answered from
-// the new group, without closing their streams.
+// the new group, without closing their streams. The snapshots of versions no
+// assignment pins any more (a rollout completed or aborted) are dropped once
+// no agent is in their group, rather than at the next apply.
 func (s *Server) SetAssignments(as []*Assignment) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -134,8 +136,39 @@ func (s *Server) SetAssignments(as []*Assignment) error {
 	if s.config != nil {
 		active = s.config.number
 	}
-	s.routing.Store(&routing{active: active, assigns: as, bundles: bundles})
-	return s.regroup()
+	r := &routing{active: active, assigns: as, bundles: bundles}
+	s.routing.Store(r)
+	err := s.regroup()
+	s.dropUnpinned(r)
+	return err
+}
+
+// dropUnpinned forgets the groups pinned to a version that r no longer
+// assigns (or that is the active one) and that no agent is in: their
+// agents, moved by regroup, are served from their labels' group. A group
+// that still has an agent (one whose stream has not been moved yet) is left
+// to forgetIdle. Callers hold s.mu.
+func (s *Server) dropUnpinned(r *routing) {
+	live := s.registry.Groups()
+	var drop []string
+	s.groupsMu.Lock()
+	for key, g := range s.groups {
+		if g.pinned == 0 || live[key] > 0 {
+			continue
+		}
+		if r.bundles[g.pinned] != nil && g.pinned != r.active {
+			continue
+		}
+		delete(s.groups, key)
+		drop = append(drop, key)
+	}
+	s.groupsMu.Unlock()
+	for _, key := range drop {
+		s.cache.ClearSnapshot(key)
+	}
+	if len(drop) > 0 {
+		s.log.Info("dropped the snapshots of versions no rollout pins", "groups", drop)
+	}
 }
 
 // regroup moves the agents whose snapshot key changed. Callers hold s.mu.

@@ -153,6 +153,14 @@ func TestAssignments(t *testing.T) {
 		agents[id].ack([2]string{resource.EndpointType, "3"})
 	}
 	settled(ids, 3)
+	// The rollout is over: the snapshot of version 2 went with it, not at
+	// the next apply.
+	if got, want := s.groupKeys(), []string{"dc=ams"}; !slices.Equal(got, want) {
+		t.Errorf("groups after the assignments went: %v, want %v", got, want)
+	}
+	if keys := s.cache.GetStatusKeys(); slices.Contains(keys, "dc=ams|v2") {
+		t.Errorf("the cache still holds the snapshot of dc=ams|v2: %v", keys)
+	}
 }
 
 // TestAssignmentDelta: a delta client an assignment covers gets the assigned

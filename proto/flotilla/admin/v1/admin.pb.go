@@ -1377,7 +1377,14 @@ type StatsGroup struct {
 	// LastReport is the newest report of the group.
 	LastReport *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
 	// Agent is set in per-agent groups.
-	Agent         *AgentReportInfo `protobuf:"bytes,9,opt,name=agent,proto3" json:"agent,omitempty"`
+	Agent *AgentReportInfo `protobuf:"bytes,9,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Cumulative counts the upstream connection attempts, connect failures,
+	// HTTP responses and 5xx responses the group's agents reported since the
+	// control plane first heard from each (it forgets an agent after 10
+	// minutes without a report): two answers subtracted, agent by agent, count
+	// what happened in between, however long (the rollout analysis does so).
+	// Its other counts, its window and its rates are not set.
+	Cumulative    *WindowStats `protobuf:"bytes,10,opt,name=cumulative,proto3" json:"cumulative,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1471,6 +1478,13 @@ func (x *StatsGroup) GetLastReport() *timestamppb.Timestamp {
 func (x *StatsGroup) GetAgent() *AgentReportInfo {
 	if x != nil {
 		return x.Agent
+	}
+	return nil
+}
+
+func (x *StatsGroup) GetCumulative() *WindowStats {
+	if x != nil {
+		return x.Cumulative
 	}
 	return nil
 }
@@ -1776,10 +1790,11 @@ type Rollout struct {
 	// Bake is how long each step runs before its analysis.
 	Bake *durationpb.Duration `protobuf:"bytes,6,opt,name=bake,proto3" json:"bake,omitempty"`
 	// MaxConnectFailureRatio fails a step whose canaries' connect-failure
-	// ratio (1m window) is above it and above the baseline's. 0 means 0.05.
+	// ratio over the step's bake is above it and above the baseline's. 0
+	// means 0.05.
 	MaxConnectFailureRatio float64 `protobuf:"fixed64,7,opt,name=max_connect_failure_ratio,json=maxConnectFailureRatio,proto3" json:"max_connect_failure_ratio,omitempty"`
-	// Max5xxRatio fails a step whose canaries' 5xx ratio is above it and
-	// above the baseline's. 0 means 0.05.
+	// Max5xxRatio fails a step whose canaries' 5xx ratio over the step's bake
+	// is above it and above the baseline's. 0 means 0.05.
 	Max_5XxRatio float64 `protobuf:"fixed64,8,opt,name=max_5xx_ratio,json=max5xxRatio,proto3" json:"max_5xx_ratio,omitempty"`
 	// State is where the rollout is.
 	State RolloutState `protobuf:"varint,9,opt,name=state,proto3,enum=flotilla.admin.v1.RolloutState" json:"state,omitempty"`
@@ -1812,6 +1827,21 @@ type Rollout struct {
 	// step's, sorted): the current step passes only when each is connected
 	// and runs Version.
 	AssignedNodes []string `protobuf:"bytes,22,rep,name=assigned_nodes,json=assignedNodes,proto3" json:"assigned_nodes,omitempty"`
+	// MaxActiveDropRatio fails a step whose canaries' open client connections
+	// fell over the bake, relative to their number at its start, by more than
+	// it and by more than the baseline's. 0 means 0.5.
+	MaxActiveDropRatio float64 `protobuf:"fixed64,23,opt,name=max_active_drop_ratio,json=maxActiveDropRatio,proto3" json:"max_active_drop_ratio,omitempty"`
+	// MinSamples is the least number of connection attempts (connect-failure
+	// ratio), requests (5xx ratio) or open connections at the bake's start
+	// (active drop) of the canaries for a ratio to be judged. 0 means 20.
+	MinSamples uint32 `protobuf:"varint,24,opt,name=min_samples,json=minSamples,proto3" json:"min_samples,omitempty"`
+	// AckWait is how long a step waits for its assigned agents to run
+	// Version before it fails; unset means the control plane's default
+	// (max(30s, bake) unless configured).
+	AckWait *durationpb.Duration `protobuf:"bytes,25,opt,name=ack_wait,json=ackWait,proto3" json:"ack_wait,omitempty"`
+	// Analysis says what the latest analysis of this rollout compared, and
+	// which ratios it skipped for lack of samples.
+	Analysis      string `protobuf:"bytes,26,opt,name=analysis,proto3" json:"analysis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2000,6 +2030,34 @@ func (x *Rollout) GetAssignedNodes() []string {
 	return nil
 }
 
+func (x *Rollout) GetMaxActiveDropRatio() float64 {
+	if x != nil {
+		return x.MaxActiveDropRatio
+	}
+	return 0
+}
+
+func (x *Rollout) GetMinSamples() uint32 {
+	if x != nil {
+		return x.MinSamples
+	}
+	return 0
+}
+
+func (x *Rollout) GetAckWait() *durationpb.Duration {
+	if x != nil {
+		return x.AckWait
+	}
+	return nil
+}
+
+func (x *Rollout) GetAnalysis() string {
+	if x != nil {
+		return x.Analysis
+	}
+	return ""
+}
+
 // StartRolloutRequest describes a rollout.
 type StartRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2016,7 +2074,13 @@ type StartRolloutRequest struct {
 	// Max5xxRatio: see Rollout. 0 means 0.05.
 	Max_5XxRatio float64 `protobuf:"fixed64,6,opt,name=max_5xx_ratio,json=max5xxRatio,proto3" json:"max_5xx_ratio,omitempty"`
 	// Author is who starts it.
-	Author        string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	Author string `protobuf:"bytes,7,opt,name=author,proto3" json:"author,omitempty"`
+	// MaxActiveDropRatio: see Rollout. 0 means 0.5.
+	MaxActiveDropRatio float64 `protobuf:"fixed64,8,opt,name=max_active_drop_ratio,json=maxActiveDropRatio,proto3" json:"max_active_drop_ratio,omitempty"`
+	// MinSamples: see Rollout. 0 means 20.
+	MinSamples uint32 `protobuf:"varint,9,opt,name=min_samples,json=minSamples,proto3" json:"min_samples,omitempty"`
+	// AckWait: see Rollout. Unset means the control plane's default.
+	AckWait       *durationpb.Duration `protobuf:"bytes,10,opt,name=ack_wait,json=ackWait,proto3" json:"ack_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2098,6 +2162,27 @@ func (x *StartRolloutRequest) GetAuthor() string {
 		return x.Author
 	}
 	return ""
+}
+
+func (x *StartRolloutRequest) GetMaxActiveDropRatio() float64 {
+	if x != nil {
+		return x.MaxActiveDropRatio
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetMinSamples() uint32 {
+	if x != nil {
+		return x.MinSamples
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetAckWait() *durationpb.Duration {
+	if x != nil {
+		return x.AckWait
+	}
+	return nil
 }
 
 // StartRolloutResponse holds the new rollout.
@@ -2797,7 +2882,7 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x10GetStatsResponse\x125\n" +
 	"\x06groups\x18\x01 \x03(\v2\x1d.flotilla.admin.v1.StatsGroupR\x06groups\x12\x19\n" +
 	"\bgroup_by\x18\x02 \x01(\tR\agroupBy\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x9d\x03\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xdd\x03\n" +
 	"\n" +
 	"StatsGroup\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
@@ -2809,7 +2894,11 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fendpoints_total\x18\a \x01(\rR\x0eendpointsTotal\x12;\n" +
 	"\vlast_report\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastReport\x128\n" +
-	"\x05agent\x18\t \x01(\v2\".flotilla.admin.v1.AgentReportInfoR\x05agent\"\xb7\x03\n" +
+	"\x05agent\x18\t \x01(\v2\".flotilla.admin.v1.AgentReportInfoR\x05agent\x12>\n" +
+	"\n" +
+	"cumulative\x18\n" +
+	" \x01(\v2\x1e.flotilla.admin.v1.WindowStatsR\n" +
+	"cumulative\"\xb7\x03\n" +
 	"\x0fAgentReportInfo\x12F\n" +
 	"\x06labels\x18\x01 \x03(\v2..flotilla.admin.v1.AgentReportInfo.LabelsEntryR\x06labels\x12#\n" +
 	"\rbuild_version\x18\x02 \x01(\tR\fbuildVersion\x121\n" +
@@ -2839,7 +2928,7 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x10bytes_per_second\x18\f \x01(\x01R\x0ebytesPerSecond\x12.\n" +
 	"\x13requests_per_second\x18\r \x01(\x01R\x11requestsPerSecond\x122\n" +
 	"\x15connect_failure_ratio\x18\x0e \x01(\x01R\x13connectFailureRatio\x12$\n" +
-	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio\"\xad\a\n" +
+	"\x0ehttp_5xx_ratio\x18\x0f \x01(\x01R\fhttp5xxRatio\"\xd3\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
@@ -2865,10 +2954,15 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"updated_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12B\n" +
 	"\x0fstep_started_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rstepStartedAt\x12\x14\n" +
 	"\x05ready\x18\x15 \x01(\rR\x05ready\x12%\n" +
-	"\x0eassigned_nodes\x18\x16 \x03(\tR\rassignedNodes\x1a;\n" +
+	"\x0eassigned_nodes\x18\x16 \x03(\tR\rassignedNodes\x121\n" +
+	"\x15max_active_drop_ratio\x18\x17 \x01(\x01R\x12maxActiveDropRatio\x12\x1f\n" +
+	"\vmin_samples\x18\x18 \x01(\rR\n" +
+	"minSamples\x124\n" +
+	"\back_wait\x18\x19 \x01(\v2\x19.google.protobuf.DurationR\aackWait\x12\x1a\n" +
+	"\banalysis\x18\x1a \x01(\tR\banalysis\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x04\n" +
 	"\x13StartRolloutRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12P\n" +
 	"\bselector\x18\x02 \x03(\v24.flotilla.admin.v1.StartRolloutRequest.SelectorEntryR\bselector\x12\x14\n" +
@@ -2876,7 +2970,12 @@ const file_flotilla_admin_v1_admin_proto_rawDesc = "" +
 	"\x04bake\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04bake\x129\n" +
 	"\x19max_connect_failure_ratio\x18\x05 \x01(\x01R\x16maxConnectFailureRatio\x12\"\n" +
 	"\rmax_5xx_ratio\x18\x06 \x01(\x01R\vmax5xxRatio\x12\x16\n" +
-	"\x06author\x18\a \x01(\tR\x06author\x1a;\n" +
+	"\x06author\x18\a \x01(\tR\x06author\x121\n" +
+	"\x15max_active_drop_ratio\x18\b \x01(\x01R\x12maxActiveDropRatio\x12\x1f\n" +
+	"\vmin_samples\x18\t \x01(\rR\n" +
+	"minSamples\x124\n" +
+	"\back_wait\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\aackWait\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +
@@ -3029,58 +3128,61 @@ var file_flotilla_admin_v1_admin_proto_depIdxs = []int32{
 	23, // 20: flotilla.admin.v1.StatsGroup.windows:type_name -> flotilla.admin.v1.WindowStats
 	46, // 21: flotilla.admin.v1.StatsGroup.last_report:type_name -> google.protobuf.Timestamp
 	22, // 22: flotilla.admin.v1.StatsGroup.agent:type_name -> flotilla.admin.v1.AgentReportInfo
-	42, // 23: flotilla.admin.v1.AgentReportInfo.labels:type_name -> flotilla.admin.v1.AgentReportInfo.LabelsEntry
-	47, // 24: flotilla.admin.v1.AgentReportInfo.uptime:type_name -> google.protobuf.Duration
-	17, // 25: flotilla.admin.v1.AgentReportInfo.resources:type_name -> flotilla.admin.v1.ResourceStatus
-	47, // 26: flotilla.admin.v1.WindowStats.window:type_name -> google.protobuf.Duration
-	43, // 27: flotilla.admin.v1.Rollout.selector:type_name -> flotilla.admin.v1.Rollout.SelectorEntry
-	47, // 28: flotilla.admin.v1.Rollout.bake:type_name -> google.protobuf.Duration
-	1,  // 29: flotilla.admin.v1.Rollout.state:type_name -> flotilla.admin.v1.RolloutState
-	2,  // 30: flotilla.admin.v1.Rollout.phase:type_name -> flotilla.admin.v1.RolloutPhase
-	47, // 31: flotilla.admin.v1.Rollout.baked:type_name -> google.protobuf.Duration
-	46, // 32: flotilla.admin.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	46, // 33: flotilla.admin.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	46, // 34: flotilla.admin.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	44, // 35: flotilla.admin.v1.StartRolloutRequest.selector:type_name -> flotilla.admin.v1.StartRolloutRequest.SelectorEntry
-	47, // 36: flotilla.admin.v1.StartRolloutRequest.bake:type_name -> google.protobuf.Duration
-	24, // 37: flotilla.admin.v1.StartRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	24, // 38: flotilla.admin.v1.GetRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	24, // 39: flotilla.admin.v1.ListRolloutsResponse.rollouts:type_name -> flotilla.admin.v1.Rollout
-	24, // 40: flotilla.admin.v1.PauseRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	24, // 41: flotilla.admin.v1.ResumeRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	24, // 42: flotilla.admin.v1.PromoteRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	24, // 43: flotilla.admin.v1.AbortRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
-	6,  // 44: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
-	8,  // 45: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
-	10, // 46: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
-	12, // 47: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
-	14, // 48: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
-	19, // 49: flotilla.admin.v1.AdminService.GetStats:input_type -> flotilla.admin.v1.GetStatsRequest
-	25, // 50: flotilla.admin.v1.AdminService.StartRollout:input_type -> flotilla.admin.v1.StartRolloutRequest
-	27, // 51: flotilla.admin.v1.AdminService.GetRollout:input_type -> flotilla.admin.v1.GetRolloutRequest
-	29, // 52: flotilla.admin.v1.AdminService.ListRollouts:input_type -> flotilla.admin.v1.ListRolloutsRequest
-	31, // 53: flotilla.admin.v1.AdminService.PauseRollout:input_type -> flotilla.admin.v1.PauseRolloutRequest
-	33, // 54: flotilla.admin.v1.AdminService.ResumeRollout:input_type -> flotilla.admin.v1.ResumeRolloutRequest
-	35, // 55: flotilla.admin.v1.AdminService.PromoteRollout:input_type -> flotilla.admin.v1.PromoteRolloutRequest
-	37, // 56: flotilla.admin.v1.AdminService.AbortRollout:input_type -> flotilla.admin.v1.AbortRolloutRequest
-	7,  // 57: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
-	9,  // 58: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
-	11, // 59: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
-	13, // 60: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
-	15, // 61: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
-	20, // 62: flotilla.admin.v1.AdminService.GetStats:output_type -> flotilla.admin.v1.GetStatsResponse
-	26, // 63: flotilla.admin.v1.AdminService.StartRollout:output_type -> flotilla.admin.v1.StartRolloutResponse
-	28, // 64: flotilla.admin.v1.AdminService.GetRollout:output_type -> flotilla.admin.v1.GetRolloutResponse
-	30, // 65: flotilla.admin.v1.AdminService.ListRollouts:output_type -> flotilla.admin.v1.ListRolloutsResponse
-	32, // 66: flotilla.admin.v1.AdminService.PauseRollout:output_type -> flotilla.admin.v1.PauseRolloutResponse
-	34, // 67: flotilla.admin.v1.AdminService.ResumeRollout:output_type -> flotilla.admin.v1.ResumeRolloutResponse
-	36, // 68: flotilla.admin.v1.AdminService.PromoteRollout:output_type -> flotilla.admin.v1.PromoteRolloutResponse
-	38, // 69: flotilla.admin.v1.AdminService.AbortRollout:output_type -> flotilla.admin.v1.AbortRolloutResponse
-	57, // [57:70] is the sub-list for method output_type
-	44, // [44:57] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	23, // 23: flotilla.admin.v1.StatsGroup.cumulative:type_name -> flotilla.admin.v1.WindowStats
+	42, // 24: flotilla.admin.v1.AgentReportInfo.labels:type_name -> flotilla.admin.v1.AgentReportInfo.LabelsEntry
+	47, // 25: flotilla.admin.v1.AgentReportInfo.uptime:type_name -> google.protobuf.Duration
+	17, // 26: flotilla.admin.v1.AgentReportInfo.resources:type_name -> flotilla.admin.v1.ResourceStatus
+	47, // 27: flotilla.admin.v1.WindowStats.window:type_name -> google.protobuf.Duration
+	43, // 28: flotilla.admin.v1.Rollout.selector:type_name -> flotilla.admin.v1.Rollout.SelectorEntry
+	47, // 29: flotilla.admin.v1.Rollout.bake:type_name -> google.protobuf.Duration
+	1,  // 30: flotilla.admin.v1.Rollout.state:type_name -> flotilla.admin.v1.RolloutState
+	2,  // 31: flotilla.admin.v1.Rollout.phase:type_name -> flotilla.admin.v1.RolloutPhase
+	47, // 32: flotilla.admin.v1.Rollout.baked:type_name -> google.protobuf.Duration
+	46, // 33: flotilla.admin.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	46, // 34: flotilla.admin.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	46, // 35: flotilla.admin.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	47, // 36: flotilla.admin.v1.Rollout.ack_wait:type_name -> google.protobuf.Duration
+	44, // 37: flotilla.admin.v1.StartRolloutRequest.selector:type_name -> flotilla.admin.v1.StartRolloutRequest.SelectorEntry
+	47, // 38: flotilla.admin.v1.StartRolloutRequest.bake:type_name -> google.protobuf.Duration
+	47, // 39: flotilla.admin.v1.StartRolloutRequest.ack_wait:type_name -> google.protobuf.Duration
+	24, // 40: flotilla.admin.v1.StartRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 41: flotilla.admin.v1.GetRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 42: flotilla.admin.v1.ListRolloutsResponse.rollouts:type_name -> flotilla.admin.v1.Rollout
+	24, // 43: flotilla.admin.v1.PauseRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 44: flotilla.admin.v1.ResumeRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 45: flotilla.admin.v1.PromoteRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	24, // 46: flotilla.admin.v1.AbortRolloutResponse.rollout:type_name -> flotilla.admin.v1.Rollout
+	6,  // 47: flotilla.admin.v1.AdminService.Apply:input_type -> flotilla.admin.v1.ApplyRequest
+	8,  // 48: flotilla.admin.v1.AdminService.GetVersion:input_type -> flotilla.admin.v1.GetVersionRequest
+	10, // 49: flotilla.admin.v1.AdminService.ListVersions:input_type -> flotilla.admin.v1.ListVersionsRequest
+	12, // 50: flotilla.admin.v1.AdminService.Rollback:input_type -> flotilla.admin.v1.RollbackRequest
+	14, // 51: flotilla.admin.v1.AdminService.ListAgents:input_type -> flotilla.admin.v1.ListAgentsRequest
+	19, // 52: flotilla.admin.v1.AdminService.GetStats:input_type -> flotilla.admin.v1.GetStatsRequest
+	25, // 53: flotilla.admin.v1.AdminService.StartRollout:input_type -> flotilla.admin.v1.StartRolloutRequest
+	27, // 54: flotilla.admin.v1.AdminService.GetRollout:input_type -> flotilla.admin.v1.GetRolloutRequest
+	29, // 55: flotilla.admin.v1.AdminService.ListRollouts:input_type -> flotilla.admin.v1.ListRolloutsRequest
+	31, // 56: flotilla.admin.v1.AdminService.PauseRollout:input_type -> flotilla.admin.v1.PauseRolloutRequest
+	33, // 57: flotilla.admin.v1.AdminService.ResumeRollout:input_type -> flotilla.admin.v1.ResumeRolloutRequest
+	35, // 58: flotilla.admin.v1.AdminService.PromoteRollout:input_type -> flotilla.admin.v1.PromoteRolloutRequest
+	37, // 59: flotilla.admin.v1.AdminService.AbortRollout:input_type -> flotilla.admin.v1.AbortRolloutRequest
+	7,  // 60: flotilla.admin.v1.AdminService.Apply:output_type -> flotilla.admin.v1.ApplyResponse
+	9,  // 61: flotilla.admin.v1.AdminService.GetVersion:output_type -> flotilla.admin.v1.GetVersionResponse
+	11, // 62: flotilla.admin.v1.AdminService.ListVersions:output_type -> flotilla.admin.v1.ListVersionsResponse
+	13, // 63: flotilla.admin.v1.AdminService.Rollback:output_type -> flotilla.admin.v1.RollbackResponse
+	15, // 64: flotilla.admin.v1.AdminService.ListAgents:output_type -> flotilla.admin.v1.ListAgentsResponse
+	20, // 65: flotilla.admin.v1.AdminService.GetStats:output_type -> flotilla.admin.v1.GetStatsResponse
+	26, // 66: flotilla.admin.v1.AdminService.StartRollout:output_type -> flotilla.admin.v1.StartRolloutResponse
+	28, // 67: flotilla.admin.v1.AdminService.GetRollout:output_type -> flotilla.admin.v1.GetRolloutResponse
+	30, // 68: flotilla.admin.v1.AdminService.ListRollouts:output_type -> flotilla.admin.v1.ListRolloutsResponse
+	32, // 69: flotilla.admin.v1.AdminService.PauseRollout:output_type -> flotilla.admin.v1.PauseRolloutResponse
+	34, // 70: flotilla.admin.v1.AdminService.ResumeRollout:output_type -> flotilla.admin.v1.ResumeRolloutResponse
+	36, // 71: flotilla.admin.v1.AdminService.PromoteRollout:output_type -> flotilla.admin.v1.PromoteRolloutResponse
+	38, // 72: flotilla.admin.v1.AdminService.AbortRollout:output_type -> flotilla.admin.v1.AbortRolloutResponse
+	60, // [60:73] is the sub-list for method output_type
+	47, // [47:60] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_admin_v1_admin_proto_init() }
