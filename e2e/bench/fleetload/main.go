@@ -20,6 +20,7 @@
 //	fleetload status --endpoints A,B [--want-synced N --timeout D]        # print (or wait for) the synced count
 //	fleetload report --endpoints A,B --since NS (--version V | --synced) # convergence percentiles over all processes
 //	fleetload cpu    --pids P,Q [--every 20ms]                            # CPU seconds of processes, a line per sample
+//	fleetload sink   --xds ADDR --addr-file F                             # the least ADS server grpc-go allows (a baseline)
 //
 // report measures, per agent, the time from --since (Unix nanoseconds, e.g.
 // when `flotctl apply` started) to the agent's ACK of version V on every type
@@ -35,6 +36,10 @@
 // cpu samples the CPU time of processes (the control plane, the load
 // processes) and of the machine, so that the bench can read the CPU used
 // between instants it learns afterwards, such as a rollout step's start.
+//
+// sink is an ADS server that answers each type once with nothing and keeps
+// nothing per stream: what grpc-go's transport costs per connected agent,
+// the floor under the control plane's memory per agent.
 package main
 
 import (
@@ -44,7 +49,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: fleetload run|status|report|cpu [flags]")
+		fmt.Fprintln(os.Stderr, "usage: fleetload run|status|report|cpu|sink [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -57,8 +62,10 @@ func main() {
 		err = reportCommand(os.Args[2:], os.Stdout)
 	case "cpu":
 		err = runCPUCommand(os.Args[2:])
+	case "sink":
+		err = sinkCommand(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown subcommand %q (run, status, report, cpu)", os.Args[1])
+		err = fmt.Errorf("unknown subcommand %q (run, status, report, cpu, sink)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleetload %s: %v\n", os.Args[1], err)
