@@ -237,7 +237,7 @@ func (s *adsStream) send(done chan struct{}) {
 			return
 		}
 		s.mu.Unlock()
-		if err := s.st.Send(out); err != nil {
+		if err := s.st.SendMsg(out); err != nil {
 			s.mu.Lock()
 			if s.err == nil {
 				s.err = err
@@ -251,7 +251,7 @@ func (s *adsStream) send(done chan struct{}) {
 
 // next pops the next response to send and records it as sent: its nonce,
 // what the agent now holds, and the registry's push. Callers hold s.mu.
-func (s *adsStream) next() (*discoveryv3.DiscoveryResponse, bool) {
+func (s *adsStream) next() (any, bool) {
 	for len(s.queue) > 0 && !s.closed {
 		q := s.queue[0]
 		s.queue[0] = queued{}
@@ -278,6 +278,9 @@ func (s *adsStream) next() (*discoveryv3.DiscoveryResponse, bool) {
 			q.w.sub.SetReturnedResources(q.resp.GetReturnedResources())
 		}
 		s.a.callbacks.OnStreamResponse(q.resp.GetContext(), s.id, q.resp.GetRequest(), out)
+		if sr, ok := q.resp.(*sharedResponse); ok && sr.p.encoded != nil && out.GetTypeUrl() == sr.p.typeURL {
+			return &wireResponse{DiscoveryResponse: out, encoded: sr.p.encoded}, true
+		}
 		return out, true
 	}
 	if len(s.queue) == 0 {

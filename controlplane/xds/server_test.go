@@ -47,7 +47,7 @@ func startServer(t *testing.T, opts ...Options) (*Server, *grpc.ClientConn) {
 		o = opts[0]
 	}
 	s := New(o)
-	g := grpc.NewServer()
+	g := grpc.NewServer(s.GRPCOptions()...)
 	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -26,15 +27,23 @@ type prepared struct {
 	// modified (go-control-plane stores it and hands it back, and
 	// heldSubscription clones before it adds to it).
 	returned map[string]string
+	// typeURL and encoded are the response's type and its wire form
+	// without a nonce (wireCodec).
+	typeURL string
+	encoded []byte
 }
 
 // prepare builds the wire form of one type: marshalled holds each resource's
 // deterministic encoding (versionOf's), by name.
 func prepare(typeURL, version string, marshalled map[string][]byte) *prepared {
-	p := &prepared{version: version, returned: make(map[string]string, len(marshalled))}
+	p := &prepared{version: version, returned: make(map[string]string, len(marshalled)), typeURL: typeURL}
 	for _, name := range slices.Sorted(maps.Keys(marshalled)) {
 		p.resources = append(p.resources, &anypb.Any{TypeUrl: typeURL, Value: marshalled[name]})
 		p.returned[name] = version
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&discoveryv3.DiscoveryResponse{VersionInfo: version, Resources: p.resources, TypeUrl: typeURL})
+	if err == nil { // it cannot fail: Anys of bytes; without it, responses are marshalled per agent
+		p.encoded = b
 	}
 	return p
 }

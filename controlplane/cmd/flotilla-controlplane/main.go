@@ -155,13 +155,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	xdsGRPC := grpc.NewServer(
+	xdsGRPC := grpc.NewServer(append([]grpc.ServerOption{
 		// Agents keep their stream alive with pings; allow them, and close
 		// streams whose peer vanished without a FIN.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxConcurrentStreams(1000),
-	)
+	}, xdsServer.GRPCOptions()...)...)
 	xdsServer.Register(xdsGRPC)
 	reports.Register(xdsGRPC)
 
