@@ -125,6 +125,9 @@ type adsStream struct {
 type adsWatch struct {
 	sub    stream.Subscription
 	cancel func()
+	// legacy is true while the subscription never named a resource
+	// (go-control-plane's legacy wildcard; see drops).
+	legacy bool
 	// nonce is the nonce of the last response sent for this watch's type
 	// ("" until one is sent after the watch was created, as in
 	// go-control-plane: a new request resets it).
@@ -160,17 +163,18 @@ func (s *adsStream) handle(req *discoveryv3.DiscoveryRequest) error {
 		s.mu.Unlock()
 		return nil
 	}
+	names := req.GetResourceNames()
 	w := &adsWatch{}
 	if old != nil {
-		w.sub = old.sub
-		if drops(w.sub, req.GetResourceNames()) {
+		w.sub, w.legacy = old.sub, old.legacy && len(names) == 0
+		if drops(w.sub, old.legacy, names) {
 			// The map is the prepared type's, shared with every stream of the
 			// group: take a copy before the subscription deletes from it.
 			w.sub.SetReturnedResources(maps.Clone(w.sub.ReturnedResources()))
 		}
-		w.sub.SetResourceSubscription(req.GetResourceNames())
+		w.sub.SetResourceSubscription(names)
 	} else {
-		w.sub = stream.NewSotwSubscription(req.GetResourceNames(), true)
+		w.sub, w.legacy = stream.NewSotwSubscription(names, true), len(names) == 0
 	}
 	// From here on the old watch's responses are dropped, queued or not.
 	s.watches[typeURL] = w
@@ -190,19 +194,29 @@ func (s *adsStream) handle(req *discoveryv3.DiscoveryRequest) error {
 }
 
 // drops reports whether SetResourceSubscription(names) would delete from
-// the subscription's returned resources (go-control-plane's rule: a request
-// that names resources without "*" forgets every other returned resource,
-// unless it is an empty request of a legacy wildcard subscription).
-func drops(sub stream.Subscription, names []string) bool {
-	if slices.Contains(names, "*") {
+// the subscription's returned resources. go-control-plane's rule: a request
+// without "*" forgets every returned resource it does not name, unless it is
+// an empty request of a legacy wildcard subscription (legacy: one that never
+// named a resource; an explicit "*" followed by an empty request is an
+// unsubscription from everything). A set, not a scan per name: an EDS ACK
+// names every cluster of the agent.
+func drops(sub stream.Subscription, legacy bool, names []string) bool {
+	if legacy && len(names) == 0 {
 		return false
 	}
 	returned := sub.ReturnedResources()
-	if len(returned) == 0 || (len(names) == 0 && sub.IsWildcard()) {
+	if len(returned) == 0 || slices.Contains(names, "*") {
 		return false
 	}
+	if len(names) < len(returned) {
+		return true // some returned name is not among them
+	}
+	named := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		named[n] = struct{}{}
+	}
 	for name := range returned {
-		if !slices.Contains(names, name) {
+		if _, ok := named[name]; !ok {
 			return true
 		}
 	}
@@ -230,14 +244,21 @@ func (s *adsStream) send(done chan struct{}) {
 	defer close(done)
 	for {
 		s.mu.Lock()
-		out, ok := s.next()
+		out, resp, ok := s.next()
 		if !ok {
 			s.sending = false
 			s.mu.Unlock()
 			return
 		}
 		s.mu.Unlock()
-		if err := s.st.SendMsg(out); err != nil {
+		// The registry hears of the push before the agent can answer it, and
+		// outside the stream's lock, which the cache waits for under its own.
+		s.a.callbacks.OnStreamResponse(resp.GetContext(), s.id, resp.GetRequest(), out)
+		var msg any = out
+		if sr, ok := resp.(*sharedResponse); ok && sr.p.encoded != nil && out.GetTypeUrl() == sr.p.typeURL {
+			msg = &wireResponse{DiscoveryResponse: out, encoded: sr.p.encoded}
+		}
+		if err := s.st.SendMsg(msg); err != nil {
 			s.mu.Lock()
 			if s.err == nil {
 				s.err = err
@@ -249,9 +270,9 @@ func (s *adsStream) send(done chan struct{}) {
 	}
 }
 
-// next pops the next response to send and records it as sent: its nonce,
-// what the agent now holds, and the registry's push. Callers hold s.mu.
-func (s *adsStream) next() (any, bool) {
+// next pops the next response to send and records it as sent: its nonce
+// and what the agent now holds. Callers hold s.mu.
+func (s *adsStream) next() (*discoveryv3.DiscoveryResponse, cache.Response, bool) {
 	for len(s.queue) > 0 && !s.closed {
 		q := s.queue[0]
 		s.queue[0] = queued{}
@@ -277,16 +298,12 @@ func (s *adsStream) next() (any, bool) {
 		} else {
 			q.w.sub.SetReturnedResources(q.resp.GetReturnedResources())
 		}
-		s.a.callbacks.OnStreamResponse(q.resp.GetContext(), s.id, q.resp.GetRequest(), out)
-		if sr, ok := q.resp.(*sharedResponse); ok && sr.p.encoded != nil && out.GetTypeUrl() == sr.p.typeURL {
-			return &wireResponse{DiscoveryResponse: out, encoded: sr.p.encoded}, true
-		}
-		return out, true
+		return out, q.resp, true
 	}
 	if len(s.queue) == 0 {
 		s.queue = nil // let a long queue's array go
 	}
-	return nil, false
+	return nil, nil, false
 }
 
 // sendErr returns the first error sending a response, as a status.

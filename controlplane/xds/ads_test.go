@@ -21,24 +21,28 @@ func TestDrops(t *testing.T) {
 	explicit.SetReturnedResources(returned)
 	empty := stream.NewSotwSubscription([]string{"a"}, true)
 	for _, tc := range []struct {
-		name  string
-		sub   stream.Subscription
-		names []string
-		want  bool
+		name   string
+		sub    stream.Subscription
+		legacy bool
+		names  []string
+		want   bool
 	}{
-		{"legacy wildcard, empty request", legacy, nil, false},
-		{"legacy wildcard becomes named", legacy, []string{"a"}, true},
-		{"named, same names", named, []string{"a", "b"}, false},
-		{"named, more names", named, []string{"a", "b", "c"}, false},
-		{"named, fewer names", named, []string{"a"}, true},
-		{"named, unsubscribes all", named, nil, true},
-		{"explicit wildcard kept", explicit, []string{"*"}, false},
-		{"explicit wildcard plus names", explicit, []string{"*", "a"}, false},
-		{"explicit wildcard dropped", explicit, []string{"a"}, true},
-		{"nothing returned yet", empty, []string{"b"}, false},
+		{"legacy wildcard, empty request", legacy, true, nil, false},
+		{"legacy wildcard becomes named", legacy, true, []string{"a"}, true},
+		{"named, same names", named, false, []string{"a", "b"}, false},
+		{"named, same names twice", named, false, []string{"a", "b", "a"}, false},
+		{"named, more names", named, false, []string{"a", "b", "c"}, false},
+		{"named, as many names, one other", named, false, []string{"a", "c"}, true},
+		{"named, fewer names", named, false, []string{"a"}, true},
+		{"named, unsubscribes all", named, false, nil, true},
+		{"explicit wildcard kept", explicit, false, []string{"*"}, false},
+		{"explicit wildcard plus names", explicit, false, []string{"*", "a"}, false},
+		{"explicit wildcard dropped", explicit, false, []string{"a"}, true},
+		{"explicit wildcard, then empty", explicit, false, nil, true},
+		{"nothing returned yet", empty, false, []string{"b"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := drops(tc.sub, tc.names); got != tc.want {
+			if got := drops(tc.sub, tc.legacy, tc.names); got != tc.want {
 				t.Fatalf("drops(%v) = %v, want %v", tc.names, got, tc.want)
 			}
 			// What drops predicts is what SetResourceSubscription does.

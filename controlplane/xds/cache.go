@@ -108,19 +108,30 @@ func newNACKAwareCache(c cache.SnapshotCache, held heldVersions, groupOf func(*c
 	}
 }
 
-// track creates a watch and remembers it until go-control-plane cancels it.
+// track creates a watch and remembers it until its stream cancels it. The
+// watch is registered before it is created, and created under its own lock:
+// a rewatch (the node moved to another group) that comes in between waits
+// for the creation and then moves it. Created first, a watch created in the
+// old group just before the move would stay parked there, unseen by the
+// rewatch, and the node would miss every push until its next request.
 func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func() bool, bool, error)) (func(), error) {
-	cancel, answered, err := create()
-	if err != nil {
-		return nil, err
-	}
-	w := &trackedWatch{nodeID: nodeID, typeURL: typeURL, create: create, cancel: cancel, answered: answered}
+	w := &trackedWatch{nodeID: nodeID, typeURL: typeURL, create: create}
+	w.mu.Lock()
 	c.mu.Lock()
 	if c.watches[nodeID] == nil {
 		c.watches[nodeID] = map[*trackedWatch]struct{}{}
 	}
 	c.watches[nodeID][w] = struct{}{}
 	c.mu.Unlock()
+	cancel, answered, err := create()
+	if err != nil {
+		w.closed = true
+		w.mu.Unlock()
+		c.untrack(w)
+		return nil, err
+	}
+	w.cancel, w.answered = cancel, answered
+	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
 		w.closed = true
@@ -128,13 +139,17 @@ func (c *nackAwareCache) track(nodeID, typeURL string, create func() (func() boo
 			w.cancel()
 		}
 		w.mu.Unlock()
-		c.mu.Lock()
-		delete(c.watches[nodeID], w)
-		if len(c.watches[nodeID]) == 0 {
-			delete(c.watches, nodeID)
-		}
-		c.mu.Unlock()
+		c.untrack(w)
 	}, nil
+}
+
+func (c *nackAwareCache) untrack(w *trackedWatch) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.watches[w.nodeID], w)
+	if len(c.watches[w.nodeID]) == 0 {
+		delete(c.watches, w.nodeID)
+	}
 }
 
 // rewatch creates the parked watches of a node again: after its snapshot
