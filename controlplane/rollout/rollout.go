@@ -621,6 +621,13 @@ func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack, mi
 			if rs.GetState() == adminv1.SyncState_SYNC_STATE_NACKED && nack == "" {
 				nack = fmt.Sprintf("%s: %s NACKED v%d: %s", ag.GetNodeId(), rs.GetShort(),
 					r.GetVersion(), rs.GetLastNack().GetMessage())
+				if v := rs.GetLastNack().GetVersion(); v != "" && v != strconv.FormatUint(r.GetVersion(), 10) {
+					// The version keeps a type unchanged from an earlier one,
+					// which the agent rejected before (the NACK hold does not
+					// send it again): say so rather than blame the version.
+					nack = fmt.Sprintf("%s: %s NACKED v%d: it keeps %s unchanged from v%s, which %s rejected: %s",
+						ag.GetNodeId(), rs.GetShort(), r.GetVersion(), rs.GetShort(), v, ag.GetNodeId(), rs.GetLastNack().GetMessage())
+				}
 			}
 		}
 	}

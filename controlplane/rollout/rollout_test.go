@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,14 +27,17 @@ import (
 // and the ones in pinned, which run the version it says whatever happens
 // (as if another rollout had pinned it).
 type fakeFleet struct {
-	mu      sync.Mutex
-	active  uint64
-	ids     []string
-	labels  map[string]map[string]string
-	nack    map[string]bool
-	pinned  map[string]uint64
-	assigns []*xds.Assignment
-	sets    int
+	mu     sync.Mutex
+	active uint64
+	ids    []string
+	labels map[string]map[string]string
+	nack   map[string]bool
+	// nackedAs is the version string a NACK names, when not the version
+	// (a type the version keeps unchanged from an earlier one).
+	nackedAs string
+	pinned   map[string]uint64
+	assigns  []*xds.Assignment
+	sets     int
 }
 
 func newFakeFleet(n int) *fakeFleet {
@@ -76,7 +80,7 @@ func (f *fakeFleet) Agents(selector map[string]string) []*adminv1.Agent {
 		if f.nack[id] && v != f.active {
 			a.ConfigVersion = f.active
 			a.Resources = []*adminv1.ResourceStatus{{Short: "LDS", State: adminv1.SyncState_SYNC_STATE_NACKED,
-				LastNack: &adminv1.Nack{Version: fmt.Sprint(v), Message: "bind: address already in use"}}}
+				LastNack: &adminv1.Nack{Version: cmp.Or(f.nackedAs, fmt.Sprint(v)), Message: "bind: address already in use"}}}
 		}
 		out = append(out, a)
 	}
@@ -299,7 +303,19 @@ func TestSelectorAssignmentsStay(t *testing.T) {
 }
 
 func TestNACKAbortsAndRollsBack(t *testing.T) {
+	for _, tc := range []struct{ name, nackedAs, reason string }{
+		{"the version's own", "", "LDS NACKED v2: bind: address already in use"},
+		// Version 2 keeps the listeners of version 1, which the agent
+		// rejected before the rollout: the reason says so.
+		{"kept from an earlier version", "1", "LDS NACKED v2: it keeps LDS unchanged from v1, which "},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testNACKAbortsAndRollsBack(t, tc.nackedAs, tc.reason) })
+	}
+}
+
+func testNACKAbortsAndRollsBack(t *testing.T, nackedAs, reason string) {
 	e := newEnv(t, 4)
+	e.fleet.nackedAs = nackedAs
 	for _, id := range e.fleet.ids {
 		e.fleet.nack[id] = true
 	}
@@ -308,8 +324,8 @@ func TestNACKAbortsAndRollsBack(t *testing.T) {
 		t.Fatalf("first step assigned %d, want 1", r.GetAssigned())
 	}
 	r = e.tick()
-	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), "LDS NACKED v2: bind: address already in use") {
-		t.Fatalf("after a NACK: %v, want ABORTED with the NACK as reason", r)
+	if r.GetState() != adminv1.RolloutState_ROLLOUT_STATE_ABORTED || !strings.Contains(r.GetReason(), reason) {
+		t.Fatalf("after a NACK: %v, want ABORTED with the NACK as reason (%q)", r, reason)
 	}
 	if got := e.fleet.on(1); len(got) != 4 {
 		t.Errorf("on version 1 after the abort: %v, want every agent", got)

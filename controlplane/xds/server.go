@@ -33,8 +33,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -358,12 +358,12 @@ func (s *Server) build(key string, cfg *configState) error {
 		}
 		tv.version = strconv.FormatUint(cfg.number, 10)
 		prev, ok := g.types[typeURL]
-		if !ok {
-			// A new group (e.g. a rollout's canaries, pinned on a version):
-			// a type whose content another group of the same labels serves
-			// takes its version, so agents moved between the two are not
-			// sent the same resources again.
-			prev, ok = s.sameContent(g, typeURL, tv.hash)
+		if !ok && g.pinned != 0 {
+			// A new pinned group (a rollout's canaries): a type whose
+			// content the group of the same labels on the active version
+			// serves takes its version, so agents moved between the two are
+			// not sent the same resources again.
+			prev, ok = s.sameContent(key, typeURL, tv.hash)
 		}
 		if ok && prev.hash == tv.hash {
 			tv.version = prev.version
@@ -393,16 +393,17 @@ func (s *Server) build(key string, cfg *configState) error {
 	return s.cache.setSnapshot(context.Background(), key, snap, wire, publish)
 }
 
-// sameContent finds, among the other groups with g's labels, one serving
-// typeURL with content hash.
-func (s *Server) sameContent(g *group, typeURL, hash string) (typeVersion, bool) {
+// sameContent returns the type typeURL of the unpinned group of a pinned
+// group's labels (key without its "|vN"), if its content hash is hash.
+func (s *Server) sameContent(key, typeURL, hash string) (typeVersion, bool) {
+	i := strings.LastIndex(key, pinnedSep)
+	if i < 0 {
+		return typeVersion{}, false
+	}
 	s.groupsMu.RLock()
 	defer s.groupsMu.RUnlock()
-	for _, o := range s.groups {
-		if o == g || o.grpc != g.grpc || !maps.Equal(o.labels, g.labels) {
-			continue
-		}
-		if tv, ok := o.types[typeURL]; ok && tv.hash == hash {
+	if base := s.groups[key[:i]]; base != nil {
+		if tv, ok := base.types[typeURL]; ok && tv.hash == hash {
 			return tv, true
 		}
 	}
