@@ -1,0 +1,44 @@
+package httpproxy
+
+import (
+	"errors"
+	"net"
+	"sync/atomic"
+	"syscall"
+)
+
+// earlyConn is an upstream HTTP/1.1 connection as http.Transport sees it (plain, or under
+// TLS): once a write fails because the upstream reset the connection, later writes report
+// success and send nothing.
+//
+// An upstream that answers before it has read the whole request body (a 413 for an
+// upload, a 401, an early 200) and then closes its connection resets it, the body's bytes
+// being unread. The transport, still sending the body, would get the write error and close
+// the connection at once: the request failed with a 502 when the response had not been
+// parsed yet, or the response was cut in the middle when it was streaming. The response
+// the upstream sent before its reset is still in the socket's receive buffer, and the
+// transport now reads it whole, as nginx and Envoy hand on such a response. The transport
+// reads the rest of the request body into the void until the response is done and the
+// handler returns (net/http then closes the request body, which ends the transport's
+// write).
+//
+// The read side ends the connection: after the response, the next read gets the reset,
+// so the transport drops the connection (at once, when it was put back in the pool; a
+// request that takes it in that moment fails as on any keep-alive connection the upstream
+// closes).
+type earlyConn struct {
+	net.Conn
+	reset atomic.Bool // a write failed with a reset: writes are dropped
+}
+
+func (c *earlyConn) Write(p []byte) (int, error) {
+	if c.reset.Load() {
+		return len(p), nil
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		c.reset.Store(true)
+		return len(p), nil
+	}
+	return n, err
+}
