@@ -190,6 +190,7 @@ func TestEarlyResponse(t *testing.T) {
 		h2c  bool          // HTTP/2 with prior knowledge, else a raw HTTP/1.1 client
 		slow time.Duration // pause between 64 KiB writes of the body
 		size int           // of the request body
+		stop bool          // the HTTP/1.1 client sends 64 KiB of the body, then waits for the response (curl after an error status)
 	}
 	var tests []struct {
 		name string
@@ -215,6 +216,7 @@ func TestEarlyResponse(t *testing.T) {
 		{"h1 slow", client{slow: time.Millisecond, size: earlyReqSize}},
 		{"h1 small", client{size: earlySmallSize}}, // net/http's server would discard the rest
 		{"h1 small slow", client{slow: 5 * time.Millisecond, size: earlySmallSize}},
+		{"h1 stops", client{size: earlyReqSize, stop: true}},
 		{"h2c fast", client{h2c: true, size: earlyReqSize}},
 		{"h2c slow", client{h2c: true, slow: time.Millisecond, size: earlyReqSize}},
 	}
@@ -250,7 +252,7 @@ func TestEarlyResponse(t *testing.T) {
 			if tt.cl.h2c {
 				status, got = earlyH2C(t, p.addr, body, tt.cl.slow)
 			} else {
-				status, got = earlyH1(t, p.addr, body, tt.cl.slow)
+				status, got = earlyH1(t, p.addr, body, tt.cl.slow, tt.cl.stop)
 			}
 			if status != tt.be.status {
 				t.Errorf("status %d, want %d", status, tt.be.status)
@@ -293,7 +295,10 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 // background as a client that reads the response independently does, and returns the
 // response. Then it checks the connection: closed by the proxy (after the response said
 // Connection: close, or after the rest of the body), or still in sync, serving a request.
-func earlyH1(t *testing.T, addr string, body []byte, pause time.Duration) (int, []byte) {
+//
+// With stop, the client sends only the first 64 KiB of the body and waits for the response;
+// it closes the connection after it.
+func earlyH1(t *testing.T, addr string, body []byte, pause time.Duration, stop bool) (int, []byte) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -304,7 +309,11 @@ func earlyH1(t *testing.T, addr string, body []byte, pause time.Duration) (int, 
 	written := make(chan error, 1)
 	go func() {
 		_, err := fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", len(body))
-		if err == nil {
+		switch {
+		case err != nil:
+		case stop:
+			_, err = c.Write(body[:64<<10])
+		default:
 			_, err = io.Copy(c, &pacedReader{r: bytes.NewReader(body), pause: pause})
 		}
 		written <- err
@@ -317,6 +326,9 @@ func earlyH1(t *testing.T, addr string, body []byte, pause time.Duration) (int, 
 	got, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Errorf("reading the response body: %v", err)
+	}
+	if stop {
+		return resp.StatusCode, got
 	}
 	if resp.Close {
 		if !closedWithin(c, 10*time.Second) {

@@ -26,6 +26,7 @@ var (
 	errPerTryTimeout  = errors.New("upstream per-try timeout")
 	errStreamIdle     = errors.New("stream idle timeout")
 	errRequestTimeout = errors.New("request timeout")
+	errResponseDone   = errors.New("response done before the request body")
 )
 
 // exchange is one request's state, from ServeHTTP to its access log line. The reverse
@@ -47,6 +48,7 @@ type exchange struct {
 	body *requestBody // nil without a request body
 
 	cancel     context.CancelCauseFunc // ends the request (and a read of its body) with a cause
+	cancelUp   context.CancelCauseFunc // ends the upstream request only (upstreamBody.Close)
 	active     atomic.Bool             // a byte moved since the last stream idle check
 	gotHeaders atomic.Bool             // the final upstream response headers arrived
 	retrying   bool                    // holds a slot of the cluster's retry budget, given back at the end
@@ -228,7 +230,7 @@ func (x *exchange) begin(r *http.Request) {
 		// Only the request handed to the reverse proxy reads through x.body (forward):
 		// net/http's own request keeps its body, by which, after the handler, it tells
 		// whether the rest of the body was discarded or the connection must close.
-		x.body = &requestBody{rc: r.Body, x: x, limit: m.MaxRequestBodyBytes}
+		x.body = &requestBody{rc: r.Body, x: x, limit: m.MaxRequestBodyBytes, length: r.ContentLength}
 	}
 }
 
@@ -351,7 +353,7 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		cancelCtx(cause)
 		x.abortBody()
 	}
-	x.cancel = cancel
+	x.cancel, x.cancelUp = cancel, cancelCtx
 	x.routeTimeout = fw.Timeout
 	if x.body == nil {
 		x.armRouteTimeout()
@@ -651,11 +653,18 @@ func (x *exchange) end(r *http.Request) {
 // Body", and the transport would close the upstream connection in the middle of the
 // response it is streaming.
 type requestBody struct {
-	rc    io.ReadCloser
-	x     *exchange
-	limit int64
-	n     atomic.Int64
-	done  atomic.Bool // the real body returned io.EOF
+	rc     io.ReadCloser
+	x      *exchange
+	limit  int64
+	length int64 // the request's Content-Length; -1 when unknown
+	n      atomic.Int64
+	done   atomic.Bool // the real body returned io.EOF
+}
+
+// complete reports whether the whole body was read: io.EOF seen, or as many bytes as
+// its Content-Length (the read that would return io.EOF may not have come yet).
+func (b *requestBody) complete() bool {
+	return b.done.Load() || b.length >= 0 && b.n.Load() >= b.length
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
