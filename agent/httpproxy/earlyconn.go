@@ -17,10 +17,10 @@ import (
 // the connection at once: the request failed with a 502 when the response had not been
 // parsed yet, or the response was cut in the middle when it was streaming. The response
 // the upstream sent before its reset is still in the socket's receive buffer, and the
-// transport now reads it whole, as nginx and Envoy hand on such a response. The transport
-// reads the rest of the request body into the void until the response is done and the
-// handler returns (net/http then closes the request body, which ends the transport's
-// write).
+// transport now reads it whole, as Envoy hands on such a response (nginx 1.22 with
+// proxy_request_buffering off answers 502 when its write fails first). The transport reads
+// the rest of the request body into the void until the response has been copied to the
+// client (upstreamBody.Close then cancels the upstream request, which ends the write).
 //
 // The read side ends the connection: after the response, the next read gets the reset,
 // so the transport drops the connection (at once, when it was put back in the pool; a
