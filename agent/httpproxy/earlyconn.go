@@ -28,11 +28,15 @@ import (
 // closes).
 type earlyConn struct {
 	net.Conn
-	reset atomic.Bool // a write failed with a reset: writes are dropped
+	reset  atomic.Bool // a write failed with a reset: writes are dropped
+	closed atomic.Bool // Close was called: writes fail, as on any closed conn
 }
 
 func (c *earlyConn) Write(p []byte) (int, error) {
 	if c.reset.Load() {
+		if c.closed.Load() {
+			return 0, net.ErrClosed
+		}
 		return len(p), nil
 	}
 	n, err := c.Conn.Write(p)
@@ -41,4 +45,11 @@ func (c *earlyConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	return n, err
+}
+
+// Close closes the connection; the transport's write of a request body, dropped since the
+// reset, fails at its next write.
+func (c *earlyConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
 }
