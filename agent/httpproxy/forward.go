@@ -288,7 +288,18 @@ func (b *upstreamBody) Write(p []byte) (int, error) {
 	return w.Write(p)
 }
 
+// Close ends the upstream response. When the request body has not ended (the upstream
+// answered before it took all of it, or the client stopped sending it once it had the
+// response, as Go's HTTP/2 client does after a status over 299), the upstream request is
+// cancelled first, as Envoy resets the upstream stream: http.Transport's HTTP/2 Close
+// would otherwise wait for the request body's write, blocked on a client that sends
+// nothing more and waits for the end of the response, which the handler sends when it
+// returns. Net/http's server then deals with the rest of the body (HTTP/2: the stream is
+// reset; HTTP/1.1: up to 256 KiB of it is discarded, or the connection closes).
 func (b *upstreamBody) Close() error {
+	if x := b.x; x.body != nil && !x.body.complete() && x.cancelUp != nil {
+		x.cancelUp(errResponseDone)
+	}
 	err := b.rc.Close()
 	b.once.Do(func() {
 		b.host.Release()

@@ -26,6 +26,7 @@ var (
 	errPerTryTimeout  = errors.New("upstream per-try timeout")
 	errStreamIdle     = errors.New("stream idle timeout")
 	errRequestTimeout = errors.New("request timeout")
+	errResponseDone   = errors.New("response done before the request body")
 )
 
 // exchange is one request's state, from ServeHTTP to its access log line. The reverse
@@ -47,6 +48,7 @@ type exchange struct {
 	body *requestBody // nil without a request body
 
 	cancel     context.CancelCauseFunc // ends the request (and a read of its body) with a cause
+	cancelUp   context.CancelCauseFunc // ends the upstream request only (upstreamBody.Close)
 	active     atomic.Bool             // a byte moved since the last stream idle check
 	gotHeaders atomic.Bool             // the final upstream response headers arrived
 	retrying   bool                    // holds a slot of the cluster's retry budget, given back at the end
@@ -225,8 +227,10 @@ func (x *exchange) begin(r *http.Request) {
 		}
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		x.body = &requestBody{rc: r.Body, x: x, limit: m.MaxRequestBodyBytes}
-		r.Body = x.body
+		// Only the request handed to the reverse proxy reads through x.body (forward):
+		// net/http's own request keeps its body, by which, after the handler, it tells
+		// whether the rest of the body was discarded or the connection must close.
+		x.body = &requestBody{rc: r.Body, x: x, limit: m.MaxRequestBodyBytes, length: r.ContentLength}
 	}
 }
 
@@ -349,7 +353,7 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		cancelCtx(cause)
 		x.abortBody()
 	}
-	x.cancel = cancel
+	x.cancel, x.cancelUp = cancel, cancelCtx
 	x.routeTimeout = fw.Timeout
 	if x.body == nil {
 		x.armRouteTimeout()
@@ -371,9 +375,24 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		x.timers = append(x.timers, x.idleTimer)
 		x.timerMu.Unlock()
 	}
+	if x.body != nil && r.ProtoMajor == 1 {
+		// A proxy reads the request body while it writes the response: an upstream may
+		// answer before it has read the body (a 413, a 401, an early 200), and the
+		// transport goes on sending the body as the response streams back. Half duplex,
+		// net/http's HTTP/1.1 server would read the rest of the body (up to 256 KiB) itself
+		// when the response headers go out, taking bytes from under the transport, which
+		// then fails the body and cuts the response. Once the handler returns, net/http
+		// discards what is left of the body (up to 256 KiB, else it closes the
+		// connection), so the next request on the connection starts where it should.
+		http.NewResponseController(rw).EnableFullDuplex()
+	}
 	x.ch.requestStarted()
 	defer x.ch.requestDone()
-	x.s.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(ctx, exchangeKey, x)))
+	out := r.WithContext(context.WithValue(ctx, exchangeKey, x))
+	if x.body != nil {
+		out.Body = x.body
+	}
+	x.s.proxy.ServeHTTP(rw, out)
 }
 
 // armRouteTimeout starts the route timeout, once: when the request is complete (at once
@@ -627,17 +646,25 @@ func (x *exchange) end(r *http.Request) {
 // closes the real body when the handler returns.
 //
 // Once the body has ended, Read returns io.EOF without touching the real body: net/http's
-// HTTP/1.1 server closes the request body as soon as the response headers go out (when the
-// reverse proxy flushes them), and http.Transport reads a Content-Length body once more
-// after its last byte to check that nothing follows. Those race when the upstream answers
-// quickly: the check would get "invalid Read on closed Body", and the transport would
-// close the upstream connection in the middle of the response it is streaming.
+// server closes the request body when the handler returns (and, for an HTTP/1.1 request
+// not in full duplex mode, when the response headers go out), and http.Transport reads a
+// Content-Length body once more after its last byte to check that nothing follows. Those
+// race when the upstream answers quickly: the check would get "invalid Read on closed
+// Body", and the transport would close the upstream connection in the middle of the
+// response it is streaming.
 type requestBody struct {
-	rc    io.ReadCloser
-	x     *exchange
-	limit int64
-	n     atomic.Int64
-	done  atomic.Bool // the real body returned io.EOF
+	rc     io.ReadCloser
+	x      *exchange
+	limit  int64
+	length int64 // the request's Content-Length; -1 when unknown
+	n      atomic.Int64
+	done   atomic.Bool // the real body returned io.EOF
+}
+
+// complete reports whether the whole body was read: io.EOF seen, or as many bytes as
+// its Content-Length (the read that would return io.EOF may not have come yet).
+func (b *requestBody) complete() bool {
+	return b.done.Load() || b.length >= 0 && b.n.Load() >= b.length
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {

@@ -29,6 +29,14 @@
 // not complete within request_timeout 408. The access log's status for a client that went
 // away before the response is nginx's 499.
 //
+// An upstream may answer before it has read the request body (a 413 or 401 for an upload,
+// an early 200), and may then reset its connection: the client gets the whole response
+// (HTTP/1.1 requests with a body are read in full duplex mode, and earlyConn keeps the
+// upstream's reset from cutting it), the upstream request is then cancelled, and net/http
+// deals with the rest of the body: for HTTP/1.1 it discards up to 256 KiB of it or closes
+// the connection, so that no byte of it is read as a request; for HTTP/2 it resets the
+// stream.
+//
 // Not supported: WebSockets over HTTP/2 (extended CONNECT), the PROXY protocol towards HTTP
 // upstreams (keep-alive connections are shared by clients), 1xx responses other than 101 on
 // the fast path (they are dropped).

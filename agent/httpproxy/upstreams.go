@@ -236,14 +236,21 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 	}
 	ch := &clusterHTTP{given: given, cfg: c, stats: u.metrics.cluster(c.Name)}
 	d := &net.Dialer{Timeout: c.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &connectError{err: err}
+		}
+		return nc, nil
+	}
 	t := &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			nc, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &connectError{err: err}
+			nc, err := dial(ctx, network, addr)
+			if err != nil || c.HTTP2 {
+				return nc, err
 			}
-			return nc, nil
+			return &earlyConn{Conn: nc}, nil // under TLS too: see earlyConn
 		},
 		MaxIdleConnsPerHost:   MaxIdleConnsPerEndpoint,
 		IdleConnTimeout:       c.IdleTimeout,
@@ -289,7 +296,7 @@ func (u *Upstreams) newCluster(c Cluster) *clusterHTTP {
 		p.SetUnencryptedHTTP2(true)
 	default:
 		p.SetHTTP1(true)
-		h1 = newH1Pool(t.DialContext, c.IdleTimeout)
+		h1 = newH1Pool(dial, c.IdleTimeout)
 	}
 	t.Protocols = &p
 	if c.HTTP2 {
