@@ -161,29 +161,14 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 	notes = append(notes, fmt.Sprintf("%s over %s: %s against %s on v%d",
 		step, span, count(canary.agents, "canary", "canaries"), count(base.agents, "baseline agent", "baseline agents"), r.GetFromVersion()))
 
-	cf, bf := ratio(canary.failures, canary.attempts), ratio(base.failures, base.attempts)
-	switch {
-	case canary.attempts < least:
-		notes = append(notes, fmt.Sprintf("connect failures not judged: %s, fewer than %d", count(canary.attempts, "attempt", "attempts"), least))
-	default:
-		notes = append(notes, fmt.Sprintf("connect failures %.1f%% (%d of %d), baseline %.1f%% (%d of %d)",
-			cf*100, canary.failures, canary.attempts, bf*100, base.failures, base.attempts))
-		if cf > r.GetMaxConnectFailureRatio() && cf > bf && reason == "" {
-			reason = fmt.Sprintf("analysis: canary connect-failure ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
-				cf*100, canary.failures, canary.attempts, r.GetMaxConnectFailureRatio()*100, bf*100)
-		}
-	}
-
-	c5, b5 := ratio(canary.http5xx, canary.requests), ratio(base.http5xx, base.requests)
-	switch {
-	case canary.requests < least:
-		notes = append(notes, fmt.Sprintf("5xx not judged: %s, fewer than %d", count(canary.requests, "request", "requests"), least))
-	default:
-		notes = append(notes, fmt.Sprintf("5xx %.1f%% (%d of %d), baseline %.1f%% (%d of %d)",
-			c5*100, canary.http5xx, canary.requests, b5*100, base.http5xx, base.requests))
-		if c5 > r.GetMax_5XxRatio() && c5 > b5 && reason == "" {
-			reason = fmt.Sprintf("analysis: canary 5xx ratio %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%",
-				c5*100, canary.http5xx, canary.requests, r.GetMax_5XxRatio()*100, b5*100)
+	for _, j := range []ratioJudgement{
+		{"connect failures", "connect-failure ratio", "attempt", "attempts", canary.failures, canary.attempts, base.failures, base.attempts, r.GetMaxConnectFailureRatio()},
+		{"5xx", "5xx ratio", "request", "requests", canary.http5xx, canary.requests, base.http5xx, base.requests, r.GetMax_5XxRatio()},
+	} {
+		note, why := j.judge(least)
+		notes = append(notes, note)
+		if reason == "" {
+			reason = why
 		}
 	}
 
@@ -200,6 +185,29 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 		}
 	}
 	return reason, strings.Join(notes, "; ")
+}
+
+// ratioJudgement is one ratio the analysis judges: the canaries' n of d
+// against the baseline's, and the rollout's threshold.
+type ratioJudgement struct {
+	note, name, one, many string
+	n, d, baseN, baseD    uint64
+	max                   float64
+}
+
+// judge returns what the status says of the ratio and, when the canaries
+// do worse than the threshold and the baseline, why the step fails. With
+// fewer than least samples it is not judged.
+func (j ratioJudgement) judge(least uint64) (note, reason string) {
+	if j.d < least {
+		return fmt.Sprintf("%s not judged: %s, fewer than %d", j.note, count(j.d, j.one, j.many), least), ""
+	}
+	c, b := ratio(j.n, j.d), ratio(j.baseN, j.baseD)
+	note = fmt.Sprintf("%s %.1f%% (%d of %d), baseline %.1f%% (%d of %d)", j.note, c*100, j.n, j.d, b*100, j.baseN, j.baseD)
+	if c > j.max && c > b {
+		reason = fmt.Sprintf("analysis: canary %s %.1f%% (%d of %d) is above %.1f%% and the baseline's %.1f%%", j.name, c*100, j.n, j.d, j.max*100, b*100)
+	}
+	return note, reason
 }
 
 // count is "1 canary", "3 canaries".

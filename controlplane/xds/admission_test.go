@@ -113,33 +113,15 @@ func TestAdmissionEveryXDSService(t *testing.T) {
 	first := map[string]func(ctx context.Context, conn *grpc.ClientConn) error{
 		"ADS": func(ctx context.Context, conn *grpc.ClientConn) error {
 			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-			if err == nil {
-				err = st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
-			}
-			if err == nil {
-				_, err = st.Recv()
-			}
-			return err
+			return answered(st, err, &discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
 		},
 		"delta ADS": func(ctx context.Context, conn *grpc.ClientConn) error {
 			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-			if err == nil {
-				err = st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
-			}
-			if err == nil {
-				_, err = st.Recv()
-			}
-			return err
+			return answered(st, err, &discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.ClusterType})
 		},
 		"LDS": func(ctx context.Context, conn *grpc.ClientConn) error {
 			st, err := listenerservice.NewListenerDiscoveryServiceClient(conn).StreamListeners(ctx)
-			if err == nil {
-				err = st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ListenerType})
-			}
-			if err == nil {
-				_, err = st.Recv()
-			}
-			return err
+			return answered(st, err, &discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ListenerType})
 		},
 	}
 	for name, first := range first {
@@ -175,4 +157,16 @@ func TestAdmissionEveryXDSService(t *testing.T) {
 			})
 		}
 	}
+}
+
+// answered sends req on a stream just opened (st, err) and waits for the
+// first response.
+func answered[Req, Resp any](st grpc.BidiStreamingClient[Req, Resp], err error, req *Req) error {
+	if err == nil {
+		err = st.Send(req)
+	}
+	if err == nil {
+		_, err = st.Recv()
+	}
+	return err
 }
