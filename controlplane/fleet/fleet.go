@@ -343,31 +343,76 @@ func (r *Registry) configVersion(s *stream) uint64 {
 // status summarises one type on one agent, like istioctl proxy-status.
 func (r *Registry) status(nodeID string, s *stream, typeURL string) *adminv1.ResourceStatus {
 	st := &adminv1.ResourceStatus{TypeUrl: typeURL, Short: ShortName(typeURL)}
-	if r.opts.Desired != nil {
-		st.Desired = r.opts.Desired(s.group, typeURL)
-	}
-	ts := s.types[typeURL]
-	if ts != nil {
+	st.State, st.Desired, st.LastNack = r.state(nodeID, s, typeURL)
+	if ts := s.types[typeURL]; ts != nil {
 		st.Sent, st.Acked = ts.sent, ts.acked
 	}
-	if st.Desired == "" && st.Sent != "" {
-		st.Desired = st.Sent
+	return st
+}
+
+// state is a type's sync state on a stream, the version the agent should
+// run and its last NACK of the type. Callers hold r.mu.
+func (r *Registry) state(nodeID string, s *stream, typeURL string) (adminv1.SyncState, string, *adminv1.Nack) {
+	var desired string
+	if r.opts.Desired != nil {
+		desired = r.opts.Desired(s.group, typeURL)
+	}
+	ts := s.types[typeURL]
+	if desired == "" && ts != nil && ts.sent != "" {
+		desired = ts.sent
 	}
 	// An agent can be NACKED with nothing sent on its current stream: the
 	// version it rejected on an earlier stream is held back from it.
-	st.LastNack = r.rejected[nodeID][typeURL]
-	rejected := st.LastNack.GetVersion()
+	nack := r.rejected[nodeID][typeURL]
+	rejected := nack.GetVersion()
 	switch {
-	case rejected != "" && rejected == st.Desired:
-		st.State = adminv1.SyncState_SYNC_STATE_NACKED
+	case rejected != "" && rejected == desired:
+		return adminv1.SyncState_SYNC_STATE_NACKED, desired, nack
 	case ts == nil || ts.sent == "":
-		st.State = adminv1.SyncState_SYNC_STATE_NOT_SENT
-	case ts.acked == st.Desired && ts.acked == ts.sent:
-		st.State = adminv1.SyncState_SYNC_STATE_SYNCED
+		return adminv1.SyncState_SYNC_STATE_NOT_SENT, desired, nack
+	case ts.acked == desired && ts.acked == ts.sent:
+		return adminv1.SyncState_SYNC_STATE_SYNCED, desired, nack
 	default:
-		st.State = adminv1.SyncState_SYNC_STATE_STALE
+		return adminv1.SyncState_SYNC_STATE_STALE, desired, nack
 	}
-	return st
+}
+
+// Brief is a connected agent as the rollout controller reads it at every
+// tick: what Agents says of it, without a status per type.
+type Brief struct {
+	NodeID, UserAgent string
+	// Labels are the registry's own: read them, never change them.
+	Labels        map[string]string
+	ConfigVersion uint64
+	// NackType is the short name (ShortName) of the first type in
+	// TrackedTypes the agent is NACKED on, "" when none; Nack is that NACK.
+	NackType string
+	Nack     *adminv1.Nack
+}
+
+// Briefs returns the connected agents whose labels include selector, in no
+// particular order. At 10,000 agents it costs a fraction of Agents, which
+// builds a message per agent and type, clones the labels and sorts, all
+// under the registry's lock that every xDS request takes.
+func (r *Registry) Briefs(selector map[string]string) []Brief {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Brief, 0, len(r.agents))
+	for _, a := range r.agents {
+		s := a.newest()
+		if !matches(selector, s.labels) {
+			continue
+		}
+		b := Brief{NodeID: a.nodeID, UserAgent: s.userAgent, Labels: s.labels, ConfigVersion: r.configVersion(s)}
+		for _, t := range TrackedTypes {
+			if st, _, nack := r.state(a.nodeID, s, t); st == adminv1.SyncState_SYNC_STATE_NACKED {
+				b.NackType, b.Nack = ShortName(t), nack
+				break
+			}
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // OnStreamOpen records a new state-of-the-world stream.

@@ -100,6 +100,20 @@ func TestStatus(t *testing.T) {
 			if tt.want == adminv1.SyncState_SYNC_STATE_NACKED && lds.GetLastNack().GetMessage() == "" {
 				t.Error("NACKED without the agent's message")
 			}
+			// Briefs says what Agents says, briefly.
+			briefs := r.Briefs(map[string]string{"role": "edge"})
+			if len(briefs) != 1 {
+				t.Fatalf("%d briefs, want 1", len(briefs))
+			}
+			b := briefs[0]
+			wantNack := ""
+			if tt.want == adminv1.SyncState_SYNC_STATE_NACKED {
+				wantNack = "LDS"
+			}
+			if b.NodeID != a.GetNodeId() || b.Labels["dc"] != "ams" || b.ConfigVersion != a.GetConfigVersion() ||
+				b.NackType != wantNack || (wantNack != "" && b.Nack.GetMessage() != lds.GetLastNack().GetMessage()) {
+				t.Fatalf("brief %+v, agent %v", b, a)
+			}
 		})
 	}
 }

@@ -146,8 +146,9 @@ func (c *Controller) analyse(ctx context.Context, r *adminv1.Rollout) (reason, s
 		}
 	}
 	for _, ag := range c.candidates(r) {
-		id := ag.GetNodeId()
-		if ag.GetConfigVersion() != r.GetFromVersion() || slices.Contains(r.GetAssignedNodes(), id) {
+		id := ag.NodeID
+		// AssignedNodes is sorted (enterStep).
+		if _, canary := slices.BinarySearch(r.GetAssignedNodes(), id); ag.ConfigVersion != r.GetFromVersion() || canary {
 			continue
 		}
 		if to, ok := now[id]; ok {

@@ -55,6 +55,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	"github.com/flotilla-proxy/flotilla/controlplane/xds"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
@@ -74,8 +75,9 @@ var DefaultSteps = []uint32{1, 10, 50, 100}
 
 // Fleet is what the controller needs of the xDS layer (xds.Server).
 type Fleet interface {
-	// Agents lists the connected agents whose labels include selector.
-	Agents(selector map[string]string) []*adminv1.Agent
+	// Briefs lists the connected agents whose labels include selector
+	// (fleet.Registry.Briefs: at every tick, so not the full Agents).
+	Briefs(selector map[string]string) []fleet.Brief
 	// SetAssignments replaces the versions pinned on agents.
 	SetAssignments(as []*xds.Assignment) error
 }
@@ -447,10 +449,10 @@ func newRollout(req *adminv1.StartRolloutRequest, active uint64) (*adminv1.Rollo
 
 // candidates are the agents a rollout may assign: connected, matching its
 // selector, not proxyless gRPC clients.
-func (c *Controller) candidates(r *adminv1.Rollout) []*adminv1.Agent {
-	var out []*adminv1.Agent
-	for _, a := range c.opts.Fleet.Agents(r.GetSelector()) {
-		if !strings.HasPrefix(a.GetUserAgent(), "gRPC") {
+func (c *Controller) candidates(r *adminv1.Rollout) []fleet.Brief {
+	var out []fleet.Brief
+	for _, a := range c.opts.Fleet.Briefs(r.GetSelector()) {
+		if !strings.HasPrefix(a.UserAgent, "gRPC") {
 			out = append(out, a)
 		}
 	}
@@ -473,7 +475,7 @@ func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int
 	} else if k > 0 {
 		hashes := make([]uint64, n)
 		for i, a := range agents {
-			hashes[i] = xds.Hash(a.GetNodeId(), salt(r))
+			hashes[i] = xds.Hash(a.NodeID, salt(r))
 		}
 		slices.Sort(hashes)
 		threshold = max(threshold, hashes[k-1])
@@ -484,8 +486,8 @@ func (c *Controller) enterStep(ctx context.Context, r *adminv1.Rollout, step int
 	nodes := slices.Clone(r.GetAssignedNodes())
 	a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: threshold}
 	for _, ag := range agents {
-		if a.Covers(ag.GetNodeId(), ag.GetLabels()) {
-			nodes = append(nodes, ag.GetNodeId())
+		if a.Covers(ag.NodeID, ag.Labels) {
+			nodes = append(nodes, ag.NodeID)
 		}
 	}
 	slices.Sort(nodes)
@@ -529,8 +531,8 @@ func (c *Controller) Tick(ctx context.Context) error {
 		// agents the threshold covers.
 		a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: r.GetThreshold()}
 		for _, ag := range c.candidates(r) {
-			if a.Covers(ag.GetNodeId(), ag.GetLabels()) {
-				r.AssignedNodes = append(r.AssignedNodes, ag.GetNodeId())
+			if a.Covers(ag.NodeID, ag.Labels) {
+				r.AssignedNodes = append(r.AssignedNodes, ag.NodeID)
 			}
 		}
 		slices.Sort(r.AssignedNodes)
@@ -611,24 +613,22 @@ const maxMissing = 5
 // connected agent under the threshold that rejected the version.
 func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack, missing string) {
 	a := &xds.Assignment{Selector: r.GetSelector(), Salt: salt(r), Threshold: r.GetThreshold()}
-	connected := map[string]*adminv1.Agent{}
+	connected := map[string]fleet.Brief{}
+	var nacked *fleet.Brief // the NACKing agent with the smallest node id
 	for _, ag := range c.candidates(r) {
-		connected[ag.GetNodeId()] = ag
-		if !a.Covers(ag.GetNodeId(), ag.GetLabels()) {
-			continue
+		connected[ag.NodeID] = ag
+		if ag.NackType != "" && a.Covers(ag.NodeID, ag.Labels) && (nacked == nil || ag.NodeID < nacked.NodeID) {
+			nacked = &ag
 		}
-		for _, rs := range ag.GetResources() {
-			if rs.GetState() == adminv1.SyncState_SYNC_STATE_NACKED && nack == "" {
-				nack = fmt.Sprintf("%s: %s NACKED v%d: %s", ag.GetNodeId(), rs.GetShort(),
-					r.GetVersion(), rs.GetLastNack().GetMessage())
-				if v := rs.GetLastNack().GetVersion(); v != "" && v != strconv.FormatUint(r.GetVersion(), 10) {
-					// The version keeps a type unchanged from an earlier one,
-					// which the agent rejected before (the NACK hold does not
-					// send it again): say so rather than blame the version.
-					nack = fmt.Sprintf("%s: %s NACKED v%d: it keeps %s unchanged from v%s, which %s rejected: %s",
-						ag.GetNodeId(), rs.GetShort(), r.GetVersion(), rs.GetShort(), v, ag.GetNodeId(), rs.GetLastNack().GetMessage())
-				}
-			}
+	}
+	if ag := nacked; ag != nil {
+		nack = fmt.Sprintf("%s: %s NACKED v%d: %s", ag.NodeID, ag.NackType, r.GetVersion(), ag.Nack.GetMessage())
+		if v := ag.Nack.GetVersion(); v != "" && v != strconv.FormatUint(r.GetVersion(), 10) {
+			// The version keeps a type unchanged from an earlier one, which
+			// the agent rejected before (the NACK hold does not send it
+			// again): say so rather than blame the version.
+			nack = fmt.Sprintf("%s: %s NACKED v%d: it keeps %s unchanged from v%s, which %s rejected: %s",
+				ag.NodeID, ag.NackType, r.GetVersion(), ag.NackType, v, ag.NodeID, ag.Nack.GetMessage())
 		}
 	}
 	var notReady []string
@@ -638,8 +638,8 @@ func (c *Controller) assigned(r *adminv1.Rollout) (assigned, ready int, nack, mi
 		switch {
 		case !ok:
 			notReady = append(notReady, id+" disconnected")
-		case ag.GetConfigVersion() != r.GetVersion():
-			notReady = append(notReady, fmt.Sprintf("%s runs v%d", id, ag.GetConfigVersion()))
+		case ag.ConfigVersion != r.GetVersion():
+			notReady = append(notReady, fmt.Sprintf("%s runs v%d", id, ag.ConfigVersion))
 		default:
 			ready++
 		}

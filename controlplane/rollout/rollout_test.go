@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/flotilla-proxy/flotilla/controlplane/stats"
+	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	"github.com/flotilla-proxy/flotilla/controlplane/xds"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
@@ -83,6 +84,22 @@ func (f *fakeFleet) Agents(selector map[string]string) []*adminv1.Agent {
 				LastNack: &adminv1.Nack{Version: cmp.Or(f.nackedAs, fmt.Sprint(v)), Message: "bind: address already in use"}}}
 		}
 		out = append(out, a)
+	}
+	return out
+}
+
+// Briefs is Agents as the registry's Briefs gives them.
+func (f *fakeFleet) Briefs(selector map[string]string) []fleet.Brief {
+	var out []fleet.Brief
+	for _, a := range f.Agents(selector) {
+		b := fleet.Brief{NodeID: a.GetNodeId(), UserAgent: a.GetUserAgent(), Labels: a.GetLabels(), ConfigVersion: a.GetConfigVersion()}
+		for _, rs := range a.GetResources() {
+			if rs.GetState() == adminv1.SyncState_SYNC_STATE_NACKED {
+				b.NackType, b.Nack = rs.GetShort(), rs.GetLastNack()
+				break
+			}
+		}
+		out = append(out, b)
 	}
 	return out
 }

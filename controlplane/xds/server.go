@@ -205,6 +205,11 @@ func (s *Server) Agents(selector map[string]string) []*adminv1.Agent {
 	return s.registry.Agents(selector)
 }
 
+// Briefs returns the connected agents matching selector, briefly (fleet.Brief).
+func (s *Server) Briefs(selector map[string]string) []fleet.Brief {
+	return s.registry.Briefs(selector)
+}
+
 // SetVersion makes version number with the given files the fleet's active
 // configuration: every group not pinned to a version by an assignment
 // (SetAssignments) gets a new snapshot. The files must be valid
