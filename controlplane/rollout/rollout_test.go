@@ -14,8 +14,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/flotilla-proxy/flotilla/controlplane/stats"
 	"github.com/flotilla-proxy/flotilla/controlplane/fleet"
+	"github.com/flotilla-proxy/flotilla/controlplane/stats"
 	"github.com/flotilla-proxy/flotilla/controlplane/store"
 	"github.com/flotilla-proxy/flotilla/controlplane/xds"
 	adminv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/admin/v1"
