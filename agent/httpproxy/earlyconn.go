@@ -26,22 +26,40 @@ import (
 // so the transport drops the connection (at once, when it was put back in the pool; a
 // request that takes it in that moment fails as on any keep-alive connection the upstream
 // closes).
+//
+// Writes are dropped only while the read side has not ended: once a read returned an
+// error or EOF (the response was read, or there is none), writes fail with the write's
+// error again. An upgraded connection (a WebSocket) whose upstream went away thus fails
+// the client's writes and closes, and a reused connection the upstream had reset fails
+// the request's write as the transport expects (it retries what it may).
 type earlyConn struct {
 	net.Conn
-	reset  atomic.Bool // a write failed with a reset: writes are dropped
-	closed atomic.Bool // Close was called: writes fail, as on any closed conn
+	reset    atomic.Pointer[error] // a write failed with a reset: writes are dropped
+	readDone atomic.Bool           // a read returned an error: writes fail
+	closed   atomic.Bool           // Close was called: writes fail, as on any closed conn
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.readDone.Store(true)
+	}
+	return n, err
 }
 
 func (c *earlyConn) Write(p []byte) (int, error) {
-	if c.reset.Load() {
-		if c.closed.Load() {
+	if reset := c.reset.Load(); reset != nil {
+		switch {
+		case c.closed.Load():
 			return 0, net.ErrClosed
+		case c.readDone.Load():
+			return 0, *reset
 		}
 		return len(p), nil
 	}
 	n, err := c.Conn.Write(p)
-	if err != nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
-		c.reset.Store(true)
+	if err != nil && !c.readDone.Load() && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		c.reset.Store(&err)
 		return len(p), nil
 	}
 	return n, err

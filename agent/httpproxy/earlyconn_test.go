@@ -38,7 +38,7 @@ func TestEarlyConn(t *testing.T) {
 	}
 	chunk := make([]byte, 64<<10)
 	deadline := time.Now().Add(10 * time.Second)
-	for !c.reset.Load() { // until a write has met the reset
+	for c.reset.Load() == nil { // until a write has met the reset
 		if time.Now().After(deadline) {
 			t.Fatal("no write met the peer's reset")
 		}

@@ -319,6 +319,14 @@ func modifyResponse(resp *http.Response) error {
 	}
 	x.responseHeaders(resp.Header)
 	x.setServer(resp.Header)
+	if x.fullDuplex && resp.StatusCode != http.StatusSwitchingProtocols && !x.body.complete() {
+		// The upstream answered before the whole request body. The client's
+		// connection closes after this response: in full duplex, net/http's
+		// server neither marks it to close after a bad body (a broken chunk)
+		// nor checks the discard of the rest, and the bytes after a broken
+		// chunk would be served as the next request (request smuggling).
+		resp.Header.Set("Connection", "close")
+	}
 	return nil
 }
 

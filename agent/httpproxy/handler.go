@@ -46,6 +46,8 @@ type exchange struct {
 
 	w    *responseWriter
 	body *requestBody // nil without a request body
+	// fullDuplex: an HTTP/1.x request with a body, served in full duplex (forward).
+	fullDuplex bool
 
 	cancel     context.CancelCauseFunc // ends the request (and a read of its body) with a cause
 	cancelUp   context.CancelCauseFunc // ends the upstream request only (upstreamBody.Close)
@@ -385,6 +387,7 @@ func (x *exchange) forward(rw *responseWriter, r *http.Request) {
 		// discards what is left of the body (up to 256 KiB, else it closes the
 		// connection), so the next request on the connection starts where it should.
 		http.NewResponseController(rw).EnableFullDuplex()
+		x.fullDuplex = true
 	}
 	x.ch.requestStarted()
 	defer x.ch.requestDone()
