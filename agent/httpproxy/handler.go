@@ -474,6 +474,14 @@ func (x *exchange) checkIdle() {
 		return
 	}
 	x.cancel(errStreamIdle)
+	// A handler blocked writing to a client that stopped reading sees no
+	// cancellation: end its write too. Under timerMu, which end takes before
+	// the handler returns, so the writer is still this request's.
+	x.timerMu.Lock()
+	if x.idleTimer != nil {
+		_ = http.NewResponseController(x.w).SetWriteDeadline(time.Now())
+	}
+	x.timerMu.Unlock()
 }
 
 // isUpgrade reports whether r asks for a protocol upgrade (HTTP/1.1 Connection: Upgrade).

@@ -287,12 +287,16 @@ func BenchmarkReviewUpload(b *testing.B) {
 }
 
 // TestReviewClientStopsReading: a client that uploads a body and then reads nothing of a
-// large response is ended by the stream idle timeout, not held for ever.
+// large response is ended by the stream idle timeout, not held for ever: the handler,
+// blocked writing to it, gets a past write deadline, and the upstream request ends.
 func TestReviewClientStopsReading(t *testing.T) {
 	big := strings.Repeat("x", 64<<20)
+	gaveUp := make(chan struct{}, 1) // the backend's write failed: the proxy ended the stream
 	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, big)
+		if _, err := io.WriteString(w, big); err != nil {
+			gaveUp <- struct{}{}
+		}
 	}))
 	m := manager()
 	m.StreamIdleTimeout = 300 * time.Millisecond
@@ -310,11 +314,19 @@ func TestReviewClientStopsReading(t *testing.T) {
 			} else {
 				io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
 			}
-			// Read nothing for 3s (the stream idle timeout is 0.3s), then see whether the
-			// proxy has closed the connection: the rest of what it sent, then EOF.
-			time.Sleep(3 * time.Second) // the client's stall is the scenario, not a wait for a condition
+			// Read nothing until the proxy gave up on the stream (the stream idle timeout
+			// is 0.3s: the upstream request is cancelled and the backend's write fails),
+			// then see whether it closed the connection: the rest of what it sent, then EOF.
+			select {
+			case <-gaveUp:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the stream idle timeout did not end the upstream request of a client that stopped reading")
+			}
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			n, err := io.Copy(io.Discard, c)
+			if n >= int64(len(big)) {
+				t.Errorf("the client got the whole response (%d bytes) after its stall: the stream was not ended", n)
+			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				t.Errorf("the stream idle timeout did not end a stream whose client stopped reading: read %d bytes (the whole response: %d), then the connection stayed open", n, len(big))
 			}
