@@ -259,7 +259,7 @@ func (s *adsStream) send(done chan struct{}) {
 		// outside the stream's lock, which the cache waits for under its own.
 		s.a.callbacks.OnStreamResponse(resp.GetContext(), s.id, resp.GetRequest(), out)
 		var msg any = out
-		if sr, ok := resp.(*sharedResponse); ok && sr.p.encoded != nil && out.GetTypeUrl() == sr.p.typeURL {
+		if sr, ok := resp.(*sharedResponse); ok && sr.p.encoded != nil {
 			msg = &wireResponse{DiscoveryResponse: out, encoded: sr.p.encoded}
 		}
 		if err := s.st.SendMsg(msg); err != nil {

@@ -27,16 +27,15 @@ type prepared struct {
 	// modified (go-control-plane stores it and hands it back, and
 	// heldSubscription clones before it adds to it).
 	returned map[string]string
-	// typeURL and encoded are the response's type and its wire form
-	// without a nonce (wireCodec).
-	typeURL string
+	// encoded is the response's wire form without a nonce (wireCodec); the
+	// cache answers a request with the prepared type of its own type URL.
 	encoded []byte
 }
 
 // prepare builds the wire form of one type: marshalled holds each resource's
 // deterministic encoding (versionOf's), by name.
 func prepare(typeURL, version string, marshalled map[string][]byte) *prepared {
-	p := &prepared{version: version, returned: make(map[string]string, len(marshalled)), typeURL: typeURL}
+	p := &prepared{version: version, returned: make(map[string]string, len(marshalled))}
 	for _, name := range slices.Sorted(maps.Keys(marshalled)) {
 		p.resources = append(p.resources, &anypb.Any{TypeUrl: typeURL, Value: marshalled[name]})
 		p.returned[name] = version
