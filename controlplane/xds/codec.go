@@ -1,23 +1,32 @@
 package xds
 
 import (
+	"time"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
 
-// GRPCOptions are the gRPC server options the xDS port needs besides
-// keepalive: its codec (wireCodec). Pass them to grpc.NewServer before
-// Register. Without them the server works the same, marshalling every
+// ServerOptions are the gRPC server options of the xDS port: keepalive
+// (agents ping to keep their stream; streams whose peer vanished without a
+// FIN are closed), a bound on streams per connection, and its codec
+// (wireCodec). Without the codec a Server works the same, marshalling every
 // response again for every agent.
-func (s *Server) GRPCOptions() []grpc.ServerOption {
-	// ForceServerCodecV2 is marked experimental in grpc-go, and documented
-	// to be supported throughout 1.x.
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(wireCodec{proto: encoding.GetCodecV2(grpcproto.Name)})}
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxConcurrentStreams(1000),
+		// ForceServerCodecV2 is marked experimental in grpc-go, and
+		// documented to be supported throughout 1.x.
+		grpc.ForceServerCodecV2(wireCodec{proto: encoding.GetCodecV2(grpcproto.Name)}),
+	}
 }
 
 // wireCodec is protobuf, except for responses built from a prepared type:

@@ -47,7 +47,7 @@ func startServer(t *testing.T, opts ...Options) (*Server, *grpc.ClientConn) {
 		o = opts[0]
 	}
 	s := New(o)
-	g := grpc.NewServer(s.GRPCOptions()...)
+	g := grpc.NewServer(ServerOptions()...)
 	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -30,7 +30,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/flotilla-proxy/flotilla/controlplane/admin"
 	"github.com/flotilla-proxy/flotilla/controlplane/rollout"
@@ -155,13 +154,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	xdsGRPC := grpc.NewServer(append([]grpc.ServerOption{
-		// Agents keep their stream alive with pings; allow them, and close
-		// streams whose peer vanished without a FIN.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxConcurrentStreams(1000),
-	}, xdsServer.GRPCOptions()...)...)
+	xdsGRPC := grpc.NewServer(xds.ServerOptions()...)
 	xdsServer.Register(xdsGRPC)
 	reports.Register(xdsGRPC)
 

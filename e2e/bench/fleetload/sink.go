@@ -14,7 +14,8 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/keepalive"
+
+	"github.com/flotilla-proxy/flotilla/controlplane/xds"
 )
 
 // sinkCommand is `fleetload sink`: the least an xDS server can be on
@@ -48,12 +49,9 @@ func sinkCommand(args []string) error {
 	go hs.Serve(hl) //nolint:errcheck // ends with Close
 	defer hs.Close()
 
-	// The control plane's xDS server options (controlplane/cmd/flotilla-controlplane).
-	g := grpc.NewServer(
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxConcurrentStreams(1000),
-	)
+	// The control plane's xDS port options (its codec sends these plain
+	// responses as protobuf).
+	g := grpc.NewServer(xds.ServerOptions()...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, sink{})
 	if *addrFile != "" {
 		tmp := *addrFile + ".tmp"
