@@ -23,25 +23,14 @@ import (
 	configv1 "github.com/flotilla-proxy/flotilla/proto/flotilla/config/v1"
 )
 
-// Review of adsServer: drops decides from IsWildcard whether an empty request
+// Review of adsServer: drops decided from IsWildcard whether an empty request
 // keeps the returned map, but SetResourceSubscription keeps it only for a
 // legacy wildcard subscription. After an explicit "*", an empty request
 // (unsubscribe from everything, xDS protocol) deletes every name from the
-// map, which is the group's shared prepared.returned.
-func TestDropsExplicitWildcardThenEmpty(t *testing.T) {
-	sub := stream.NewSotwSubscription([]string{"*"}, true)
-	shared := map[string]string{"a": "1", "b": "1"}
-	sub.SetReturnedResources(shared)
-	if drops(sub, false, nil) {
-		return // fixed
-	}
-	sub.SetResourceSubscription(nil)
-	if len(shared) != 2 {
-		t.Fatalf("drops(explicit wildcard, []) = false, but SetResourceSubscription deleted from the shared map: %v", shared)
-	}
-}
-
-// The same over a real ADS stream: one client can empty the group's shared
+// map, which is the group's shared prepared.returned (TestDrops, "explicit
+// wildcard, then empty", checks drops against SetResourceSubscription).
+//
+// Over a real ADS stream: one client could empty the group's shared
 // prepared.returned while every other stream of the group reads it (with
 // -race: a data race; without: "concurrent map iteration and map write"
 // kills the control plane).
